@@ -1,0 +1,58 @@
+import Foundation
+
+/// Where the dump lives between `pg_dump` and `pg_restore`: a private (0700)
+/// directory, because a dump holds every row of the database.
+struct DumpDirectory: Sendable {
+    /// The directory we created and will remove.
+    var root: String
+    /// The `pg_dump -Fd` output inside it (pg_dump wants to create this itself).
+    var dumpPath: String { (root as NSString).appendingPathComponent("dump") }
+
+    /// Creates `requested` (which must not exist or be empty), or a fresh one under `$TMPDIR`.
+    static func create(at requested: String?) throws -> DumpDirectory {
+        let manager = FileManager.default
+        if let requested {
+            var isDirectory: ObjCBool = false
+            if manager.fileExists(atPath: requested, isDirectory: &isDirectory) {
+                let contents = (try? manager.contentsOfDirectory(atPath: requested)) ?? []
+                guard isDirectory.boolValue, contents.isEmpty else {
+                    throw MigrationError(
+                        .dump, "--dump-path \(requested) already exists and is not an empty directory",
+                        fix: "choose a new path, or remove the old dump first")
+                }
+                chmod(requested, 0o700)
+            } else {
+                do {
+                    try manager.createDirectory(
+                        atPath: requested, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+                } catch {
+                    throw MigrationError(.dump, "cannot create --dump-path \(requested): \(error.localizedDescription)")
+                }
+            }
+            return DumpDirectory(root: requested)
+        }
+        let base = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        var template = Array("\(base)/pg_dbmigrator.XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else {  // mkdtemp creates it 0700
+            throw MigrationError(
+                .dump, "cannot create a temporary directory in \(base): \(String(cString: strerror(errno)))",
+                fix: "set TMPDIR to a writable directory with room for the dump, or pass --dump-path")
+        }
+        return DumpDirectory(root: String(cString: made))
+    }
+
+    /// Bytes the dump takes on disk.
+    var size: Int {
+        guard let enumerator = FileManager.default.enumerator(atPath: dumpPath) else { return 0 }
+        var total = 0
+        for case let file as String in enumerator {
+            let attributes = try? FileManager.default.attributesOfItem(atPath: (dumpPath as NSString).appendingPathComponent(file))
+            total += (attributes?[.size] as? Int) ?? 0
+        }
+        return total
+    }
+
+    func remove() {
+        try? FileManager.default.removeItem(atPath: root)
+    }
+}

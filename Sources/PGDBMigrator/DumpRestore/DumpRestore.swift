@@ -1,0 +1,97 @@
+import Foundation
+import PostgresClient
+
+/// Runs `pg_dump` against the source and `pg_restore` against the target.
+struct DumpRestore {
+    var config: MigrationConfig
+    var tools: PostgresTools
+    var events: EventEmitter
+
+    var source: Endpoint { Endpoint(role: .source, connectionString: config.source) }
+    var target: Endpoint { Endpoint(role: .target, connectionString: config.target) }
+
+    /// `pg_dump -Fd -j N` into `directory`; `snapshot` makes it read an exported snapshot.
+    func dump(into directory: DumpDirectory, snapshot: String? = nil) async throws {
+        var arguments = [
+            "--format=directory", "--jobs=\(config.jobs)", "--file=\(directory.dumpPath)", source.childDatabaseArgument,
+        ]
+        arguments += config.filter.pgDumpArguments
+        switch config.dumpScope {
+        case .all: break
+        case .schemaOnly: arguments.append("--schema-only")
+        case .dataOnly: arguments.append("--data-only")
+        }
+        if let snapshot { arguments.append("--snapshot=\(snapshot)") }
+        let child = ChildProcess(executable: tools.pgDump.path, arguments: arguments, environment: source.childEnvironment)
+        let exit = try await child.run()
+        guard exit.succeeded else {
+            throw MigrationError(
+                .dump, "pg_dump failed (\(describe(exit))): \(errorLines(exit, scrubbing: config.source).joined(separator: "; "))",
+                fix: "see pg_dump's message above; --exclude-table/--exclude-schema can leave out objects it cannot read")
+        }
+    }
+
+    /// The restore, as three passes so that indexes and constraints are built
+    /// after the data is in, each pass with `--jobs` workers where pg_restore allows.
+    /// Returns the errors `pg_restore` reported and was told to tolerate.
+    func restore(from directory: DumpDirectory) async throws -> [String] {
+        let sections: [String] =
+            switch config.dumpScope {
+            case .all: ["pre-data", "data", "post-data"]
+            case .schemaOnly: ["pre-data", "post-data"]
+            case .dataOnly: ["data"]
+            }
+        var tolerated: [String] = []
+        for section in sections {
+            try Task.checkCancellation()
+            let started = ContinuousClock.now
+            var arguments = ["--section=\(section)", target.childDatabaseArgument]
+            // pre-data is mostly serial DDL; workers only pay off for data and indexes.
+            if section != "pre-data" { arguments.append("--jobs=\(config.jobs)") }
+            if config.noOwner { arguments.append("--no-owner") }
+            if config.noACL { arguments.append("--no-acl") }
+            arguments.append(directory.dumpPath)
+            let child = ChildProcess(executable: tools.pgRestore.path, arguments: arguments, environment: target.childEnvironment)
+            let exit = try await child.run()
+            let errors = errorLines(exit, scrubbing: config.target)
+            if !exit.succeeded {
+                // pg_restore exits 1 when it skipped statements that failed, and says which.
+                guard config.allowRestoreErrors, exit.code == 1, !errors.isEmpty else {
+                    throw MigrationError(
+                        .restore,
+                        "pg_restore failed in the \(section) section (\(describe(exit))): \(errors.prefix(10).joined(separator: "; "))"
+                            + (errors.count > 10 ? "; … and \(errors.count - 10) more" : ""),
+                        fix: "fix the cause on the target and run again with --drop-target-first, "
+                            + "or pass --allow-restore-errors if these objects do not matter")
+                }
+                events.warning(
+                    .restore, "pg_restore reported \(errors.count) error(s) in the \(section) section; continuing (--allow-restore-errors)",
+                    ["section": .string(section), "errors": .list(errors)])
+                tolerated += errors
+            }
+            events.info(
+                .restore, "restored \(section)",
+                ["section": .string(section), "seconds": .double((ContinuousClock.now - started).seconds)])
+        }
+        return tolerated
+    }
+
+    private func describe(_ exit: ChildProcess.Exit) -> String {
+        if let code = exit.code { return "exit code \(code)" }
+        return "killed by signal \(exit.signal ?? 0)"
+    }
+
+    /// The child's error lines, with the password scrubbed out just in case a server echoed it.
+    private func errorLines(_ exit: ChildProcess.Exit, scrubbing connection: ConnectionString) -> [String] {
+        let errors = exit.output.filter { $0.contains("error:") || $0.contains("FATAL:") || $0.contains("ERROR:") }
+        let lines = errors.isEmpty ? Array(exit.output.suffix(5)) : errors
+        return lines.map { connection.scrub($0).trimmingCharacters(in: .whitespaces) }
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}

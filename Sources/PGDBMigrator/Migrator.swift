@@ -1,0 +1,46 @@
+import Logging
+import PostgresClient
+
+/// Runs one migration: the phase machine behind the CLI.
+///
+/// ```swift
+/// let migrator = Migrator(config: config) { event in print(event.stage, event.message) }
+/// let outcome = try await migrator.run()
+/// ```
+///
+/// Cancelling the task that awaits ``run()`` stops the migration: child
+/// processes are terminated and temporary files removed, and `run()` throws
+/// ``MigrationCancelled``.
+public struct Migrator: Sendable {
+    public let config: MigrationConfig
+    let events: EventEmitter
+
+    public init(
+        config: MigrationConfig, logger: Logger = Logger(label: "pg_dbmigrator"),
+        onEvent: @escaping EventHandler = { _ in }
+    ) {
+        self.config = config
+        self.events = EventEmitter(handler: onEvent, logger: logger)
+    }
+
+    public func run() async throws -> MigrationOutcome {
+        switch config.mode {
+        case .offline:
+            return try await OfflineMigration(config: config, events: events).run()
+        case .online:
+            throw MigrationError(
+                .validate, "online mode is not available in this build yet",
+                fix: "use --mode offline during a maintenance window")
+        }
+    }
+}
+
+/// What a successful run reports.
+public struct MigrationOutcome: Sendable {
+    public var mode: MigrationConfig.Mode
+    /// True when an online run ended by the operator's cutover request.
+    public var cutoverTriggered: Bool
+    /// Problems tolerated along the way (e.g. `pg_restore` errors under `--allow-restore-errors`).
+    public var warnings: [String]
+    public var duration: Duration
+}

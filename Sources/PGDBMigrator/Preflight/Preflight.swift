@@ -1,0 +1,219 @@
+import PostgresClient
+
+/// What preflight learned about the two servers, for the phases that follow.
+struct PreflightReport: Sendable {
+    var tools: PostgresTools
+    var sourceServerVersion: Int
+    var targetServerVersion: Int
+    /// False when the target database must be created before restoring.
+    var targetDatabaseExists: Bool
+    var sourceDatabase: DatabaseSettings
+}
+
+/// Encoding and locale of the source database, so a target we create sorts and stores text the same way.
+struct DatabaseSettings: Sendable {
+    var encoding: String
+    var collate: String
+    var ctype: String
+}
+
+/// The Validate phase: every check that can fail fast does so here, before
+/// anything is written anywhere, with a message that names the fix.
+struct Preflight {
+    var config: MigrationConfig
+    var events: EventEmitter
+
+    var source: Endpoint { Endpoint(role: .source, connectionString: config.source) }
+    var target: Endpoint { Endpoint(role: .target, connectionString: config.target) }
+
+    func run() async throws -> PreflightReport {
+        let tools = try await PostgresTools.locate(in: config.pgBinDirectory)
+        events.info(.validate, "found \(tools.pgDump.versionLine)", ["pg_dump.path": .string(tools.pgDump.path)])
+
+        let sourceConnection = try await source.connect()
+        let sourceVersion = await sourceConnection.serverVersion
+        try PostgresTools.require(tools.pgDump, atLeast: sourceVersion, server: "source")
+        let settings = try await databaseSettings(sourceConnection)
+
+        let (targetConnection, targetExists) = try await connectTarget()
+        let targetVersion = await targetConnection.serverVersion
+        try PostgresTools.require(tools.pgRestore, atLeast: targetVersion, server: "target")
+        if try await targetConnection.scalar("SELECT pg_is_in_recovery()") == "t" {
+            throw MigrationError(
+                .validate, "the target server is a read-only standby (in recovery)",
+                fix: "point --target at the primary")
+        }
+
+        if config.dumpScope != .dataOnly {
+            try await checkExtensions(source: sourceConnection, target: targetConnection)
+            try await checkRoles(source: sourceConnection, target: targetConnection)
+        }
+        if targetExists && !config.dropTargetFirst && config.dumpScope != .dataOnly {
+            try await checkEmpty(targetConnection)
+        }
+
+        events.info(
+            .validate, "source and target ready",
+            [
+                "source.version": .int(sourceVersion), "target.version": .int(targetVersion),
+                "source": .string(config.source.redacted), "target": .string(config.target.redacted),
+                "target.database_exists": .bool(targetExists),
+            ])
+        return PreflightReport(
+            tools: tools, sourceServerVersion: sourceVersion, targetServerVersion: targetVersion,
+            targetDatabaseExists: targetExists, sourceDatabase: settings)
+    }
+
+    // MARK: - Target database
+
+    /// Connects to the target database; when it does not exist, connects to the
+    /// server's maintenance database instead and checks that we may create it.
+    private func connectTarget() async throws -> (Connection, exists: Bool) {
+        let name = target.databaseName
+        let original: Error
+        do {
+            return (try await target.connect(), true)
+        } catch {
+            original = error
+        }
+        // The failure may be a missing database; find out through the maintenance database.
+        guard let maintenance = try? await target.connect(database: TargetDatabase.maintenanceDatabase(for: name)) else {
+            throw original
+        }
+        let exists = try await maintenance.scalar("SELECT 1 FROM pg_database WHERE datname = $1", [name]) != nil
+        if exists {
+            await maintenance.close()
+            throw original
+        }
+        let mayCreate = try await maintenance.scalar(
+            "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user")
+        guard mayCreate == "t" else {
+            let user = try await maintenance.scalar("SELECT current_user") ?? "?"
+            await maintenance.close()
+            throw MigrationError(
+                .validate, "the target database \(SQL.identifier(name)) does not exist and role \(SQL.identifier(user)) may not create it",
+                fix: "create it first (CREATE DATABASE \(SQL.identifier(name))) or grant CREATEDB to \(SQL.identifier(user))")
+        }
+        return (maintenance, false)
+    }
+
+    private func databaseSettings(_ connection: Connection) async throws -> DatabaseSettings {
+        let row = try await connection.query(
+            """
+            SELECT pg_encoding_to_char(encoding), datcollate, datctype
+            FROM pg_database WHERE datname = current_database()
+            """
+        ).rows[0]
+        return DatabaseSettings(encoding: row[0] ?? "UTF8", collate: row[1] ?? "C", ctype: row[2] ?? "C")
+    }
+
+    // MARK: - Extensions, roles, emptiness
+
+    private func checkExtensions(source: Connection, target: Connection) async throws {
+        let used = try await source.query("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1")
+            .rows.compactMap { $0[0] }
+        guard !used.isEmpty else { return }
+        let available = Set(try await target.query("SELECT name FROM pg_available_extensions").rows.compactMap { $0[0] })
+        let missing = used.filter { !available.contains($0) }
+        guard !missing.isEmpty else { return }
+        let message = "extensions used on the source are not available on the target: \(missing.joined(separator: ", "))"
+        if config.allowRestoreErrors {
+            events.warning(.validate, message, ["extensions.missing": .list(missing)])
+            return
+        }
+        throw MigrationError(
+            .validate, message,
+            fix: "install them on the target server (e.g. the postgresql-contrib package), "
+                + "or pass --allow-restore-errors to restore without them")
+    }
+
+    /// Roles that own objects in, or hold privileges on, the source database
+    /// but do not exist on the target: `pg_restore` would fail on each of them.
+    private func checkRoles(source: Connection, target: Connection) async throws {
+        let referenced = try await source.query(Self.referencedRolesSQL).rows.map { (name: $0[0]!, owns: $0[1] == "t") }
+        let existing = Set(try await target.query("SELECT rolname FROM pg_roles").rows.compactMap { $0[0] })
+        let missingOwners = referenced.filter { $0.owns && !existing.contains($0.name) }.map(\.name)
+        let missingGrantees = referenced.filter { !$0.owns && !existing.contains($0.name) }.map(\.name)
+        var problems: [String] = []
+        if !config.noOwner && !missingOwners.isEmpty {
+            problems.append("owners missing on the target: \(missingOwners.joined(separator: ", ")) (or pass --no-owner)")
+        }
+        if !config.noACL && !missingGrantees.isEmpty {
+            problems.append("roles with privileges missing on the target: \(missingGrantees.joined(separator: ", ")) (or pass --no-acl)")
+        }
+        guard !problems.isEmpty else { return }
+        let message = problems.joined(separator: "; ")
+        if config.allowRestoreErrors {
+            events.warning(.validate, message, ["roles.missing": .list(missingOwners + missingGrantees)])
+            return
+        }
+        throw MigrationError(
+            .validate, message,
+            fix: "create the roles on the target first (pg_dumpall --roles-only from the source), "
+                + "or pass --no-owner (objects owned by the target user) and/or --no-acl (no GRANTs)")
+    }
+
+    static let referencedRolesSQL = """
+        WITH user_namespaces AS (
+            SELECT oid, nspowner, nspacl FROM pg_namespace
+            WHERE nspname <> 'information_schema' AND nspname NOT LIKE 'pg\\_%'
+        ),
+        owners AS (
+            SELECT nspowner AS role FROM user_namespaces
+            UNION SELECT relowner FROM pg_class WHERE relnamespace IN (SELECT oid FROM user_namespaces)
+            UNION SELECT proowner FROM pg_proc WHERE pronamespace IN (SELECT oid FROM user_namespaces)
+            UNION SELECT typowner FROM pg_type WHERE typnamespace IN (SELECT oid FROM user_namespaces)
+            UNION SELECT lomowner FROM pg_largeobject_metadata
+        ),
+        grantees AS (
+            SELECT (aclexplode(nspacl)).grantee AS role FROM user_namespaces WHERE nspacl IS NOT NULL
+            UNION SELECT (aclexplode(relacl)).grantee FROM pg_class
+                WHERE relacl IS NOT NULL AND relnamespace IN (SELECT oid FROM user_namespaces)
+            UNION SELECT (aclexplode(proacl)).grantee FROM pg_proc
+                WHERE proacl IS NOT NULL AND pronamespace IN (SELECT oid FROM user_namespaces)
+        )
+        SELECT r.rolname, bool_or(r.oid IN (SELECT role FROM owners)) AS owns
+        FROM pg_roles r
+        WHERE r.oid IN (SELECT role FROM owners UNION SELECT role FROM grantees)
+        GROUP BY r.rolname ORDER BY 1
+        """
+
+    /// Refuses a target database that already holds user objects: restoring
+    /// into it would mix two databases or fail half-way.
+    private func checkEmpty(_ target: Connection) async throws {
+        let found = try await target.query(
+            """
+            SELECT kind, name FROM (
+                SELECT 'schema' AS kind, quote_ident(nspname) AS name FROM pg_namespace
+                WHERE nspname NOT IN ('public', 'information_schema') AND nspname NOT LIKE 'pg\\_%'
+                UNION ALL
+                SELECT CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'v' THEN 'view'
+                            WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence' ELSE 'relation' END,
+                       quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+                  AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+                UNION ALL
+                SELECT 'function', quote_ident(n.nspname) || '.' || quote_ident(p.proname)
+                FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                WHERE n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+                  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')
+                UNION ALL
+                SELECT 'extension', quote_ident(extname) FROM pg_extension WHERE extname <> 'plpgsql'
+                UNION ALL
+                SELECT 'large object', oid::text FROM pg_largeobject_metadata
+            ) objects ORDER BY 1, 2
+            """
+        ).rows
+        guard !found.isEmpty else { return }
+        var counts: [String: Int] = [:]
+        for row in found { counts[row[0]!, default: 0] += 1 }
+        let summary = counts.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)\($0.value == 1 ? "" : "s")" }
+        let examples = found.prefix(5).map { $0[1]! }
+        throw MigrationError(
+            .validate,
+            "the target database \(SQL.identifier(target.connectionString.resolvedDatabase ?? "?")) is not empty: "
+                + "\(summary.joined(separator: ", ")) (e.g. \(examples.joined(separator: ", ")))",
+            fix: "pass --drop-target-first to drop and re-create it, or point --target at an empty database")
+    }
+}

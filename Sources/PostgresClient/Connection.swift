@@ -1,0 +1,207 @@
+import CLibPQ
+import Foundation
+
+/// One libpq connection, as an actor whose executor is a thread of its own.
+///
+/// Every blocking libpq call happens on that thread, never on Swift's
+/// cooperative pool. Values crossing the actor boundary are `Sendable`
+/// (`QueryResult`, `[UInt8]` batches).
+public actor Connection {
+    private let executor: ThreadExecutor
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+
+    private var pg: OpaquePointer?
+    /// Lets another task cancel a running statement (`PQcancel` is thread-safe).
+    private nonisolated let canceller: Canceller
+    /// What this connection was opened with; used to scrub its password from messages.
+    public nonisolated let connectionString: ConnectionString
+
+    /// The server's version as an integer, e.g. `150004` for 15.4.
+    public private(set) var serverVersion: Int = 0
+
+    private init(connectionString: ConnectionString, label: String) {
+        self.connectionString = connectionString
+        self.executor = ThreadExecutor(name: "pg:\(label)")
+        self.canceller = Canceller()
+    }
+
+    /// Opens a connection. `label` names the thread (for debuggers and `top -H`).
+    ///
+    /// `replication: true` opens a walsender connection in database mode
+    /// (`replication=database`), which accepts replication commands such as
+    /// `CREATE_REPLICATION_SLOT` as well as plain SQL.
+    public static func connect(
+        _ connectionString: ConnectionString, label: String = "connection", replication: Bool = false
+    ) async throws -> Connection {
+        var options = connectionString.setting("fallback_application_name", to: "pg_dbmigrator")
+        if replication { options = options.setting("replication", to: "database") }
+        let connection = Connection(connectionString: connectionString, label: label)
+        try await connection.open(options)
+        return connection
+    }
+
+    private func open(_ options: ConnectionString) throws {
+        let conn = withKeywordValueArrays(options.options) { PQconnectdbParams($0, $1, 0) }
+        guard let conn, PQstatus(conn) == CONNECTION_OK else {
+            let message = conn.map { String(cString: PQerrorMessage($0)) } ?? "out of memory"
+            if let conn { PQfinish(conn) }
+            executor.shutdown()
+            throw PostgresError(kind: .connection, message: scrub(message))
+        }
+        pg = conn
+        serverVersion = Int(PQserverVersion(conn))
+        canceller.set(PQgetCancel(conn))
+        // Notices (e.g. "table does not exist, skipping") are not errors; keep them off stderr.
+        PQsetNoticeProcessor(conn, { _, _ in }, nil)
+    }
+
+    isolated deinit {
+        canceller.set(nil)
+        if let pg { PQfinish(pg) }
+        executor.shutdown()
+    }
+
+    /// Closes the connection and stops its thread. Safe to call twice.
+    public func close() {
+        canceller.set(nil)
+        if let pg { PQfinish(pg) }
+        pg = nil
+        executor.shutdown()
+    }
+
+    /// Asks the server to cancel whatever this connection is running. Callable from any task.
+    public nonisolated func cancelCurrentStatement() {
+        canceller.cancel()
+    }
+
+    // MARK: - Statements
+
+    /// Runs one statement with `$1…$n` text parameters and returns its rows as text.
+    @discardableResult
+    public func query(_ sql: String, _ parameters: [String?] = []) throws -> QueryResult {
+        let conn = try live()
+        let result = try withCancellation {
+            withParameterArray(parameters) { values in
+                PQexecParams(conn, sql, Int32(parameters.count), nil, values, nil, nil, 0)
+            }
+        }
+        defer { PQclear(result) }
+        try check(result, expecting: [PGRES_COMMAND_OK, PGRES_TUPLES_OK])
+        return QueryResult(result)
+    }
+
+    /// Runs one or more `;`-separated statements with no parameters (simple
+    /// query protocol). Also the way to send replication commands.
+    @discardableResult
+    public func execute(_ sql: String) throws -> QueryResult {
+        let conn = try live()
+        let result = try withCancellation { PQexec(conn, sql) }
+        defer { PQclear(result) }
+        try check(result, expecting: [PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY])
+        return QueryResult(result)
+    }
+
+    /// The first column of the first row, or nil.
+    public func scalar(_ sql: String, _ parameters: [String?] = []) throws -> String? {
+        try query(sql, parameters).rows.first?.first ?? nil
+    }
+
+    // MARK: - Internals shared with the COPY extension
+
+    func live() throws -> OpaquePointer {
+        guard let pg else { throw PostgresError(kind: .client, message: "connection is closed") }
+        return pg
+    }
+
+    func withCancellation(_ body: () -> OpaquePointer?) throws -> OpaquePointer {
+        guard let result = body() else {
+            throw PostgresError(kind: .client, message: scrub(lastErrorMessage()))
+        }
+        return result
+    }
+
+    func lastErrorMessage() -> String {
+        guard let pg else { return "connection is closed" }
+        return String(cString: PQerrorMessage(pg)).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    func check(_ result: OpaquePointer, expecting: [ExecStatusType]) throws {
+        let status = PQresultStatus(result)
+        if expecting.contains(status) { return }
+        throw error(from: result)
+    }
+
+    func error(from result: OpaquePointer) -> PostgresError {
+        func field(_ code: Character) -> String? {
+            PQresultErrorField(result, Int32(code.asciiValue!)).map { scrub(String(cString: $0)) }
+        }
+        let status = PQresultStatus(result)
+        if status == PGRES_FATAL_ERROR || status == PGRES_NONFATAL_ERROR, let message = field("M") {
+            return PostgresError(
+                kind: .server, message: message, sqlState: field("C"), detail: field("D"), hint: field("H"))
+        }
+        let message = String(cString: PQresultErrorMessage(result)).trimmingCharacters(in: .whitespacesAndNewlines)
+        return PostgresError(
+            kind: .client,
+            message: scrub(message.isEmpty ? "unexpected result status \(String(cString: PQresStatus(status)))" : message))
+    }
+
+    nonisolated func scrub(_ text: String) -> String {
+        connectionString.scrub(text).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}
+
+/// Rows of a result, as text (NULL is nil). Sendable, so it can leave the connection's thread.
+public struct QueryResult: Sendable {
+    public var columns: [String]
+    public var rows: [[String?]]
+    /// The command tag's row count (`INSERT 0 5` → 5), when there is one.
+    public var affectedRows: Int?
+
+    init(_ result: OpaquePointer) {
+        let columnCount = Int(PQnfields(result))
+        let rowCount = Int(PQntuples(result))
+        columns = (0..<columnCount).map { String(cString: PQfname(result, Int32($0))) }
+        rows = (0..<rowCount).map { row in
+            (0..<columnCount).map { column in
+                PQgetisnull(result, Int32(row), Int32(column)) == 1
+                    ? nil : String(cString: PQgetvalue(result, Int32(row), Int32(column)))
+            }
+        }
+        affectedRows = Int(String(cString: PQcmdTuples(result)))
+    }
+
+    /// Column `name` of every row.
+    public func column(_ name: String) -> [String?] {
+        guard let index = columns.firstIndex(of: name) else { return [] }
+        return rows.map { $0[index] }
+    }
+}
+
+/// Holds the `PGcancel` object under a lock so any thread may cancel.
+final class Canceller: @unchecked Sendable {
+    private let lock = NSLock()
+    private var handle: OpaquePointer?
+
+    func set(_ newHandle: OpaquePointer?) {
+        lock.lock()
+        defer { lock.unlock() }
+        if let handle { PQfreeCancel(handle) }
+        handle = newHandle
+    }
+
+    func cancel() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let handle else { return }
+        var buffer = [CChar](repeating: 0, count: 256)
+        _ = PQcancel(handle, &buffer, Int32(buffer.count))
+    }
+}
+
+func withParameterArray<R>(_ parameters: [String?], _ body: (UnsafePointer<UnsafePointer<CChar>?>?) -> R) -> R {
+    let copies = parameters.map { $0.map { strdup($0) } ?? nil }
+    defer { copies.forEach { free($0) } }
+    let constCopies = copies.map { UnsafePointer($0) }
+    return constCopies.withUnsafeBufferPointer { body($0.baseAddress) }
+}

@@ -1,0 +1,147 @@
+import CLibPQ
+import Foundation
+
+/// A libpq connection string, parsed by libpq itself.
+///
+/// Accepts everything `psql` accepts — `postgres://` and `postgresql://`
+/// URIs (percent-encoded parts, query options such as `sslmode`, several
+/// hosts), `keyword=value` strings, unix-socket hosts — because the parsing
+/// is `PQconninfoParse`'s. The options are kept as libpq reported them, so
+/// the string handed to `pg_dump` means exactly what the user wrote, minus
+/// the password, which travels separately (see ``passwordlessKeywordValue``).
+public struct ConnectionString: Sendable, Hashable {
+    public struct Option: Sendable, Hashable {
+        public var keyword: String
+        public var value: String
+    }
+
+    /// The options the user set, in libpq's order. Includes the password, if any.
+    public private(set) var options: [Option]
+
+    public init(_ raw: String) throws(ConnectionStringError) {
+        var errorMessage: UnsafeMutablePointer<CChar>?
+        guard let parsed = PQconninfoParse(raw, &errorMessage) else {
+            var message = "out of memory"
+            if let errorMessage {
+                message = String(cString: errorMessage)
+                PQfreemem(errorMessage)
+            }
+            // libpq sometimes quotes the whole input back; never echo a password.
+            message = message.replacingOccurrences(of: raw, with: ConnectionString.redactUnparsed(raw))
+            throw ConnectionStringError(message: message.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        defer { PQconninfoFree(parsed) }
+        var options: [Option] = []
+        var cursor = parsed
+        while let keyword = cursor.pointee.keyword {
+            if let value = cursor.pointee.val {
+                options.append(Option(keyword: String(cString: keyword), value: String(cString: value)))
+            }
+            cursor += 1
+        }
+        self.options = options
+    }
+
+    public subscript(keyword: String) -> String? {
+        options.first { $0.keyword == keyword }?.value
+    }
+
+    public var password: String? { self["password"] }
+
+    /// A copy with `keyword` set to `value` (or removed when `value` is nil).
+    public func setting(_ keyword: String, to value: String?) -> ConnectionString {
+        var copy = self
+        copy.options.removeAll { $0.keyword == keyword }
+        if let value { copy.options.append(Option(keyword: keyword, value: value)) }
+        return copy
+    }
+
+    /// `keyword='value' …` without the password: what child processes get in
+    /// their argv (`pg_dump --dbname=…`). The password goes through the
+    /// environment instead, where other users cannot read it.
+    public var passwordlessKeywordValue: String {
+        options.filter { $0.keyword != "password" }
+            .map { "\($0.keyword)=\(Self.quote($0.value))" }
+            .joined(separator: " ")
+    }
+
+    /// The one form in which a connection string is shown to people: every
+    /// option except the password.
+    public var redacted: String {
+        let shown = options.filter { $0.keyword != "password" }
+            .map { "\($0.keyword)=\(Self.quote($0.value))" }
+        return shown.isEmpty ? "(libpq defaults)" : shown.joined(separator: " ")
+    }
+
+    /// Replaces the password, raw or percent-encoded, wherever it occurs in `text`.
+    ///
+    /// A last line of defence for messages we did not write ourselves
+    /// (server errors, child processes' stderr).
+    public func scrub(_ text: String) -> String {
+        guard let password, !password.isEmpty else { return text }
+        var text = text.replacingOccurrences(of: password, with: "********")
+        if let encoded = password.addingPercentEncoding(withAllowedCharacters: .alphanumerics),
+            encoded != password
+        {
+            text = text.replacingOccurrences(of: encoded, with: "********")
+        }
+        return text
+    }
+
+    /// The database name libpq would use, with its environment and defaults
+    /// applied (`PGDATABASE`, then the user name). No network I/O.
+    public var resolvedDatabase: String? { resolvedOption { PQdb($0) } }
+
+    /// The user name libpq would use (`PGUSER`, then the OS user). No network I/O.
+    public var resolvedUser: String? { resolvedOption { PQuser($0) } }
+
+    private func resolvedOption(_ read: (OpaquePointer) -> UnsafeMutablePointer<CChar>?) -> String? {
+        // PQconnectStartParams applies the defaults before it touches the
+        // network; we read the result and drop the attempt.
+        let conn = withKeywordValueArrays(options) { PQconnectStartParams($0, $1, 0) }
+        guard let conn else { return nil }
+        defer { PQfinish(conn) }
+        return read(conn).map { String(cString: $0) }
+    }
+
+    static func quote(_ value: String) -> String {
+        if !value.isEmpty, value.allSatisfy({ $0.isLetter || $0.isNumber || "._-/:,@".contains($0) }) {
+            return value
+        }
+        return "'" + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + "'"
+    }
+
+    /// Best-effort redaction of a string libpq could not parse: hides what
+    /// looks like a URI password (`:secret@`) or a `password=` value.
+    public static func redactUnparsed(_ raw: String) -> String {
+        raw.replacingOccurrences(
+            of: #"(://[^:@/?]*):[^@/?]*@"#, with: "$1:********@", options: .regularExpression
+        ).replacingOccurrences(
+            of: #"password\s*=\s*('([^'\\]|\\.)*'?|[^\s'&]+)"#, with: "password=********",
+            options: [.regularExpression, .caseInsensitive])
+    }
+}
+
+/// A connection string that libpq could not parse. The message never contains a password.
+public struct ConnectionStringError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}
+
+/// Calls `body` with NUL-terminated keyword and value arrays as libpq's `…Params` functions want them.
+func withKeywordValueArrays<R>(
+    _ options: [ConnectionString.Option],
+    _ body: (UnsafePointer<UnsafePointer<CChar>?>, UnsafePointer<UnsafePointer<CChar>?>) -> R
+) -> R {
+    let keywords = options.map { strdup($0.keyword) } + [nil]
+    let values = options.map { strdup($0.value) } + [nil]
+    defer {
+        keywords.forEach { free($0) }
+        values.forEach { free($0) }
+    }
+    let constKeywords = keywords.map { UnsafePointer($0) }
+    let constValues = values.map { UnsafePointer($0) }
+    return constKeywords.withUnsafeBufferPointer { k in
+        constValues.withUnsafeBufferPointer { v in body(k.baseAddress!, v.baseAddress!) }
+    }
+}

@@ -1,0 +1,26 @@
+/// The one place where identifiers and literals are made safe for SQL text.
+///
+/// Every name that reaches a statement goes through ``identifier(_:)``,
+/// every value that cannot be a `$n` parameter goes through ``literal(_:)``.
+public enum SQL {
+    /// `"name"` with embedded quotes doubled: `a"b` becomes `"a""b"`.
+    public static func identifier(_ name: String) -> String {
+        "\"" + name.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+    }
+
+    /// `schema.name`, each part quoted.
+    public static func qualified(_ schema: String, _ name: String) -> String {
+        identifier(schema) + "." + identifier(name)
+    }
+
+    /// A string literal with quotes doubled; uses the `E''` form when a
+    /// backslash is present so the result means the same whatever
+    /// `standard_conforming_strings` is.
+    public static func literal(_ value: String) -> String {
+        let quoted = value.replacingOccurrences(of: "'", with: "''")
+        if quoted.contains("\\") {
+            return "E'" + quoted.replacingOccurrences(of: "\\", with: "\\\\") + "'"
+        }
+        return "'" + quoted + "'"
+    }
+}

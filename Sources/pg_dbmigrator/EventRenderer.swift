@@ -1,0 +1,68 @@
+import Foundation
+import PGDBMigrator
+
+/// Shows events to people (log lines on stderr) or to programs (NDJSON on stdout).
+struct EventRenderer: Sendable {
+    var json: Bool
+    var verbose: Bool
+
+    private static let lock = NSLock()
+
+    func render(_ event: MigrationEvent) {
+        if json {
+            write(JSONLine.encode(event), to: .standardOutput)
+            return
+        }
+        var line = "\(event.level.rawValue.uppercased()) stage=\(event.stage.rawValue) \(event.message)"
+        var lists: [String] = []
+        for key in event.detail.keys.sorted() {
+            guard let value = event.detail[key] else { continue }
+            if case .list(let items) = value {
+                lists += items.map { "    \(key): \($0)" }
+            } else if verbose {
+                line += " \(key)=\(value)"
+            }
+        }
+        write(([line] + lists).joined(separator: "\n"), to: .standardError)
+    }
+
+    /// The last word of a failed run: one line on stderr (and an error object with --json).
+    func failure(stage: Stage?, message: String, fix: String?) {
+        if json {
+            write(JSONLine.encodeFailure(stage: stage, message: message, fix: fix), to: .standardOutput)
+        }
+        write("error: \(message)\(fix.map { " — \($0)" } ?? "")", to: .standardError)
+    }
+
+    private func write(_ text: String, to handle: FileHandle) {
+        Self.lock.lock()
+        defer { Self.lock.unlock() }
+        handle.write(Data((text + "\n").utf8))
+    }
+}
+
+enum JSONLine {
+    private struct Failure: Encodable {
+        var timestamp: Date
+        var level = "error"
+        var stage: String?
+        var message: String
+        var fix: String?
+    }
+
+    private static func encoder() -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return encoder
+    }
+
+    static func encode(_ event: MigrationEvent) -> String {
+        String(decoding: (try? encoder().encode(event)) ?? Data("{}".utf8), as: UTF8.self)
+    }
+
+    static func encodeFailure(stage: Stage?, message: String, fix: String?) -> String {
+        let failure = Failure(timestamp: Date(), stage: stage?.rawValue, message: message, fix: fix)
+        return String(decoding: (try? encoder().encode(failure)) ?? Data("{}".utf8), as: UTF8.self)
+    }
+}

@@ -1,0 +1,71 @@
+import Dispatch
+import Foundation
+
+/// SIGINT and SIGTERM, handled by us rather than by the default action.
+///
+/// Installed at start-up whatever the inherited disposition: a process
+/// started in the background by a script inherits SIGINT as *ignored*, and
+/// operators' automation still expects `kill -INT` to be heard. The first
+/// signal calls `onFirst`; a second one exits at once (escape hatch).
+final class SignalHandling: @unchecked Sendable {
+    private let onFirst: @Sendable (Int32) -> Void
+    private var sources: [DispatchSourceSignal] = []
+    private let lock = NSLock()
+    private var received: [Int32] = []
+
+    init(onFirst: @escaping @Sendable (Int32) -> Void) {
+        self.onFirst = onFirst
+    }
+
+    var firstSignal: Int32? {
+        lock.lock()
+        defer { lock.unlock() }
+        return received.first
+    }
+
+    func install() {
+        for signalNumber in [SIGINT, SIGTERM] {
+            signal(signalNumber, SIG_IGN)  // let the dispatch source see it instead of the default action
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+            source.setEventHandler { [self] in handle(signalNumber) }
+            source.resume()
+            sources.append(source)
+        }
+    }
+
+    private func handle(_ signalNumber: Int32) {
+        lock.lock()
+        received.append(signalNumber)
+        let count = received.count
+        lock.unlock()
+        if count == 1 {
+            onFirst(signalNumber)
+        } else {
+            FileHandle.standardError.write(Data("error: second signal; exiting immediately\n".utf8))
+            exit(128 + signalNumber)
+        }
+    }
+}
+
+/// Overwrites passwords in this process's own argv, so `ps` and
+/// `/proc/PID/cmdline` stop showing them once the arguments are parsed.
+/// (Passing the password by environment or passfile avoids even that moment.)
+enum ArgumentScrubber {
+    static func hide(_ secrets: [String]) {
+        let secrets = secrets.filter { !$0.isEmpty }
+        guard !secrets.isEmpty else { return }
+        for index in 1..<Int(CommandLine.argc) {
+            guard let argument = CommandLine.unsafeArgv[index] else { continue }
+            let text = String(cString: argument)
+            for secret in secrets {
+                var searchStart = text.utf8.startIndex
+                while let range = text[searchStart...].range(of: secret) {
+                    let offset = text.utf8.distance(from: text.utf8.startIndex, to: range.lowerBound)
+                    let length = text.utf8.distance(from: range.lowerBound, to: range.upperBound)
+                    for byte in offset..<(offset + length) { argument[byte] = CChar(UInt8(ascii: "*")) }
+                    searchStart = range.upperBound
+                }
+            }
+        }
+    }
+}
