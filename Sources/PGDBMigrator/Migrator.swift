@@ -16,7 +16,7 @@ public struct Migrator: Sendable {
     let events: EventEmitter
 
     public init(
-        config: MigrationConfig, logger: Logger = Logger(label: "pg_dbmigrator"),
+        config: MigrationConfig, logger: Logger = Logger(label: "pg_dbmigrator", factory: { _ in SwiftLogNoOpLogHandler() }),
         onEvent: @escaping EventHandler = { _ in }
     ) {
         self.config = config

@@ -114,11 +114,27 @@ public struct ConnectionString: Sendable, Hashable {
     /// Best-effort redaction of a string libpq could not parse: hides what
     /// looks like a URI password (`:secret@`) or a `password=` value.
     public static func redactUnparsed(_ raw: String) -> String {
-        raw.replacingOccurrences(
-            of: #"(://[^:@/?]*):[^@/?]*@"#, with: "$1:********@", options: .regularExpression
-        ).replacingOccurrences(
-            of: #"password\s*=\s*('([^'\\]|\\.)*'?|[^\s'&]+)"#, with: "password=********",
-            options: [.regularExpression, .caseInsensitive])
+        var text = raw
+        for range in passwordRanges(in: raw).reversed() { text.replaceSubrange(range, with: "********") }
+        return text
+    }
+
+    /// Where a password appears in connection-string text, parsed or not:
+    /// the password of a URI's `user:password@`, and `password=` values
+    /// (keyword form or URI query).
+    public static func passwordRanges(in text: String) -> [Range<String.Index>] {
+        let patterns = [
+            #"(?<=://)[^:@/?]*:([^@/?]*)@"#,
+            #"(?i)password\s*=\s*('(?:[^'\\]|\\.)*'?|[^\s'&]+)"#,
+        ]
+        var ranges: [Range<String.Index>] = []
+        for pattern in patterns {
+            guard let expression = try? NSRegularExpression(pattern: pattern) else { continue }
+            for match in expression.matches(in: text, range: NSRange(text.startIndex..., in: text)) {
+                if let range = Range(match.range(at: 1), in: text), !range.isEmpty { ranges.append(range) }
+            }
+        }
+        return ranges.sorted { $0.lowerBound < $1.lowerBound }
     }
 }
 

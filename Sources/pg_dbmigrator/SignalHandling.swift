@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import PostgresClient
 
 /// SIGINT and SIGTERM, handled by us rather than by the default action.
 ///
@@ -52,19 +53,21 @@ final class SignalHandling: @unchecked Sendable {
 /// (Passing the password by environment or passfile avoids even that moment.)
 enum ArgumentScrubber {
     static func hide(_ secrets: [String]) {
-        let secrets = secrets.filter { !$0.isEmpty }
-        guard !secrets.isEmpty else { return }
         for index in 1..<Int(CommandLine.argc) {
             guard let argument = CommandLine.unsafeArgv[index] else { continue }
             let text = String(cString: argument)
-            for secret in secrets {
-                var searchStart = text.utf8.startIndex
+            var ranges = ConnectionString.passwordRanges(in: text)
+            for secret in secrets where !secret.isEmpty {
+                var searchStart = text.startIndex
                 while let range = text[searchStart...].range(of: secret) {
-                    let offset = text.utf8.distance(from: text.utf8.startIndex, to: range.lowerBound)
-                    let length = text.utf8.distance(from: range.lowerBound, to: range.upperBound)
-                    for byte in offset..<(offset + length) { argument[byte] = CChar(UInt8(ascii: "*")) }
+                    ranges.append(range)
                     searchStart = range.upperBound
                 }
+            }
+            for range in ranges {
+                let offset = text.utf8.distance(from: text.utf8.startIndex, to: range.lowerBound)
+                let length = text.utf8.distance(from: range.lowerBound, to: range.upperBound)
+                for byte in offset..<(offset + length) { argument[byte] = CChar(UInt8(ascii: "*")) }
             }
         }
     }

@@ -69,9 +69,10 @@ struct DumpRestore {
                     ["section": .string(section), "errors": .list(errors)])
                 tolerated += errors
             }
+            let seconds = (ContinuousClock.now - started).seconds
             events.info(
-                .restore, "restored \(section)",
-                ["section": .string(section), "seconds": .double((ContinuousClock.now - started).seconds)])
+                .restore, "restored \(section) in \(formatSeconds(seconds))",
+                ["section": .string(section), "seconds": .double(seconds)])
         }
         return tolerated
     }
@@ -87,6 +88,22 @@ struct DumpRestore {
         let lines = errors.isEmpty ? Array(exit.output.suffix(5)) : errors
         return lines.map { connection.scrub($0).trimmingCharacters(in: .whitespaces) }
     }
+}
+
+/// `1.4 MB`, `312 kB`: sizes as operators read them.
+func formatBytes(_ bytes: Int) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"]
+    var value = Double(bytes)
+    var unit = 0
+    while value >= 1000 && unit < units.count - 1 {
+        value /= 1000
+        unit += 1
+    }
+    return unit == 0 ? "\(bytes) B" : String(format: "%.1f ", value) + units[unit]
+}
+
+func formatSeconds(_ seconds: Double) -> String {
+    seconds < 60 ? String(format: "%.1f s", seconds) : String(format: "%dm%02ds", Int(seconds) / 60, Int(seconds) % 60)
 }
 
 extension Duration {

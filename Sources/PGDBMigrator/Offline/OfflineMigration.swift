@@ -17,13 +17,18 @@ struct OfflineMigration {
             events.info(.dump, "dumping the source with pg_dump", ["jobs": .int(config.jobs), "path": .string(directory.root)])
             let dumpStarted = ContinuousClock.now
             try await copy.dump(into: directory)
+            let dumpSeconds = (ContinuousClock.now - dumpStarted).seconds
+            let bytes = directory.size
             events.info(
-                .dump, "dump finished",
-                ["bytes": .int(directory.size), "seconds": .double((ContinuousClock.now - dumpStarted).seconds)])
+                .dump, "dump finished: \(formatBytes(bytes)) in \(formatSeconds(dumpSeconds))",
+                ["bytes": .int(bytes), "seconds": .double(dumpSeconds)])
 
             stage = .restore
             try await TargetDatabase(target: copy.target, events: events).prepare(
                 exists: report.targetDatabaseExists, dropFirst: config.dropTargetFirst, like: report.sourceDatabase)
+            if !config.filter.tables.isEmpty && config.dumpScope != .dataOnly {
+                try await createSchemasOfSelectedTables()
+            }
             events.info(.restore, "restoring into the target with pg_restore", ["jobs": .int(config.jobs)])
             let warnings = try await copy.restore(from: directory)
 
@@ -37,7 +42,7 @@ struct OfflineMigration {
 
             let duration = ContinuousClock.now - started
             events.info(
-                .complete, "migration complete",
+                .complete, "migration complete in \(formatSeconds(duration.seconds))",
                 ["seconds": .double(duration.seconds), "warnings": .int(warnings.count)])
             return MigrationOutcome(mode: .offline, cutoverTriggered: false, warnings: warnings, duration: duration)
         } catch is CancellationError {
@@ -46,5 +51,15 @@ struct OfflineMigration {
             if Task.isCancelled { throw MigrationCancelled(stage: stage) }
             throw error
         }
+    }
+
+    private func createSchemasOfSelectedTables() async throws {
+        let tableSchemas = TableSchemas(filter: config.filter)
+        let source = try await Endpoint(role: .source, connectionString: config.source).connect(stage: .restore)
+        let schemas = try await tableSchemas.schemas(on: source)
+        await source.close()
+        let target = try await Endpoint(role: .target, connectionString: config.target).connect(stage: .restore)
+        try await tableSchemas.create(schemas, on: target)
+        await target.close()
     }
 }

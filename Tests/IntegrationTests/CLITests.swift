@@ -1,0 +1,182 @@
+import Foundation
+import PostgresClient
+import Testing
+
+/// The command-line tool as operators run it: exit codes, messages, JSON, signals, secrets.
+@Suite(.serialized)
+struct CLITests {
+    static let trickyPassword = "p@ss:w/rd?#%&=+ 'q\"\\x"
+
+    /// A login role whose password has every character that means something in a URI or a conninfo string.
+    static func trickyRole() async throws -> String {
+        let (source, target) = try await SharedClusters.get()
+        let role = SharedClusters.uniqueName("mig@user")
+        for cluster in [source, target] {
+            let admin = try await cluster.connect()
+            try await admin.execute(
+                "CREATE ROLE \(SQL.identifier(role)) LOGIN SUPERUSER PASSWORD \(SQL.literal(trickyPassword))")
+            await admin.close()
+        }
+        return role
+    }
+
+    @Test("a password with URI-special characters works and never shows in any process's argv, log or event")
+    func passwordNeverExposed() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let role = try await Self.trickyRole()
+        let sourceDatabase = try await OfflineMigrationTests.sampleSource()
+        let targetDatabase = SharedClusters.uniqueName("secret_copy")
+        let sourceURL = source.url(database: sourceDatabase, user: role, password: Self.trickyPassword)
+        let targetURL = target.url(database: targetDatabase, user: role, password: Self.trickyPassword)
+        #expect(sourceURL.contains("%40"))  // the URI really carries percent-encoded parts
+
+        let watcher = CommandLineWatcher()
+        watcher.start()
+        let result = try await CLI.run(
+            ["--mode", "offline", "--json", "--verbose", "--jobs", "2"],
+            environment: ["PG_DBMIGRATOR_SOURCE": sourceURL, "PG_DBMIGRATOR_TARGET": targetURL])
+        let commandLines = watcher.stop()
+
+        #expect(result.status == 0, "stderr: \(result.stderr)")
+        #expect(try await Fingerprint.of(target, database: targetDatabase) == Fingerprint.of(source, database: sourceDatabase))
+        // The watcher really saw the children, so the check below could have failed.
+        #expect(commandLines.contains { $0.contains("pg_dump") && $0.contains("--dbname") })
+        #expect(commandLines.contains { $0.contains("pg_restore") && $0.contains("--dbname") })
+        let encoded = percentEncode(Self.trickyPassword)
+        let leaks = commandLines.filter { $0.contains(Self.trickyPassword) || $0.contains(encoded) || $0.contains("p@ss:w") }
+        #expect(leaks.isEmpty, "password in argv: \(leaks)")
+        for output in [result.stdout, result.stderr] {
+            #expect(!output.contains("p@ss:w"))
+            #expect(!output.contains(encoded))
+        }
+    }
+
+    @Test("a password given on the command line is hidden from ps once parsed")
+    func ownArgvScrubbed() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await OfflineMigrationTests.sampleSource()
+        // A lock that holds pg_dump in place, so the run stays alive while we look at it.
+        let blocker = try await source.connect(database: sourceDatabase)
+        try await blocker.execute("BEGIN; LOCK TABLE sales.orders IN ACCESS EXCLUSIVE MODE")
+        let running = try CLI.start([
+            "--source", source.url(database: sourceDatabase), "--target", target.url(database: SharedClusters.uniqueName("scrub")),
+        ])
+        #expect(await running.waitForStderr("stage=Dump"))
+        let commandLine = allCommandLines().first { $0.pid == running.process.processIdentifier }?.arguments.joined(separator: " ") ?? ""
+        running.signal(SIGTERM)
+        _ = try await running.wait()
+        try await blocker.execute("ROLLBACK")
+        #expect(commandLine.contains("--source"))
+        #expect(!commandLine.contains(percentEncode(TestCluster.superuserPassword)))
+        #expect(!commandLine.contains(TestCluster.superuserPassword))
+    }
+
+    @Test("bad inputs give a clear one-line reason and a non-zero exit")
+    func badInputs() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await source.createDatabase(SharedClusters.uniqueName("bad"))
+        let good = target.url(database: SharedClusters.uniqueName("bad_copy"))
+        let closedPort = try TestCluster.freePort()
+        let wrongPassword = "WrongPassw0rd!"
+        let cases: [(name: String, arguments: [String], status: Int32, expect: [String])] = [
+            ("wrong password", ["--source", source.url(database: sourceDatabase, password: wrongPassword), "--target", good],
+             1, ["cannot connect to the source", "password authentication failed"]),
+            ("unreachable host", ["--source", "postgresql://postgres:pw@127.0.0.1:\(closedPort)/x?connect_timeout=3", "--target", good],
+             1, ["cannot connect to the source", "\(closedPort)"]),
+            ("missing database", ["--source", source.url(database: "no_such_db"), "--target", good],
+             1, ["cannot connect to the source", "no_such_db", "does not exist"]),
+            ("malformed connection string", ["--source", "postgresql://postgres:Secr3tPw@[::1/db", "--target", good],
+             64, ["--source is not a valid connection string"]),
+            ("missing pg_dump", ["--source", source.url(database: sourceDatabase), "--target", good, "--pg-bin-dir", "/nonexistent/bin"],
+             1, ["pg_dump not found in /nonexistent/bin", "--pg-bin-dir"]),
+            ("missing source", ["--target", good], 64, ["missing --source"]),
+        ]
+        for testCase in cases {
+            let result = try await CLI.run(testCase.arguments)
+            #expect(result.status == testCase.status, "\(testCase.name): \(result.stderr)")
+            for text in testCase.expect {
+                #expect(result.stderr.contains(text), "\(testCase.name): expected '\(text)' in \(result.stderr)")
+            }
+            for secret in [wrongPassword, "Secr3tPw", TestCluster.superuserPassword] {
+                #expect(!result.stderr.contains(secret), "\(testCase.name) leaked a password: \(result.stderr)")
+            }
+        }
+    }
+
+    @Test("a missing pg_dump on PATH is reported with the fix")
+    func pgDumpNotOnPath() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let result = try await CLI.run(
+            ["--source", source.url(database: "postgres"), "--target", target.url(database: SharedClusters.uniqueName("nopath"))],
+            environment: ["PATH": "/nonexistent"])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("pg_dump not found on PATH"))
+        #expect(result.stderr.contains("apt-get install postgresql-client"))
+    }
+
+    @Test("--json writes one event object per line, in phase order, ending with Complete")
+    func jsonEvents() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await OfflineMigrationTests.sampleSource()
+        let result = try await CLI.run([
+            "--json", "--source", source.url(database: sourceDatabase),
+            "--target", target.url(database: SharedClusters.uniqueName("json_copy")),
+        ])
+        #expect(result.status == 0, "\(result.stderr)")
+        let objects = try result.stdout.split(separator: "\n").map {
+            try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+        }
+        #expect(objects.count >= 5)
+        for object in objects {
+            #expect(object["stage"] is String && object["message"] is String && object["detail"] is [String: Any])
+            #expect(object["level"] is String && object["timestamp"] is String)
+        }
+        let stages = objects.compactMap { $0["stage"] as? String }.reduce(into: [String]()) { if $0.last != $1 { $0.append($1) } }
+        #expect(stages == ["Validate", "Dump", "Restore", "Analyze", "Complete"])
+        let dumpDone = objects.first { ($0["message"] as? String)?.hasPrefix("dump finished") == true }
+        #expect(((dumpDone?["detail"] as? [String: Any])?["bytes"] as? Int ?? 0) > 0)
+    }
+
+    @Test(
+        "SIGINT or SIGTERM cancels: pg_dump stopped, temporary files removed, non-zero exit within seconds",
+        arguments: [(SIGTERM, false), (SIGINT, false), (SIGINT, true)])
+    func cancel(signal: Int32, startedWithSIGINTIgnored: Bool) async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await OfflineMigrationTests.sampleSource()
+        let blocker = try await source.connect(database: sourceDatabase)
+        try await blocker.execute("BEGIN; LOCK TABLE sales.orders IN ACCESS EXCLUSIVE MODE")
+        let dumpPath = NSTemporaryDirectory() + "pgdm-cancel-\(UUID().uuidString)"
+        let running = try CLI.start(
+            ["--source", source.url(database: sourceDatabase), "--target", target.url(database: SharedClusters.uniqueName("cancelled")),
+             "--dump-path", dumpPath],
+            ignoreSIGINT: startedWithSIGINTIgnored)
+        #expect(await running.waitForStderr("stage=Dump"))
+        // pg_dump is running, held by the lock.
+        try await Task.sleep(for: .milliseconds(300))
+        let dumpers = { allCommandLines().filter { $0.arguments.first?.hasSuffix("pg_dump") == true && $0.arguments.contains { $0.contains(dumpPath) } } }
+        #expect(!dumpers().isEmpty, "pg_dump should be running")
+
+        let signalled = Date()
+        running.signal(signal)
+        let result = try await running.wait(timeout: 30)
+        try await blocker.execute("ROLLBACK")
+        #expect(Date().timeIntervalSince(signalled) < 10)
+        #expect(result.status == 128 + signal, "\(result.stderr)")
+        #expect(result.stderr.contains("cancelled by \(signal == SIGTERM ? "SIGTERM" : "SIGINT")"))
+        #expect(dumpers().isEmpty, "pg_dump left running")
+        #expect(!FileManager.default.fileExists(atPath: dumpPath), "dump directory left behind")
+    }
+
+    @Test("--help lists every flag with its help text")
+    func help() async throws {
+        let result = try await CLI.run(["--help"])
+        #expect(result.status == 0)
+        for flag in [
+            "--mode", "--source", "--target", "--jobs", "--drop-target-first", "--exclude-schema", "--exclude-table",
+            "--schema", "--table", "--allow-restore-errors", "--dump-scope", "--dump-path", "--skip-analyze", "--json",
+            "--no-owner", "--no-acl", "--pg-bin-dir", "PG_DBMIGRATOR_SOURCE", "PG_DBMIGRATOR_TARGET",
+        ] {
+            #expect(result.stdout.contains(flag), "\(flag) missing from --help")
+        }
+    }
+}

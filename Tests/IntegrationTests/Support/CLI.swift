@@ -1,0 +1,163 @@
+import Foundation
+
+/// Runs the built `pg_dbmigrator` binary the way an operator would.
+struct CLI {
+    /// `.build/<config>/pg_dbmigrator`, next to the test bundle (or `$PG_DBMIGRATOR_BIN`).
+    static func binary() throws -> String {
+        if let explicit = ProcessInfo.processInfo.environment["PG_DBMIGRATOR_BIN"] { return explicit }
+        var directory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+        for _ in 0..<4 {
+            let candidate = directory.appendingPathComponent("pg_dbmigrator").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            directory = directory.deletingLastPathComponent()
+        }
+        throw TestSupportError("pg_dbmigrator binary not found next to the tests; run `swift build` first or set PG_DBMIGRATOR_BIN")
+    }
+
+    struct Result {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    final class Running: @unchecked Sendable {
+        let process: Process
+        private let stdoutPipe = Pipe()
+        private let stderrPipe = Pipe()
+        private let lock = NSLock()
+        private var stdoutData = Data()
+        private var stderrData = Data()
+
+        init(arguments: [String], environment: [String: String], ignoreSIGINT: Bool) throws {
+            process = Process()
+            let binary = try CLI.binary()
+            if ignoreSIGINT {
+                // What a script's `cmd &` does: the child starts with SIGINT ignored.
+                process.executableURL = URL(fileURLWithPath: "/bin/sh")
+                process.arguments = ["-c", "trap '' INT; exec \"$0\" \"$@\"", binary] + arguments
+            } else {
+                process.executableURL = URL(fileURLWithPath: binary)
+                process.arguments = arguments
+            }
+            var merged = ProcessInfo.processInfo.environment
+            merged["PG_DBMIGRATOR_SOURCE"] = nil
+            merged["PG_DBMIGRATOR_TARGET"] = nil
+            for (key, value) in environment { merged[key] = value }
+            process.environment = merged
+            process.standardOutput = stdoutPipe
+            process.standardError = stderrPipe
+            process.standardInput = FileHandle.nullDevice
+            stdoutPipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
+                let data = handle.availableData
+                self?.append(data, toStdout: true)
+            }
+            stderrPipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
+                let data = handle.availableData
+                self?.append(data, toStdout: false)
+            }
+            try process.run()
+        }
+
+        private func append(_ data: Data, toStdout: Bool) {
+            lock.lock()
+            defer { lock.unlock() }
+            if toStdout { stdoutData.append(data) } else { stderrData.append(data) }
+        }
+
+        var stderrSoFar: String {
+            lock.lock()
+            defer { lock.unlock() }
+            return String(decoding: stderrData, as: UTF8.self)
+        }
+
+        /// Waits until stderr contains `text` (true) or `timeout` passes or the process exits (false).
+        func waitForStderr(_ text: String, timeout: Double = 60) async -> Bool {
+            let deadline = Date().addingTimeInterval(timeout)
+            while Date() < deadline {
+                if stderrSoFar.contains(text) { return true }
+                if !process.isRunning { return stderrSoFar.contains(text) }
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+            return false
+        }
+
+        func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+
+        func wait(timeout: Double = 300) async throws -> Result {
+            let deadline = Date().addingTimeInterval(timeout)
+            while process.isRunning {
+                if Date() > deadline {
+                    process.terminate()
+                    throw TestSupportError("pg_dbmigrator did not exit within \(timeout)s; stderr: \(stderrSoFar)")
+                }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            // Drain what the pipes still hold.
+            stdoutPipe.fileHandleForReading.readabilityHandler = nil
+            stderrPipe.fileHandleForReading.readabilityHandler = nil
+            append(stdoutPipe.fileHandleForReading.readDataToEndOfFile(), toStdout: true)
+            append(stderrPipe.fileHandleForReading.readDataToEndOfFile(), toStdout: false)
+            return lock.withLock {
+                Result(
+                    status: process.terminationStatus, stdout: String(decoding: stdoutData, as: UTF8.self),
+                    stderr: String(decoding: stderrData, as: UTF8.self))
+            }
+        }
+    }
+
+    static func start(_ arguments: [String], environment: [String: String] = [:], ignoreSIGINT: Bool = false) throws -> Running {
+        try Running(arguments: arguments, environment: environment, ignoreSIGINT: ignoreSIGINT)
+    }
+
+    static func run(_ arguments: [String], environment: [String: String] = [:]) async throws -> Result {
+        try await start(arguments, environment: environment).wait()
+    }
+}
+
+/// Every process's command line, as `/proc/*/cmdline` shows it to any user on the machine.
+func allCommandLines() -> [(pid: Int32, arguments: [String])] {
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+    return entries.compactMap { entry in
+        guard let pid = Int32(entry), let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline"), !data.isEmpty else {
+            return nil
+        }
+        let arguments = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        return (pid, arguments)
+    }
+}
+
+/// Watches `/proc` in the background and remembers every command line it sees.
+final class CommandLineWatcher: @unchecked Sendable {
+    private let lock = NSLock()
+    private var seen: Set<String> = []
+    private var running = true
+    private var thread: Thread?
+
+    func start() {
+        let thread = Thread { [self] in
+            while isRunning {
+                let lines = allCommandLines().map { $0.arguments.joined(separator: " ") }
+                lock.lock()
+                seen.formUnion(lines)
+                lock.unlock()
+                usleep(2_000)
+            }
+        }
+        self.thread = thread
+        thread.start()
+    }
+
+    private var isRunning: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return running
+    }
+
+    func stop() -> [String] {
+        lock.lock()
+        running = false
+        let result = Array(seen)
+        lock.unlock()
+        return result
+    }
+}

@@ -1,0 +1,250 @@
+import Foundation
+@testable import PGDBMigrator
+import PostgresClient
+
+/// A throwaway PostgreSQL server for tests: `initdb` into a temporary
+/// directory, `pg_ctl start` on a free loopback port, password (SCRAM) auth
+/// over TCP, stopped and deleted when the test process ends.
+///
+/// When the tests run as root (CI), the server runs as the `postgres` OS user,
+/// since `initdb` refuses root. Any failure here throws: a test that cannot
+/// get a server fails loudly, it never skips.
+final class TestCluster: @unchecked Sendable {
+    static let superuser = "postgres"
+    static let superuserPassword = "test-Superuser-pw"
+
+    let directory: String
+    let port: Int
+    var dataDirectory: String { directory + "/data" }
+    var socketDirectory: String { directory }
+
+    private init(directory: String, port: Int) {
+        self.directory = directory
+        self.port = port
+    }
+
+    /// Starts a new cluster. `settings` are extra `-c name=value` server settings.
+    static func start(name: String, settings: [String: String] = [:]) async throws -> TestCluster {
+        let bin = try await serverBinDirectory()
+        let directory = try makeDirectory(name: name)
+        let port = try freePort()
+        let cluster = TestCluster(directory: directory, port: port)
+        let passwordFile = directory + "/pw"
+        try superuserPassword.write(toFile: passwordFile, atomically: true, encoding: .utf8)
+        try chownToServerUser(passwordFile)
+        try await runAsServerUser(
+            bin + "/initdb",
+            ["-D", cluster.dataDirectory, "-U", superuser, "--pwfile=\(passwordFile)", "-A", "scram-sha-256",
+             "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+        var options: [String: String] = [
+            "port": String(port), "listen_addresses": "127.0.0.1", "unix_socket_directories": directory,
+            "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+            "wal_level": "logical", "max_wal_senders": "10", "max_replication_slots": "10",
+            "shared_buffers": "64MB", "max_connections": "60", "log_min_messages": "warning",
+        ]
+        for (key, value) in settings { options[key] = value }
+        let optionString = options.sorted { $0.key < $1.key }.map { "-c \($0.key)=\($0.value)" }.joined(separator: " ")
+        try await runAsServerUser(
+            bin + "/pg_ctl", ["-D", cluster.dataDirectory, "-l", directory + "/server.log", "-o", optionString, "-w", "-t", "60", "start"])
+        Registry.shared.add(cluster)
+        return cluster
+    }
+
+    /// Stops the server at once and deletes its directory.
+    /// Blocking on purpose: it runs from `atexit`, where nothing async can.
+    func stop() {
+        let user = TestCluster.isRoot ? "/usr/sbin/runuser -u postgres -- " : ""
+        _ = system("\(user)\"$(pg_config --bindir)/pg_ctl\" -D '\(dataDirectory)' -m immediate -w stop >/dev/null 2>&1")
+        try? FileManager.default.removeItem(atPath: directory)
+        Registry.shared.remove(self)
+    }
+
+    /// A connection string for `database`, as `user` (default: the superuser).
+    func url(database: String, user: String = superuser, password: String = superuserPassword) -> String {
+        "postgresql://\(percentEncode(user)):\(percentEncode(password))@127.0.0.1:\(port)/\(percentEncode(database))"
+    }
+
+    func connectionString(database: String) throws -> ConnectionString {
+        try ConnectionString(url(database: database))
+    }
+
+    func connect(database: String = "postgres") async throws -> Connection {
+        try await Connection.connect(try connectionString(database: database), label: "test")
+    }
+
+    /// Creates an empty database and returns its name.
+    @discardableResult
+    func createDatabase(_ name: String) async throws -> String {
+        let admin = try await connect()
+        try await admin.execute("CREATE DATABASE \(SQL.identifier(name))")
+        await admin.close()
+        return name
+    }
+
+    /// Runs a SQL file with psql (ON_ERROR_STOP) against `database`.
+    func load(file: String, into database: String) async throws {
+        let psql = try await TestCluster.clientBinary("psql")
+        let result = try await TestCluster.run(
+            psql, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", file, "-o", "/dev/null", "--dbname=host=127.0.0.1 port=\(port) user=\(TestCluster.superuser) dbname=\(database)"],
+            environment: ["PGPASSWORD": TestCluster.superuserPassword])
+        guard result.status == 0 else { throw TestSupportError("psql -f \(file) failed: \(result.output)") }
+    }
+
+    var serverLog: String { (try? String(contentsOfFile: directory + "/server.log", encoding: .utf8)) ?? "" }
+
+    // MARK: - Process helpers
+
+    static func serverBinDirectory() async throws -> String {
+        let result = try await run("/usr/bin/env", ["pg_config", "--bindir"])
+        let path = result.output.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard result.status == 0, FileManager.default.isExecutableFile(atPath: path + "/initdb") else {
+            throw TestSupportError(
+                "PostgreSQL server binaries not found (pg_config --bindir: '\(path)'); run scripts/test.sh, which installs them")
+        }
+        return path
+    }
+
+    static func clientBinary(_ name: String) async throws -> String {
+        try await serverBinDirectory() + "/" + name
+    }
+
+    static var isRoot: Bool { getuid() == 0 }
+
+    static func runAsServerUser(_ executable: String, _ arguments: [String]) async throws {
+        let result = isRoot
+            ? try await run("/usr/sbin/runuser", ["-u", "postgres", "--", executable] + arguments)
+            : try await run(executable, arguments)
+        guard result.status == 0 else {
+            throw TestSupportError("\(executable) \(arguments.joined(separator: " ")) failed: \(result.output)")
+        }
+    }
+
+    private static func chownToServerUser(_ path: String) throws {
+        guard isRoot else { return }
+        guard let user = getpwnam("postgres") else {
+            throw TestSupportError("running as root but there is no 'postgres' OS user; install postgresql (scripts/test.sh does)")
+        }
+        chown(path, user.pointee.pw_uid, user.pointee.pw_gid)
+    }
+
+    private static func makeDirectory(name: String) throws -> String {
+        var template = Array("/tmp/pgdm-test-\(name)-XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw TestSupportError("mkdtemp failed") }
+        let path = String(cString: made)
+        try chownToServerUser(path)
+        return path
+    }
+
+    /// A loopback port nobody listens on right now.
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Bool in
+                bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
+            }
+        }
+        guard bound else { throw TestSupportError("cannot find a free port") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    struct RunResult {
+        var status: Int32
+        var output: String
+    }
+
+    /// Runs a program to completion, returning its exit status and combined output.
+    ///
+    /// Uses the library's `ChildProcess`, whose waiting happens on a thread of
+    /// its own: test code must never block the (two-thread) cooperative pool.
+    @discardableResult
+    static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) async throws -> RunResult {
+        let exit = try await ChildProcess(executable: executable, arguments: arguments, environment: environment).run()
+        return RunResult(status: exit.code ?? 128 + (exit.signal ?? 0), output: exit.output.joined(separator: "\n"))
+    }
+}
+
+func percentEncode(_ text: String) -> String {
+    text.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? text
+}
+
+struct TestSupportError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Every cluster still running, stopped when the test process exits.
+final class Registry: @unchecked Sendable {
+    static let shared: Registry = {
+        let registry = Registry()
+        atexit { Registry.shared.stopAll() }
+        return registry
+    }()
+
+    private let lock = NSLock()
+    private var clusters: [ObjectIdentifier: TestCluster] = [:]
+
+    func add(_ cluster: TestCluster) {
+        lock.lock()
+        clusters[ObjectIdentifier(cluster)] = cluster
+        lock.unlock()
+    }
+
+    func remove(_ cluster: TestCluster) {
+        lock.lock()
+        clusters[ObjectIdentifier(cluster)] = nil
+        lock.unlock()
+    }
+
+    func stopAll() {
+        lock.lock()
+        let all = Array(clusters.values)
+        lock.unlock()
+        all.forEach { $0.stop() }
+    }
+}
+
+/// The source and target servers most tests share; each test uses databases of its own.
+enum SharedClusters {
+    /// One start for the whole run, however many tests ask at once (a stored
+    /// task, not a stored result: an actor is re-entered at each `await`).
+    private actor Holder {
+        var starting: Task<(TestCluster, TestCluster), Error>?
+        func get() async throws -> (TestCluster, TestCluster) {
+            if let starting { return try await starting.value }
+            let task = Task { (try await TestCluster.start(name: "source"), try await TestCluster.start(name: "target")) }
+            starting = task
+            return try await task.value
+        }
+    }
+
+    private static let holder = Holder()
+
+    static func get() async throws -> (source: TestCluster, target: TestCluster) {
+        let pair = try await holder.get()
+        return (pair.0, pair.1)
+    }
+
+    private static let counter = Counter()
+
+    /// A database name no other test uses in this run.
+    static func uniqueName(_ prefix: String) -> String {
+        "\(prefix)_\(counter.next())"
+    }
+}
+
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    func next() -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        value += 1
+        return value
+    }
+}
