@@ -9,12 +9,17 @@ extension Connection {
         let result = try withCancellation { PQexec(conn, sql) }
         defer { PQclear(result) }
         try check(result, expecting: [PGRES_COPY_OUT])
+        copyOutEnded = false
     }
 
     /// The next batch of COPY data (whole rows, at least `minimumBytes` unless
     /// the copy ends first), or nil once the copy has finished successfully.
     public func readCopyBatch(minimumBytes: Int = 64 * 1024) throws -> [UInt8]? {
         let conn = try live()
+        if copyOutEnded {
+            copyOutEnded = false
+            return nil
+        }
         var batch: [UInt8] = []
         batch.reserveCapacity(minimumBytes + 8 * 1024)
         while batch.count < minimumBytes {
@@ -27,6 +32,7 @@ extension Connection {
                 PQfreemem(buffer)
             } else if length == -1 {
                 try finishCommand()
+                copyOutEnded = !batch.isEmpty
                 return batch.isEmpty ? nil : batch
             } else {
                 throw PostgresError(kind: .client, message: scrub(lastErrorMessage()))

@@ -16,6 +16,9 @@ public actor Connection {
     /// What this connection was opened with; used to scrub its password from messages.
     public nonisolated let connectionString: ConnectionString
 
+    /// Set when a `COPY TO STDOUT` has ended but its last rows are still to be handed out.
+    var copyOutEnded = false
+
     /// The server's version as an integer, e.g. `150004` for 15.4.
     public private(set) var serverVersion: Int = 0
 
