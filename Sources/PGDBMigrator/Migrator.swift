@@ -13,6 +13,8 @@ import PostgresClient
 /// ``MigrationCancelled``.
 public struct Migrator: Sendable {
     public let config: MigrationConfig
+    /// Call `request()` on it to cut an online migration over.
+    public let cutoverHandle = CutoverHandle()
     let events: EventEmitter
 
     public init(
@@ -28,9 +30,7 @@ public struct Migrator: Sendable {
         case .offline:
             return try await OfflineMigration(config: config, events: events).run()
         case .online:
-            throw MigrationError(
-                .validate, "online mode is not available in this build yet",
-                fix: "use --mode offline during a maintenance window")
+            return try await OnlineMigration(config: config, events: events, cutover: cutoverHandle).run()
         }
     }
 }
@@ -43,4 +43,20 @@ public struct MigrationOutcome: Sendable {
     /// Problems tolerated along the way (e.g. `pg_restore` errors under `--allow-restore-errors`).
     public var warnings: [String]
     public var duration: Duration
+    /// Online: the source LSN every committed transaction was applied up to.
+    public var barrierLSN: LSN?
+    /// Online: sequences that could not be synced at cutover, with the reason.
+    public var sequenceFailures: [String: String]
+
+    public init(
+        mode: MigrationConfig.Mode, cutoverTriggered: Bool, warnings: [String], duration: Duration,
+        barrierLSN: LSN? = nil, sequenceFailures: [String: String] = [:]
+    ) {
+        self.mode = mode
+        self.cutoverTriggered = cutoverTriggered
+        self.warnings = warnings
+        self.duration = duration
+        self.barrierLSN = barrierLSN
+        self.sequenceFailures = sequenceFailures
+    }
 }

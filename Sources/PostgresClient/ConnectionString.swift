@@ -59,18 +59,21 @@ public struct ConnectionString: Sendable, Hashable {
     /// `keyword='value' …` without the password: what child processes get in
     /// their argv (`pg_dump --dbname=…`). The password goes through the
     /// environment instead, where other users cannot read it.
-    public var passwordlessKeywordValue: String {
-        options.filter { $0.keyword != "password" }
-            .map { "\($0.keyword)=\(Self.quote($0.value))" }
-            .joined(separator: " ")
-    }
+    public var passwordlessKeywordValue: String { keywordValue(includingPassword: false) }
 
     /// The one form in which a connection string is shown to people: every
     /// option except the password.
     public var redacted: String {
-        let shown = options.filter { $0.keyword != "password" }
+        let shown = passwordlessKeywordValue
+        return shown.isEmpty ? "(libpq defaults)" : shown
+    }
+
+    /// `keyword='value' …`. With the password only where a server must store
+    /// it (`CREATE SUBSCRIPTION … CONNECTION`); never for argv or logs.
+    public func keywordValue(includingPassword: Bool) -> String {
+        options.filter { includingPassword || $0.keyword != "password" }
             .map { "\($0.keyword)=\(Self.quote($0.value))" }
-        return shown.isEmpty ? "(libpq defaults)" : shown.joined(separator: " ")
+            .joined(separator: " ")
     }
 
     /// Replaces the password, raw or percent-encoded, wherever it occurs in `text`.

@@ -26,6 +26,11 @@ struct EventRenderer: Sendable {
         write(([line] + lists).joined(separator: "\n"), to: .standardError)
     }
 
+    /// A line for the operator that is not an event (e.g. acknowledging Ctrl+C).
+    func note(_ text: String) {
+        write("NOTE \(text)", to: .standardError)
+    }
+
     /// The last word of a failed run: one line on stderr (and an error object with --json).
     func failure(stage: Stage?, message: String, fix: String?) {
         if json {

@@ -12,6 +12,12 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
         discussion: """
             offline: pg_dump the source, pg_restore into the target (schema, data, then indexes and constraints).
 
+            online: create a logical replication slot with an exported snapshot, copy that snapshot, then let a \
+            subscription on the target stream every later change. A Lag heartbeat shows how far behind the target \
+            is; press Ctrl+C (or send SIGINT) to cut over: the tool waits until the target has applied everything \
+            the source committed, syncs sequences and removes the replication objects. Ctrl+C before streaming \
+            starts, a second Ctrl+C, or SIGTERM aborts and leaves the slot and subscription in place.
+
             Connection strings are anything libpq accepts: postgres:// URIs or keyword=value strings. \
             Prefer passing passwords through PG_DBMIGRATOR_SOURCE / PG_DBMIGRATOR_TARGET, PGPASSFILE \
             or ~/.pgpass rather than on the command line. Passwords never reach child processes' \
@@ -26,10 +32,14 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
     @OptionGroup(title: "Servers") var servers: ServerOptions
     @OptionGroup(title: "Copy") var copy: CopyOptions
     @OptionGroup(title: "Filtering") var filter: FilterOptions
+    @OptionGroup(title: "Online mode") var online: OnlineOptions
     @OptionGroup(title: "Output") var output: OutputOptions
 
     func validate() throws {
         _ = try servers.connectionStrings()
+        if servers.mode == .online && copy.dumpScope != .all {
+            throw ValidationError("--dump-scope must be 'all' in online mode: the stream needs the schema and the data of the snapshot")
+        }
     }
 
     func run() async throws {
@@ -39,21 +49,45 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
             mode: servers.mode, source: source, target: target, jobs: copy.jobs,
             dropTargetFirst: copy.dropTargetFirst, filter: filter.objectFilter,
             allowRestoreErrors: copy.allowRestoreErrors, dumpScope: copy.dumpScope, dumpPath: copy.dumpPath,
-            skipAnalyze: copy.skipAnalyze, noOwner: copy.noOwner, noACL: copy.noACL, pgBinDirectory: copy.pgBinDir)
+            skipAnalyze: copy.skipAnalyze, noOwner: copy.noOwner, noACL: copy.noACL, pgBinDirectory: copy.pgBinDir,
+            online: try online.settings())
 
         let renderer = EventRenderer(json: output.json, verbose: output.verbose)
         var logger = Logger(label: "pg_dbmigrator")
         logger.logLevel = output.verbose ? .debug : .warning
-        let migrator = Migrator(config: config, logger: logger) { renderer.render($0) }
+        let streaming = StreamingFlag()
+        let migrator = Migrator(config: config, logger: logger) { event in
+            if event.stage == .streamApply { streaming.set() }
+            renderer.render(event)
+        }
 
         let task = Task { try await migrator.run() }
-        let signals = SignalHandling { _ in task.cancel() }
+        let signals = SignalHandling { signal, count in
+            // Online, once streaming: the first Ctrl+C means "cut over". Anything else aborts.
+            if config.mode == .online && signal == SIGINT && count == 1 && streaming.isSet {
+                renderer.note("cutover requested (Ctrl+C again to abort instead)")
+                migrator.cutoverHandle.request()
+            } else {
+                task.cancel()
+            }
+        }
         signals.install()
         do {
-            _ = try await task.value
+            let outcome = try await task.value
+            if !outcome.sequenceFailures.isEmpty {
+                renderer.failure(
+                    stage: .cutover,
+                    message: "cutover complete, but \(outcome.sequenceFailures.count) sequence(s) could not be synced: "
+                        + outcome.sequenceFailures.keys.sorted().joined(separator: ", "),
+                    fix: "set them on the target with setval() before writing to those tables")
+                throw ExitCode.failure
+            }
         } catch let cancelled as MigrationCancelled {
-            let signal = signals.firstSignal ?? SIGINT
-            renderer.failure(stage: cancelled.stage, message: "cancelled by \(signal == SIGTERM ? "SIGTERM" : "SIGINT") during \(cancelled.stage.rawValue); child processes stopped and temporary files removed", fix: nil)
+            let signal = signals.lastSignal ?? SIGINT
+            let what = config.mode == .online ? "replication objects left in place as listed above" : "child processes stopped and temporary files removed"
+            renderer.failure(
+                stage: cancelled.stage,
+                message: "aborted by \(signal == SIGTERM ? "SIGTERM" : "SIGINT") during \(cancelled.stage.rawValue); \(what)", fix: nil)
             throw ExitCode(128 + signal)
         } catch let error as MigrationError {
             renderer.failure(stage: error.stage, message: error.message, fix: error.fix)
@@ -66,7 +100,7 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
 }
 
 struct ServerOptions: ParsableArguments {
-    @Option(help: "offline: dump and restore once.")
+    @Option(help: "offline: dump and restore once; online: copy a snapshot, then stream changes until cutover.")
     var mode: MigrationConfig.Mode = .offline
 
     @Option(help: ArgumentHelp("Source connection string (URI or keyword=value). Default: $PG_DBMIGRATOR_SOURCE.", valueName: "conninfo"))
@@ -125,6 +159,85 @@ struct CopyOptions: ParsableArguments {
     func validate() throws {
         guard (1...64).contains(jobs) else { throw ValidationError("--jobs must be between 1 and 64") }
     }
+}
+
+struct OnlineOptions: ParsableArguments {
+    @Option(help: "Logical replication slot created on the source.")
+    var slotName = "pg_dbmigrator_slot"
+
+    @Option(help: "Publication on the source; created (and dropped after cutover) when missing.")
+    var publication = "pg_dbmigrator_pub"
+
+    @Option(help: "Subscription created on the target.")
+    var subscriptionName = "pg_dbmigrator_sub"
+
+    @Option(help: ArgumentHelp("How the target server reaches the source, for its apply worker. Default: --source.", valueName: "conninfo"))
+    var subscriptionSource: String?
+
+    @Option(help: "CaughtUp (\"ready for cutover\") fires when the lag is at or below this many bytes. Advisory only.")
+    var lagThresholdBytes: UInt64 = 65536
+
+    @Option(help: "Seconds between Lag heartbeats.")
+    var cutoverPollSecs: Double = 5
+
+    @Option(help: "Milliseconds between heartbeats once caught up, and while cutover waits for the target.")
+    var cutoverFastPollMs: Int = 500
+
+    @Option(help: "Seconds cutover waits for the target to apply everything before giving up (nothing is dropped then).")
+    var cutoverTimeoutSecs: Double = 300
+
+    @Flag(help: "Keep the subscription (disabled) after cutover.")
+    var keepSubscription = false
+
+    @Flag(help: "Keep the replication slot after cutover (it retains WAL on the source until dropped).")
+    var keepSlot = false
+
+    @Flag(help: "Do not copy sequence values to the target at cutover.")
+    var noSequenceSync = false
+
+    @Flag(help: "Fail when --publication does not exist instead of creating it.")
+    var noAutoCreatePublication = false
+
+    @Flag(help: "Before starting, drop a leftover subscription and slot of the configured names.")
+    var forceClean = false
+
+    @Flag(help: "At cutover, make the source database read-only and end its sessions, so nothing is written after the barrier.")
+    var freezeSourceAtCutover = false
+
+    @Flag(help: "Set REPLICA IDENTITY FULL on published tables that have no primary key (otherwise they stop the run).")
+    var setReplicaIdentityFull = false
+
+    func settings() throws -> OnlineSettings {
+        var subscriptionSourceString: ConnectionString?
+        if let subscriptionSource {
+            do {
+                subscriptionSourceString = try ConnectionString(subscriptionSource)
+            } catch {
+                throw ValidationError("--subscription-source is not a valid connection string: \(error.message)")
+            }
+        }
+        return OnlineSettings(
+            slotName: slotName, publication: publication, subscriptionName: subscriptionName,
+            subscriptionSource: subscriptionSourceString, lagThresholdBytes: lagThresholdBytes,
+            pollInterval: .milliseconds(Int(cutoverPollSecs * 1000)), fastPollInterval: .milliseconds(cutoverFastPollMs),
+            cutoverTimeout: .milliseconds(Int(cutoverTimeoutSecs * 1000)), keepSubscription: keepSubscription,
+            keepSlot: keepSlot, syncSequences: !noSequenceSync, autoCreatePublication: !noAutoCreatePublication,
+            forceClean: forceClean, freezeSourceAtCutover: freezeSourceAtCutover, setReplicaIdentityFull: setReplicaIdentityFull)
+    }
+
+    func validate() throws {
+        guard cutoverPollSecs > 0, cutoverFastPollMs > 0, cutoverTimeoutSecs > 0 else {
+            throw ValidationError("--cutover-poll-secs, --cutover-fast-poll-ms and --cutover-timeout-secs must be positive")
+        }
+    }
+}
+
+/// Set once the online run has started streaming (from then on Ctrl+C means cutover).
+final class StreamingFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.withLock { value = true } }
+    var isSet: Bool { lock.withLock { value } }
 }
 
 struct FilterOptions: ParsableArguments {

@@ -6,22 +6,23 @@ import PostgresClient
 ///
 /// Installed at start-up whatever the inherited disposition: a process
 /// started in the background by a script inherits SIGINT as *ignored*, and
-/// operators' automation still expects `kill -INT` to be heard. The first
-/// signal calls `onFirst`; a second one exits at once (escape hatch).
+/// operators' automation still expects `kill -INT` to be heard. Each of the
+/// first two signals goes to `onSignal` with its count; a third exits at once
+/// (the escape hatch when the graceful path is stuck).
 final class SignalHandling: @unchecked Sendable {
-    private let onFirst: @Sendable (Int32) -> Void
+    private let onSignal: @Sendable (_ signal: Int32, _ count: Int) -> Void
     private var sources: [DispatchSourceSignal] = []
     private let lock = NSLock()
     private var received: [Int32] = []
 
-    init(onFirst: @escaping @Sendable (Int32) -> Void) {
-        self.onFirst = onFirst
+    init(onSignal: @escaping @Sendable (_ signal: Int32, _ count: Int) -> Void) {
+        self.onSignal = onSignal
     }
 
-    var firstSignal: Int32? {
+    var lastSignal: Int32? {
         lock.lock()
         defer { lock.unlock() }
-        return received.first
+        return received.last
     }
 
     func install() {
@@ -39,10 +40,10 @@ final class SignalHandling: @unchecked Sendable {
         received.append(signalNumber)
         let count = received.count
         lock.unlock()
-        if count == 1 {
-            onFirst(signalNumber)
+        if count <= 2 {
+            onSignal(signalNumber, count)
         } else {
-            FileHandle.standardError.write(Data("error: second signal; exiting immediately\n".utf8))
+            FileHandle.standardError.write(Data("error: third signal; exiting immediately\n".utf8))
             exit(128 + signalNumber)
         }
     }

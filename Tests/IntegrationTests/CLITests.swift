@@ -162,7 +162,7 @@ struct CLITests {
         try await blocker.execute("ROLLBACK")
         #expect(Date().timeIntervalSince(signalled) < 10)
         #expect(result.status == 128 + signal, "\(result.stderr)")
-        #expect(result.stderr.contains("cancelled by \(signal == SIGTERM ? "SIGTERM" : "SIGINT")"))
+        #expect(result.stderr.contains("aborted by \(signal == SIGTERM ? "SIGTERM" : "SIGINT")"))
         #expect(dumpers().isEmpty, "pg_dump left running")
         #expect(!FileManager.default.fileExists(atPath: dumpPath), "dump directory left behind")
     }

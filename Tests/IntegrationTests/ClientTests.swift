@@ -53,7 +53,7 @@ struct ClientTests {
         #expect(batchSizes.dropLast().allSatisfy { $0 >= 64 * 1024 })
         let expected = try await Fingerprint.of(source, database: database)
         let actual = try await Fingerprint.of(target, database: database)
-        #expect(actual == expected)
+        #expect(actual == expected, "\(actual.differences(from: expected))")
     }
 
     @Test("a failing COPY IN reports the server's error")
@@ -78,6 +78,6 @@ struct ClientTests {
         _ = try await Migrator(config: MigrationConfig(source: socketSource, target: uriTarget)).run()
         let expected = try await Fingerprint.of(source, database: sourceDatabase)
         let actual = try await Fingerprint.of(target, database: targetDatabase)
-        #expect(actual == expected)
+        #expect(actual == expected, "\(actual.differences(from: expected))")
     }
 }

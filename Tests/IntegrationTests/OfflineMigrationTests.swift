@@ -40,7 +40,7 @@ struct OfflineMigrationTests {
         let actual = try await Fingerprint.of(target, database: targetDatabase)
         #expect(expected.tables.count >= 10)
         #expect(expected.largeObjects["424242"] != nil)
-        #expect(actual == expected)
+        #expect(actual == expected, "\(actual.differences(from: expected))")
         let targetSchema = try await schemaDump(target, database: targetDatabase)
         let sourceSchema = try await schemaDump(source, database: sourceDatabase)
         #expect(targetSchema == sourceSchema)

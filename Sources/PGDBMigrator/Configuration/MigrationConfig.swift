@@ -40,6 +40,8 @@ public struct MigrationConfig: Sendable {
     public var noACL: Bool
     /// Directory holding `pg_dump`, `pg_restore` and `vacuumdb`; searched on `PATH` when nil.
     public var pgBinDirectory: String?
+    /// Settings of the online path (ignored offline).
+    public var online: OnlineSettings
 
     public init(
         mode: Mode = .offline,
@@ -54,7 +56,8 @@ public struct MigrationConfig: Sendable {
         skipAnalyze: Bool = false,
         noOwner: Bool = false,
         noACL: Bool = false,
-        pgBinDirectory: String? = nil
+        pgBinDirectory: String? = nil,
+        online: OnlineSettings = OnlineSettings()
     ) {
         self.mode = mode
         self.source = source
@@ -69,10 +72,68 @@ public struct MigrationConfig: Sendable {
         self.noOwner = noOwner
         self.noACL = noACL
         self.pgBinDirectory = pgBinDirectory
+        self.online = online
     }
 
     /// The machine's CPU count, clamped to 1…8.
     public static var defaultJobs: Int { min(max(ProcessInfo.processInfo.activeProcessorCount, 1), 8) }
+}
+
+/// How the online path names its replication objects, watches lag and cuts over.
+public struct OnlineSettings: Sendable {
+    /// Logical replication slot created on the source (with an exported snapshot).
+    public var slotName: String
+    /// Publication on the source; created (and dropped after cutover) when it does not exist.
+    public var publication: String
+    /// Subscription created on the target, attached to the slot.
+    public var subscriptionName: String
+    /// The connection string the target's apply worker uses to reach the source; `source` when nil.
+    public var subscriptionSource: ConnectionString?
+    /// `CaughtUp` fires when the lag is at or below this many bytes. Advisory only.
+    public var lagThresholdBytes: UInt64
+    /// Lag heartbeat interval.
+    public var pollInterval: Duration
+    /// Heartbeat interval once within the threshold, and while cutover waits for the barrier.
+    public var fastPollInterval: Duration
+    /// How long cutover waits for the target to apply up to the barrier before giving up (dropping nothing).
+    public var cutoverTimeout: Duration
+    public var keepSubscription: Bool
+    public var keepSlot: Bool
+    public var syncSequences: Bool
+    /// Fail instead of creating the publication when it does not exist.
+    public var autoCreatePublication: Bool
+    /// Drop a leftover subscription and slot of the configured names before starting.
+    public var forceClean: Bool
+    /// Make the source database read-only at cutover so nothing can be written after the barrier.
+    public var freezeSourceAtCutover: Bool
+    /// `ALTER TABLE … REPLICA IDENTITY FULL` on published tables that have neither a primary key nor a replica identity.
+    public var setReplicaIdentityFull: Bool
+
+    public init(
+        slotName: String = "pg_dbmigrator_slot", publication: String = "pg_dbmigrator_pub",
+        subscriptionName: String = "pg_dbmigrator_sub", subscriptionSource: ConnectionString? = nil,
+        lagThresholdBytes: UInt64 = 64 * 1024, pollInterval: Duration = .seconds(5),
+        fastPollInterval: Duration = .milliseconds(500), cutoverTimeout: Duration = .seconds(300),
+        keepSubscription: Bool = false, keepSlot: Bool = false, syncSequences: Bool = true,
+        autoCreatePublication: Bool = true, forceClean: Bool = false, freezeSourceAtCutover: Bool = false,
+        setReplicaIdentityFull: Bool = false
+    ) {
+        self.slotName = slotName
+        self.publication = publication
+        self.subscriptionName = subscriptionName
+        self.subscriptionSource = subscriptionSource
+        self.lagThresholdBytes = lagThresholdBytes
+        self.pollInterval = pollInterval
+        self.fastPollInterval = fastPollInterval
+        self.cutoverTimeout = cutoverTimeout
+        self.keepSubscription = keepSubscription
+        self.keepSlot = keepSlot
+        self.syncSequences = syncSequences
+        self.autoCreatePublication = autoCreatePublication
+        self.forceClean = forceClean
+        self.freezeSourceAtCutover = freezeSourceAtCutover
+        self.setReplicaIdentityFull = setReplicaIdentityFull
+    }
 }
 
 /// Which schemas and tables take part, as `pg_dump` patterns

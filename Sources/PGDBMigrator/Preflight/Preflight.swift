@@ -26,7 +26,9 @@ struct Preflight {
     var source: Endpoint { Endpoint(role: .source, connectionString: config.source) }
     var target: Endpoint { Endpoint(role: .target, connectionString: config.target) }
 
-    func run() async throws -> PreflightReport {
+    /// Runs every check; `more` adds checks of its own with both connections open
+    /// (the target one is to the maintenance database when the target database does not exist yet).
+    func run(more: (_ source: Connection, _ target: Connection) async throws -> Void = { _, _ in }) async throws -> PreflightReport {
         let tools = try await PostgresTools.locate(in: config.pgBinDirectory)
         events.info(.validate, "found \(tools.pgDump.versionLine)", ["pg_dump.path": .string(tools.pgDump.path)])
 
@@ -51,6 +53,7 @@ struct Preflight {
         if targetExists && !config.dropTargetFirst && config.dumpScope != .dataOnly {
             try await checkEmpty(targetConnection)
         }
+        try await more(sourceConnection, targetConnection)
 
         events.info(
             .validate, "source and target ready",

@@ -16,19 +16,32 @@ struct Fingerprint: Equatable, CustomStringConvertible {
             .joined(separator: "\n")
     }
 
+    /// What differs from `other`, one line per object, for failure messages.
+    func differences(from other: Fingerprint) -> [String] {
+        func diff(_ kind: String, _ mine: [String: String], _ theirs: [String: String]) -> [String] {
+            Set(mine.keys).union(theirs.keys).sorted().compactMap { key in
+                mine[key] == theirs[key] ? nil : "\(kind) \(key): \(mine[key] ?? "missing") vs \(theirs[key] ?? "missing")"
+            }
+        }
+        return diff("table", tables, other.tables) + diff("sequence", sequences, other.sequences)
+            + diff("large object", largeObjects, other.largeObjects)
+    }
+
     /// Session settings pinned so that equal data prints (and so hashes) equally on both sides.
     static let pinnedSettings = """
         SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';
         SET extra_float_digits = 3; SET bytea_output = 'hex'
         """
 
-    static func of(_ connection: Connection) async throws -> Fingerprint {
+    /// `materializedViews: false` leaves them out: their content is what the last
+    /// REFRESH computed, which on a target restored during writes is newer than the source's.
+    static func of(_ connection: Connection, materializedViews: Bool = true) async throws -> Fingerprint {
         try await connection.execute(pinnedSettings)
         let relations = try await connection.query(
             """
             SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relkind, c.relispopulated::text
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind IN ('r', 'm', 'S') AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+            WHERE c.relkind IN ('r', 'S', \(materializedViews ? "'m'" : "'r'")) AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
             ORDER BY 1, 2
             """)
         var tables: [String: String] = [:]
@@ -54,10 +67,10 @@ struct Fingerprint: Equatable, CustomStringConvertible {
         return Fingerprint(tables: tables, sequences: sequences, largeObjects: largeObjects)
     }
 
-    static func of(_ cluster: TestCluster, database: String) async throws -> Fingerprint {
+    static func of(_ cluster: TestCluster, database: String, materializedViews: Bool = true) async throws -> Fingerprint {
         let connection = try await cluster.connect(database: database)
         defer { Task { await connection.close() } }
-        return try await of(connection)
+        return try await of(connection, materializedViews: materializedViews)
     }
 }
 

@@ -1,0 +1,90 @@
+import PostgresClient
+
+/// One reading of how far the target is behind the source, each LSN read where it really is.
+struct LagReading: Sendable {
+    /// `pg_current_wal_lsn()` on the source.
+    var sourceLSN: LSN
+    /// `pg_stat_subscription.received_lsn` on the target: what the apply worker has received.
+    var receivedLSN: LSN?
+    /// `confirmed_flush_lsn` of the slot on the source: what the target has applied and flushed.
+    var appliedLSN: LSN
+    /// Whether the target's apply worker is running.
+    var workerRunning: Bool
+    /// `pg_stat_subscription_stats.apply_error_count` (PostgreSQL 15+), else nil.
+    var applyErrors: Int?
+
+    var lagBytes: UInt64 { sourceLSN.bytes(since: appliedLSN) }
+
+    var detail: [String: EventValue] {
+        [
+            "lag_bytes": .int(Int(lagBytes)), "source_lsn": .string(sourceLSN.description),
+            "received_lsn": .string(receivedLSN?.description ?? "none"), "applied_lsn": .string(appliedLSN.description),
+        ]
+    }
+}
+
+/// Reads lag from both servers.
+struct LagMonitor {
+    var source: Connection
+    var target: Connection
+    var slotName: String
+    var subscriptionName: String
+
+    func read() async throws -> LagReading {
+        let sourceRow = try await source.query(
+            """
+            SELECT pg_current_wal_lsn()::text,
+                   (SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1)
+            """, [slotName]
+        ).rows[0]
+        guard let sourceLSN = sourceRow[0].flatMap(LSN.init) else {
+            throw MigrationError(.streamApply, "cannot read pg_current_wal_lsn() on the source")
+        }
+        guard let applied = sourceRow[1].flatMap(LSN.init) else {
+            throw MigrationError(
+                .streamApply, "the replication slot \(SQL.identifier(slotName)) is gone from the source",
+                fix: "it was dropped or invalidated (max_slot_wal_keep_size?); the migration must start again")
+        }
+        let version = await target.serverVersion
+        let errorsColumn =
+            version >= 150_000
+            ? "(SELECT apply_error_count::text FROM pg_stat_subscription_stats WHERE subname = $1)" : "NULL"
+        let targetRow = try await target.query(
+            """
+            SELECT (SELECT received_lsn::text FROM pg_stat_subscription WHERE subname = $1 AND relid IS NULL AND pid IS NOT NULL),
+                   EXISTS (SELECT 1 FROM pg_stat_subscription WHERE subname = $1 AND relid IS NULL AND pid IS NOT NULL),
+                   \(errorsColumn)
+            """, [subscriptionName]
+        ).rows[0]
+        return LagReading(
+            sourceLSN: sourceLSN, receivedLSN: targetRow[0].flatMap(LSN.init), appliedLSN: applied,
+            workerRunning: targetRow[1] == "t", applyErrors: targetRow[2].flatMap { Int($0) })
+    }
+}
+
+/// Decides, reading by reading, which heartbeat events to emit: a plain
+/// value type with no I/O, so its rules are unit-tested without a server.
+struct LagStateMachine {
+    enum Event: Equatable {
+        case caughtUp
+        case fellBehind
+    }
+
+    var threshold: UInt64
+    private(set) var caughtUp = false
+
+    init(threshold: UInt64) { self.threshold = threshold }
+
+    /// `CaughtUp` once when lag first reaches the threshold; `FellBehind` if it climbs back over, and so on.
+    mutating func observe(lagBytes: UInt64) -> Event? {
+        if !caughtUp && lagBytes <= threshold {
+            caughtUp = true
+            return .caughtUp
+        }
+        if caughtUp && lagBytes > threshold {
+            caughtUp = false
+            return .fellBehind
+        }
+        return nil
+    }
+}

@@ -1,0 +1,55 @@
+import PostgresClient
+
+/// The subscription on the target: PostgreSQL's own apply worker pulling
+/// from our slot. We create it attached to the existing slot, without an
+/// initial copy (the dump already holds the snapshot's data).
+struct Subscription {
+    var name: String
+    var slotName: String
+    var publication: String
+
+    /// Creates and enables it. `source` is what the target's apply worker
+    /// connects with, password included (stored in `pg_subscription`, readable by superusers only).
+    func create(on target: Connection, connectingTo source: ConnectionString) async throws {
+        let conninfo = source.keywordValue(includingPassword: true)
+        // streaming = on: large transactions are applied as they arrive instead of spilled to disk
+        // on the source first. binary stays off: it breaks when a type differs between versions.
+        let sql = """
+            CREATE SUBSCRIPTION \(SQL.identifier(name))
+            CONNECTION \(SQL.literal(conninfo))
+            PUBLICATION \(SQL.identifier(publication))
+            WITH (create_slot = false, slot_name = \(SQL.literal(slotName)), copy_data = false,
+                  enabled = true, streaming = on)
+            """
+        do {
+            try await target.execute(sql)
+        } catch let error as PostgresError {
+            throw MigrationError(
+                .streamApply, "cannot create the subscription \(SQL.identifier(name)) on the target: \(source.scrub(error.description))",
+                fix: "the target role must be a superuser (PostgreSQL 15 and older) or a member of pg_create_subscription (16+), "
+                    + "and the target server must reach the source with --subscription-source")
+        }
+    }
+
+    func exists(on target: Connection) async throws -> Bool {
+        try await target.scalar("SELECT 1 FROM pg_subscription WHERE subname = $1", [name]) != nil
+    }
+
+    func disable(on target: Connection) async throws {
+        try await target.execute("ALTER SUBSCRIPTION \(SQL.identifier(name)) DISABLE")
+    }
+
+    /// Drops the subscription but not the slot: we drop (or keep) the slot ourselves.
+    func drop(on target: Connection) async throws {
+        guard try await exists(on: target) else { return }
+        try await disable(on: target)
+        try await target.execute("ALTER SUBSCRIPTION \(SQL.identifier(name)) SET (slot_name = NONE)")
+        try await target.execute("DROP SUBSCRIPTION \(SQL.identifier(name))")
+    }
+
+    /// Detaches a kept subscription from a slot we are about to drop, so it cannot point at nothing.
+    func detachSlot(on target: Connection) async throws {
+        try await disable(on: target)
+        try await target.execute("ALTER SUBSCRIPTION \(SQL.identifier(name)) SET (slot_name = NONE)")
+    }
+}

@@ -1,0 +1,107 @@
+import PostgresClient
+
+/// The cutover: freeze (optional) → barrier → wait until applied → sequences
+/// → drop what we created. Every transaction the source committed before the
+/// request is on the target when this returns.
+struct Cutover {
+    var config: MigrationConfig
+    var events: EventEmitter
+    var monitor: LagMonitor
+    var leftovers: Leftovers
+    var settings: OnlineSettings { config.online }
+
+    struct Result {
+        var barrier: LSN
+        var sequences: SequenceSync.Result
+    }
+
+    func run() async throws -> Result {
+        let source = monitor.source
+        let target = monitor.target
+        if settings.freezeSourceAtCutover {
+            let freeze = SourceFreeze(database: config.source.resolvedDatabase ?? "postgres")
+            let ended = try await freeze.freeze(on: source)
+            leftovers.set(\.frozenDatabase, freeze.database)
+            events.info(
+                .cutover, "source database \(SQL.identifier(freeze.database)) is now read-only; ended \(ended) session(s)",
+                ["sessions_ended": .int(ended)])
+        }
+
+        // Everything committed so far has its commit record before this point.
+        guard let barrier = try await source.scalar("SELECT pg_current_wal_insert_lsn()::text").flatMap(LSN.init) else {
+            throw MigrationError(.cutover, "cannot read the barrier LSN on the source")
+        }
+        events.info(.cutover, "waiting for the target to apply up to barrier \(barrier)", ["barrier_lsn": .string(barrier.description)])
+        try await waitForApply(past: barrier)
+
+        var sequences = SequenceSync.Result(synced: 0, failures: [:])
+        if settings.syncSequences {
+            sequences = try await SequenceSync(filter: config.filter).run(source: source, target: target)
+            for (name, reason) in sequences.failures.sorted(by: { $0.key < $1.key }) {
+                events.emit(MigrationEvent(stage: .cutover, level: .error, message: "could not sync sequence \(name): \(reason)",
+                    detail: ["sequence": .string(name)]))
+            }
+            events.info(.cutover, "synced \(sequences.synced) sequence(s)", ["sequences": .int(sequences.synced)])
+        }
+
+        try await removeReplicationObjects(source: source, target: target)
+        return Result(barrier: barrier, sequences: sequences)
+    }
+
+    /// Polls until the slot's confirmed position (what the target applied and flushed) reaches the barrier.
+    private func waitForApply(past barrier: LSN) async throws {
+        let deadline = ContinuousClock.now + settings.cutoverTimeout
+        var lastReport = ContinuousClock.now
+        while true {
+            let reading = try await monitor.read()
+            if reading.appliedLSN >= barrier {
+                events.info(.cutover, "target applied past the barrier", reading.detail)
+                return
+            }
+            if ContinuousClock.now - lastReport >= .seconds(2) {
+                lastReport = ContinuousClock.now
+                var detail = reading.detail
+                detail["barrier_lsn"] = .string(barrier.description)
+                events.info(.cutover, "\(barrier.bytes(since: reading.appliedLSN)) bytes left to apply before the barrier", detail)
+            }
+            if ContinuousClock.now > deadline {
+                throw MigrationError(
+                    .cutover,
+                    "the target did not apply up to the barrier \(barrier) within \(settings.cutoverTimeout) (applied: \(reading.appliedLSN)"
+                        + (reading.workerRunning ? ")" : ", apply worker not running)"),
+                    fix: "nothing was dropped; check the target's server log for apply errors, then run again with a longer --cutover-timeout-secs")
+            }
+            try await Task.sleep(for: settings.fastPollInterval)
+        }
+    }
+
+    private func removeReplicationObjects(source: Connection, target: Connection) async throws {
+        let subscription = Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication)
+        if settings.keepSubscription {
+            if settings.keepSlot {
+                try await subscription.disable(on: target)
+            } else {
+                try await subscription.detachSlot(on: target)
+            }
+            events.info(.cutover, "kept subscription \(SQL.identifier(settings.subscriptionName)) on the target, disabled")
+        } else {
+            try await subscription.drop(on: target)
+            events.info(.cutover, "dropped subscription \(SQL.identifier(settings.subscriptionName)) on the target")
+        }
+        leftovers.set(\.subscriptionCreated, settings.keepSubscription)
+
+        if settings.keepSlot {
+            events.info(.cutover, "kept replication slot \(SQL.identifier(settings.slotName)) on the source (it retains WAL until dropped)")
+        } else {
+            try await ReplicationSlot.drop(named: settings.slotName, on: source)
+            leftovers.set(\.slotCreated, false)
+            events.info(.cutover, "dropped replication slot \(SQL.identifier(settings.slotName)) on the source")
+        }
+
+        if leftovers.snapshot.publicationCreated {
+            try await Publication(name: settings.publication, filter: config.filter).drop(on: source)
+            leftovers.set(\.publicationCreated, false)
+            events.info(.cutover, "dropped publication \(SQL.identifier(settings.publication)) on the source")
+        }
+    }
+}

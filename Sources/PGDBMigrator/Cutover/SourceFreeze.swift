@@ -1,0 +1,40 @@
+import PostgresClient
+
+/// Makes the source database refuse new writes for the cutover, and undoes it.
+///
+/// `default_transaction_read_only` applies to new sessions, so the other
+/// sessions on the database are ended: applications reconnect read-only.
+/// A session that explicitly sets `transaction_read_only = off` could still
+/// write; the freeze is a guard-rail for applications, not a security boundary.
+struct SourceFreeze {
+    var database: String
+
+    var undoSQL: String { "ALTER DATABASE \(SQL.identifier(database)) RESET default_transaction_read_only" }
+
+    /// Returns how many sessions were ended.
+    func freeze(on source: Connection) async throws -> Int {
+        try await source.execute("ALTER DATABASE \(SQL.identifier(database)) SET default_transaction_read_only = on")
+        let frozenAt = try await source.scalar("SELECT clock_timestamp()::text")
+        let ended = try await source.scalar(
+            """
+            SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+            WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+            """, [database])
+        // Wait until they are really gone, so no transaction of theirs can commit after the barrier.
+        for _ in 0..<200 {
+            let left = try await source.scalar(
+                """
+                SELECT count(*) FROM pg_stat_activity
+                WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+                  AND backend_start < $2::timestamptz
+                """, [database, frozenAt])
+            if left == "0" { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return Int(ended ?? "0") ?? 0
+    }
+
+    func unfreeze(on source: Connection) async throws {
+        try await source.execute(undoSQL)
+    }
+}

@@ -1,0 +1,55 @@
+/// The copy both modes share: Dump → Restore (→ Analyze), optionally
+/// reading an exported snapshot so the copy lines up with a replication slot.
+struct DatabaseCopy {
+    var config: MigrationConfig
+    var report: PreflightReport
+    var events: EventEmitter
+
+    /// Dumps the source (as of `snapshot`, when given) and restores it into
+    /// the target. `afterDump` runs as soon as the dump is complete: the
+    /// online path releases the snapshot there. Returns tolerated restore errors.
+    func run(snapshot: String? = nil, afterDump: () async -> Void = {}) async throws -> [String] {
+        let copy = DumpRestore(config: config, tools: report.tools, events: events)
+        let directory = try DumpDirectory.create(at: config.dumpPath)
+        defer { directory.remove() }
+        var detail: [String: EventValue] = ["jobs": .int(config.jobs), "path": .string(directory.root)]
+        if let snapshot { detail["snapshot"] = .string(snapshot) }
+        events.info(.dump, "dumping the source with pg_dump", detail)
+        let dumpStarted = ContinuousClock.now
+        try await copy.dump(into: directory, snapshot: snapshot)
+        await afterDump()
+        let dumpSeconds = (ContinuousClock.now - dumpStarted).seconds
+        let bytes = directory.size
+        events.info(
+            .dump, "dump finished: \(formatBytes(bytes)) in \(formatSeconds(dumpSeconds))",
+            ["bytes": .int(bytes), "seconds": .double(dumpSeconds)])
+
+        try await TargetDatabase(target: copy.target, events: events).prepare(
+            exists: report.targetDatabaseExists, dropFirst: config.dropTargetFirst, like: report.sourceDatabase)
+        if !config.filter.tables.isEmpty && config.dumpScope != .dataOnly {
+            try await createSchemasOfSelectedTables()
+        }
+        events.info(.restore, "restoring into the target with pg_restore", ["jobs": .int(config.jobs)])
+        return try await copy.restore(from: directory)
+    }
+
+    /// Refreshes planner statistics on the target unless told not to.
+    func analyze() async throws {
+        if config.skipAnalyze || config.dumpScope == .schemaOnly {
+            events.info(.analyze, "skipped")
+        } else {
+            events.info(.analyze, "analyzing the target")
+            try await Analyze(config: config, tools: report.tools).run()
+        }
+    }
+
+    private func createSchemasOfSelectedTables() async throws {
+        let tableSchemas = TableSchemas(filter: config.filter)
+        let source = try await Endpoint(role: .source, connectionString: config.source).connect(stage: .restore)
+        let schemas = try await tableSchemas.schemas(on: source)
+        await source.close()
+        let target = try await Endpoint(role: .target, connectionString: config.target).connect(stage: .restore)
+        try await tableSchemas.create(schemas, on: target)
+        await target.close()
+    }
+}

@@ -1,0 +1,175 @@
+import PostgresClient
+
+/// Validate → PrepareSnapshot → Dump → Restore → StreamApply → Lag … → CaughtUp → Cutover → Complete.
+struct OnlineMigration {
+    var config: MigrationConfig
+    var events: EventEmitter
+    var cutover: CutoverHandle
+    var settings: OnlineSettings { config.online }
+    private let leftovers = Leftovers()
+
+    init(config: MigrationConfig, events: EventEmitter, cutover: CutoverHandle) {
+        self.config = config
+        self.events = events
+        self.cutover = cutover
+    }
+
+    var sourceEndpoint: Endpoint { Endpoint(role: .source, connectionString: config.source) }
+    var targetEndpoint: Endpoint { Endpoint(role: .target, connectionString: config.target) }
+
+    func run() async throws -> MigrationOutcome {
+        let started = ContinuousClock.now
+        var slot: ReplicationSlot?
+        do {
+            events.info(.validate, "checking source and target")
+            if settings.forceClean { try await ForceClean(config: config, events: events).run() }
+            var publicationExists = false
+            let report = try await Preflight(config: config, events: events).run { source, target in
+                publicationExists = try await OnlinePreflight(config: config, events: events)
+                    .run(source: source, target: target).publicationExists
+            }
+
+            // PrepareSnapshot: the publication first (pgoutput reads it as of each change), then the slot.
+            let source = try await sourceEndpoint.connect(label: "source-control", stage: .prepareSnapshot)
+            let publication = Publication(name: settings.publication, filter: config.filter)
+            if publicationExists {
+                events.info(.prepareSnapshot, "using the existing publication \(SQL.identifier(settings.publication))")
+            } else {
+                try await publication.create(on: source)
+                leftovers.set(\.publicationCreated, true)
+                events.info(.prepareSnapshot, "created publication \(SQL.identifier(settings.publication))")
+            }
+            let newSlot = try await ReplicationSlot.create(named: settings.slotName, on: config.source)
+            slot = newSlot
+            leftovers.set(\.slotCreated, true)
+            events.info(
+                .prepareSnapshot,
+                "created replication slot \(SQL.identifier(settings.slotName)) at \(newSlot.consistentPoint) with snapshot \(newSlot.snapshotName)",
+                ["slot": .string(settings.slotName), "consistent_lsn": .string(newSlot.consistentPoint.description),
+                 "snapshot": .string(newSlot.snapshotName)])
+
+            // Dump and restore as of the slot's snapshot.
+            let copy = DatabaseCopy(config: config, report: report, events: events)
+            let warnings = try await copy.run(snapshot: newSlot.snapshotName) { await newSlot.releaseSnapshot() }
+
+            // StreamApply: the target's own apply worker takes over from the slot.
+            let target = try await targetEndpoint.connect(label: "target-control", stage: .streamApply)
+            let subscription = Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication)
+            try await subscription.create(on: target, connectingTo: settings.subscriptionSource ?? config.source)
+            leftovers.set(\.subscriptionCreated, true)
+            events.info(
+                .streamApply, "subscription \(SQL.identifier(settings.subscriptionName)) created; the target is streaming changes",
+                ["subscription": .string(settings.subscriptionName)])
+            try await copy.analyze()
+
+            let monitor = LagMonitor(source: source, target: target, slotName: settings.slotName, subscriptionName: settings.subscriptionName)
+            try await heartbeat(monitor)
+
+            events.info(.cutover, "cutover requested")
+            let result = try await Cutover(config: config, events: events, monitor: monitor, leftovers: leftovers).run()
+            let duration = ContinuousClock.now - started
+            var detail: [String: EventValue] = [
+                "barrier_lsn": .string(result.barrier.description), "seconds": .double(duration.seconds),
+                "sequences_failed": .int(result.sequences.failures.count),
+            ]
+            if let frozen = leftovers.snapshot.frozenDatabase {
+                detail["undo_freeze"] = .string(SourceFreeze(database: frozen).undoSQL)
+            }
+            events.info(
+                .complete,
+                "migration complete: every transaction committed on the source before \(result.barrier) is on the target"
+                    + (leftovers.snapshot.frozenDatabase.map { "; the source database stays read-only, undo with: \(SourceFreeze(database: $0).undoSQL)" } ?? ""),
+                detail)
+            await source.close()
+            await target.close()
+            return MigrationOutcome(
+                mode: .online, cutoverTriggered: true, warnings: warnings, duration: duration,
+                barrierLSN: result.barrier, sequenceFailures: result.sequences.failures)
+        } catch {
+            await slot?.releaseSnapshot()
+            let error = events.cancellation(ifCancelled: error)
+            await leaveResumable()
+            throw error
+        }
+    }
+
+    /// Lag events every poll interval (faster once within the threshold) until cutover is requested.
+    private func heartbeat(_ monitor: LagMonitor) async throws {
+        var machine = LagStateMachine(threshold: settings.lagThresholdBytes)
+        var workerDownSince: ContinuousClock.Instant?
+        var reportedErrors: Int?
+        while !cutover.isRequested {
+            try Task.checkCancellation()
+            let reading = try await monitor.read()
+            events.info(
+                .lag,
+                "replication lag \(reading.lagBytes) bytes (source LSN \(reading.sourceLSN), received LSN \(reading.receivedLSN?.description ?? "none"), applied LSN \(reading.appliedLSN))",
+                reading.detail)
+            switch machine.observe(lagBytes: reading.lagBytes) {
+            case .caughtUp:
+                events.info(.caughtUp, "target caught up with source (lag \(reading.lagBytes) bytes) — ready for cutover", reading.detail)
+            case .fellBehind:
+                events.warning(.fellBehind, "target fell behind (lag \(reading.lagBytes) bytes)", reading.detail)
+            case nil:
+                break
+            }
+            try checkApplyWorker(reading, downSince: &workerDownSince, reportedErrors: &reportedErrors)
+
+            let interval = machine.caughtUp ? settings.fastPollInterval : settings.pollInterval
+            let wakeUp = ContinuousClock.now + interval
+            while ContinuousClock.now < wakeUp && !cutover.isRequested {
+                try await Task.sleep(for: min(.milliseconds(100), wakeUp - ContinuousClock.now))
+            }
+        }
+    }
+
+    /// An apply worker that keeps failing (a conflict on the target, a lost
+    /// connection) must end the run with the reason, not print lag forever.
+    private func checkApplyWorker(_ reading: LagReading, downSince: inout ContinuousClock.Instant?, reportedErrors: inout Int?) throws {
+        if let errors = reading.applyErrors, errors > (reportedErrors ?? 0) {
+            events.emit(MigrationEvent(
+                stage: .streamApply, level: .error,
+                message: "the target's apply worker reported \(errors) error(s); PostgreSQL retries, see the target's server log for the reason",
+                detail: ["apply_errors": .int(errors)]))
+            reportedErrors = errors
+        }
+        if reading.workerRunning {
+            downSince = nil
+            return
+        }
+        let since = downSince ?? ContinuousClock.now
+        downSince = since
+        if ContinuousClock.now - since > .seconds(60) {
+            throw MigrationError(
+                .streamApply,
+                "the target's apply worker for \(SQL.identifier(settings.subscriptionName)) has not been running for a minute"
+                    + (reading.applyErrors.map { " (\($0) apply error(s))" } ?? ""),
+                fix: "read the target's server log for the error (a conflicting row, a missing table, the source unreachable "
+                    + "from the target: see --subscription-source); fix it, then ALTER SUBSCRIPTION … ENABLE to resume")
+        }
+    }
+
+    /// After a failure or abort: undo a freeze, disable the subscription so
+    /// nothing more is applied, keep the slot (it holds every change not yet
+    /// applied), and say what was left and how to resume or clean up.
+    private func leaveResumable() async {
+        let state = leftovers.snapshot
+        if let frozen = state.frozenDatabase, let source = try? await sourceEndpoint.connect(label: "abort") {
+            try? await SourceFreeze(database: frozen).unfreeze(on: source)
+            events.info(.cutover, "the source database \(SQL.identifier(frozen)) accepts writes again")
+            await source.close()
+        }
+        if state.subscriptionCreated, let target = try? await targetEndpoint.connect(label: "abort") {
+            try? await Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication)
+                .disable(on: target)
+            await target.close()
+        }
+        let lines = leftovers.describe(settings)
+        guard !lines.isEmpty else { return }
+        events.warning(
+            events.currentPhase,
+            "left in place so that nothing is lost: " + lines.joined(separator: "; ")
+                + "; or rerun with --force-clean to drop the slot and subscription and start over",
+            ["left_in_place": .list(lines)])
+    }
+}

@@ -1,0 +1,160 @@
+import PostgresClient
+
+/// The online path's extra checks, run after the offline ones and before
+/// anything is created: each failure names the fix and leaves nothing behind.
+struct OnlinePreflight {
+    var config: MigrationConfig
+    var events: EventEmitter
+    var settings: OnlineSettings { config.online }
+
+    /// Returns whether the publication already exists (so we must never drop it).
+    func run(source: Connection, target: Connection) async throws -> (publicationExists: Bool, publishedTables: [String]) {
+        try await checkSourceSettings(source)
+        try await checkTarget(target)
+
+        let publication = Publication(name: settings.publication, filter: config.filter)
+        let publicationExists = try await publication.exists(on: source)
+        if !publicationExists && !settings.autoCreatePublication {
+            throw MigrationError(
+                .validate, "the publication \(SQL.identifier(settings.publication)) does not exist on the source",
+                fix: "create it (CREATE PUBLICATION \(SQL.identifier(settings.publication)) FOR ALL TABLES) "
+                    + "or drop --no-auto-create-publication")
+        }
+        let tables = publicationExists
+            ? try await publication.publishedTables(on: source) : try await publication.tablesToPublish(on: source)
+        try await checkReplicaIdentity(source, tables: tables, publicationExists: publicationExists)
+        try await warnAboutWhatIsNotReplicated(source)
+        return (publicationExists, tables)
+    }
+
+    private func checkSourceSettings(_ source: Connection) async throws {
+        let row = try await source.query(
+            """
+            SELECT current_setting('wal_level'),
+                   current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots),
+                   current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication),
+                   (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
+                   current_user,
+                   EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)
+            """, [settings.slotName]
+        ).rows[0]
+        if row[0] != "logical" {
+            throw MigrationError(
+                .validate, "wal_level is '\(row[0] ?? "?")' on the source; online migration needs 'logical'",
+                fix: "run ALTER SYSTEM SET wal_level = 'logical' on the source and restart it")
+        }
+        if Int(row[1] ?? "0") ?? 0 < 1 {
+            throw MigrationError(
+                .validate, "no free replication slot on the source (max_replication_slots is used up)",
+                fix: "raise max_replication_slots on the source (restart needed) or drop an unused slot")
+        }
+        if Int(row[2] ?? "0") ?? 0 < 1 {
+            throw MigrationError(
+                .validate, "no free WAL sender on the source (max_wal_senders is used up)",
+                fix: "raise max_wal_senders on the source (restart needed)")
+        }
+        if row[3] != "t" {
+            throw MigrationError(
+                .validate, "the source role \(SQL.identifier(row[4] ?? "?")) has neither REPLICATION nor superuser",
+                fix: "ALTER ROLE \(SQL.identifier(row[4] ?? "?")) REPLICATION on the source")
+        }
+        if row[5] == "t" {
+            throw MigrationError(
+                .validate, "a replication slot named \(SQL.identifier(settings.slotName)) already exists on the source",
+                fix: "it may be left from an earlier run: pass --force-clean to drop it (and the subscription of that name), "
+                    + "or choose another --slot-name")
+        }
+    }
+
+    private func checkTarget(_ target: Connection) async throws {
+        let version = await target.serverVersion
+        let membership = version >= 160_000 ? "pg_has_role(current_user, 'pg_create_subscription', 'USAGE')" : "false"
+        let row = try await target.query(
+            """
+            SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR \(membership),
+                   current_setting('max_logical_replication_workers')::int,
+                   EXISTS (SELECT 1 FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid
+                           WHERE s.subname = $1 AND d.datname = $2),
+                   current_user
+            """, [settings.subscriptionName, config.target.resolvedDatabase]
+        ).rows[0]
+        if row[0] != "t" {
+            let need = version >= 160_000 ? "membership in pg_create_subscription" : "superuser (before PostgreSQL 16)"
+            throw MigrationError(
+                .validate, "the target role \(SQL.identifier(row[3] ?? "?")) may not create subscriptions: it needs \(need)",
+                fix: version >= 160_000
+                    ? "GRANT pg_create_subscription TO \(SQL.identifier(row[3] ?? "?")) on the target"
+                    : "connect to the target as a superuser")
+        }
+        if Int(row[1] ?? "0") ?? 0 < 1 {
+            throw MigrationError(
+                .validate, "max_logical_replication_workers is 0 on the target: no apply worker could run",
+                fix: "raise max_logical_replication_workers (and max_worker_processes) on the target; restart needed")
+        }
+        if row[2] == "t" {
+            throw MigrationError(
+                .validate, "a subscription named \(SQL.identifier(settings.subscriptionName)) already exists on the target",
+                fix: "pass --force-clean to drop it (and the slot of that name), or choose another --subscription-name")
+        }
+    }
+
+    /// Tables without a primary key or replica identity: once published,
+    /// UPDATE and DELETE on them fail *on the source*. List them; fix them only when told to.
+    private func checkReplicaIdentity(_ source: Connection, tables: [String], publicationExists: Bool) async throws {
+        let published = Set(tables)
+        let rows = try await source.query(
+            """
+            SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+                   (SELECT quote_ident(rn.nspname) || '.' || quote_ident(r.relname)
+                    FROM pg_class r JOIN pg_namespace rn ON rn.oid = r.relnamespace
+                    WHERE r.oid = pg_partition_root(c.oid))
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind = 'r' AND c.relpersistence = 'p'
+              AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+              AND (c.relreplident = 'n'
+                   OR (c.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
+                   OR (c.relreplident = 'i' AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)))
+            ORDER BY 1
+            """
+        ).rows
+        let lacking = rows.filter { published.contains($0[0]!) || ($0[1].map(published.contains) ?? false) }.map { $0[0]! }
+        guard !lacking.isEmpty else { return }
+        if settings.setReplicaIdentityFull {
+            for table in lacking {
+                try await source.execute("ALTER TABLE \(table) REPLICA IDENTITY FULL")
+            }
+            events.warning(
+                .validate, "set REPLICA IDENTITY FULL on \(lacking.count) table(s) without a primary key (--set-replica-identity-full)",
+                ["tables": .list(lacking)])
+            return
+        }
+        throw MigrationError(
+            .validate,
+            "\(lacking.count) published table(s) have no primary key or replica identity: \(lacking.joined(separator: ", ")); "
+                + "once published, UPDATE and DELETE on them would fail on the source",
+            fix: "add a primary key, or ALTER TABLE … REPLICA IDENTITY FULL (or USING INDEX), "
+                + "or pass --set-replica-identity-full to have these set to FULL")
+    }
+
+    private func warnAboutWhatIsNotReplicated(_ source: Connection) async throws {
+        let row = try await source.query(
+            """
+            SELECT (SELECT string_agg(quote_ident(n.nspname) || '.' || quote_ident(c.relname), ', ')
+                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'u'),
+                   (SELECT count(*) FROM pg_largeobject_metadata)
+            """
+        ).rows[0]
+        if let unlogged = row[0] {
+            events.warning(
+                .validate, "unlogged tables are copied as of the snapshot but not replicated: \(unlogged)",
+                ["tables": .string(unlogged)])
+        }
+        if let count = Int(row[1] ?? "0"), count > 0 {
+            events.warning(
+                .validate, "\(count) large object(s) are copied as of the snapshot but not replicated",
+                ["large_objects": .int(count)])
+        }
+        events.info(.validate, "schema changes (DDL) are not replicated: do not change the schema until cutover")
+    }
+}

@@ -1,0 +1,83 @@
+import Foundation
+import PostgresClient
+
+/// The publication on the source that says which tables the slot streams.
+struct Publication {
+    var name: String
+    var filter: ObjectFilter
+
+    func exists(on source: Connection) async throws -> Bool {
+        try await source.scalar("SELECT 1 FROM pg_publication WHERE pubname = $1", [name]) != nil
+    }
+
+    /// The tables a publication we create would hold: every user table
+    /// matching the filters, as quoted `schema.table` names.
+    func tablesToPublish(on source: Connection) async throws -> [String] {
+        let rows = try await source.query(
+            """
+            SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p'
+              AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+            ORDER BY 1, 2
+            """
+        ).rows.map { (schema: $0[0]!, table: $0[1]!) }
+        return rows.filter { filter.includes(schema: $0.schema, table: $0.table) }.map { SQL.qualified($0.schema, $0.table) }
+    }
+
+    /// The tables an existing publication holds (leaf partitions included).
+    func publishedTables(on source: Connection) async throws -> [String] {
+        try await source.query(
+            "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1",
+            [name]
+        ).rows.compactMap { $0[0] }
+    }
+
+    /// Creates the publication: FOR ALL TABLES without filters, else FOR TABLE with the selected tables.
+    func create(on source: Connection) async throws {
+        let tables = filter.isEmpty ? [] : try await tablesToPublish(on: source)
+        if !filter.isEmpty && tables.isEmpty {
+            throw MigrationError(
+                .prepareSnapshot, "the filters select no table to publish",
+                fix: "check --schema/--table/--exclude-schema/--exclude-table")
+        }
+        let what = filter.isEmpty ? "FOR ALL TABLES" : "FOR TABLE " + tables.joined(separator: ", ")
+        do {
+            try await source.execute("CREATE PUBLICATION \(SQL.identifier(name)) \(what)")
+        } catch let error as PostgresError {
+            throw MigrationError(
+                .prepareSnapshot, "cannot create the publication \(SQL.identifier(name)) on the source: \(error)",
+                fix: filter.isEmpty
+                    ? "FOR ALL TABLES needs a superuser; create the publication yourself and pass --publication"
+                    : "the source role must own the published tables; or create the publication yourself and pass --publication")
+        }
+    }
+
+    func drop(on source: Connection) async throws {
+        try await source.execute("DROP PUBLICATION IF EXISTS \(SQL.identifier(name))")
+    }
+}
+
+extension ObjectFilter {
+    /// Whether `schema.table` is in the migrated set, by the same pattern rules as `pg_dump`.
+    func includes(schema: String, table: String) -> Bool {
+        func matches(_ pattern: String) -> Bool {
+            let (schemaRegex, nameRegex) = TableSchemas.regexes(for: pattern)
+            return table.wholeMatch(regex: nameRegex) && (schemaRegex.map { schema.wholeMatch(regex: $0) } ?? true)
+        }
+        func schemaMatches(_ pattern: String) -> Bool {
+            schema.wholeMatch(regex: TableSchemas.regexes(for: pattern).name)
+        }
+        if !schemas.isEmpty && !schemas.contains(where: schemaMatches) { return false }
+        if excludeSchemas.contains(where: schemaMatches) { return false }
+        if !tables.isEmpty && !tables.contains(where: matches) { return false }
+        if excludeTables.contains(where: matches) { return false }
+        return true
+    }
+}
+
+extension String {
+    /// Whether the whole string matches an anchored POSIX-style regex built by `TableSchemas.regexes`.
+    func wholeMatch(regex: String) -> Bool {
+        range(of: regex, options: .regularExpression) != nil
+    }
+}

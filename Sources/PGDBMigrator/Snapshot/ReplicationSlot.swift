@@ -1,0 +1,81 @@
+import PostgresClient
+
+/// The logical replication slot on the source, created with an exported
+/// snapshot so the copy starts exactly where the stream does: no gap, no overlap.
+///
+/// The snapshot lives only as long as the replication connection that
+/// created it stays open and idle, so this type keeps that connection until
+/// ``releaseSnapshot()`` — after every reader (`pg_dump --snapshot`) is done.
+actor ReplicationSlot {
+    let name: String
+    /// The exported snapshot's name, for `pg_dump --snapshot` / `SET TRANSACTION SNAPSHOT`.
+    let snapshotName: String
+    /// Where decoding starts: every change committed after this is streamed.
+    let consistentPoint: LSN
+    private var holder: Connection?
+
+    private init(name: String, snapshotName: String, consistentPoint: LSN, holder: Connection) {
+        self.name = name
+        self.snapshotName = snapshotName
+        self.consistentPoint = consistentPoint
+        self.holder = holder
+    }
+
+    static func create(named name: String, on source: ConnectionString) async throws -> ReplicationSlot {
+        let connection: Connection
+        do {
+            connection = try await Connection.connect(source, label: "slot", replication: true)
+        } catch let error as PostgresError {
+            throw MigrationError(
+                .prepareSnapshot, "cannot open a replication connection to the source: \(error.message)",
+                fix: "the source role needs the REPLICATION attribute, and pg_hba.conf must allow it to connect "
+                    + "(a 'replication' entry is not needed for logical replication, but the database entry is)")
+        }
+        // The snapshot holder must not be killed by server-side timeouts while the dump runs.
+        let version = await connection.serverVersion
+        let command =
+            version >= 150_000
+            ? "CREATE_REPLICATION_SLOT \(SQL.identifier(name)) LOGICAL pgoutput (SNAPSHOT 'export')"
+            : "CREATE_REPLICATION_SLOT \(SQL.identifier(name)) LOGICAL pgoutput EXPORT_SNAPSHOT"
+        let result: QueryResult
+        do {
+            result = try await connection.execute(command)
+        } catch let error as PostgresError {
+            throw MigrationError(.prepareSnapshot, "cannot create the replication slot \(SQL.identifier(name)): \(error)")
+        }
+        guard let row = result.rows.first, let point = row[1].flatMap(LSN.init), let snapshot = row[2] else {
+            throw MigrationError(.prepareSnapshot, "CREATE_REPLICATION_SLOT returned an unexpected result: \(result.columns)")
+        }
+        return ReplicationSlot(name: name, snapshotName: snapshot, consistentPoint: point, holder: connection)
+    }
+
+    /// Closes the replication connection; the snapshot ends, the slot stays.
+    func releaseSnapshot() async {
+        await holder?.close()
+        holder = nil
+    }
+
+    /// Drops a slot on the source, waiting up to `timeout` for a walsender still attached to let go of it.
+    static func drop(named name: String, on source: Connection, timeout: Duration = .seconds(30)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let slots = try await source.query("SELECT active_pid::text FROM pg_replication_slots WHERE slot_name = $1", [name])
+            guard let slot = slots.rows.first else { return }  // already gone
+            let active = slot[0]
+            if active == nil {
+                do {
+                    try await source.query("SELECT pg_drop_replication_slot($1)", [name])
+                    return
+                } catch let error as PostgresError where error.sqlState == "55006" {
+                    // became active again between the check and the drop: retry
+                }
+            }
+            if ContinuousClock.now > deadline {
+                throw MigrationError(
+                    .cutover, "the replication slot \(SQL.identifier(name)) is still in use (walsender pid \(active ?? "?"))",
+                    fix: "drop it when it is released: SELECT pg_drop_replication_slot(\(SQL.literal(name)))")
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+    }
+}

@@ -1,0 +1,142 @@
+import Foundation
+import PGDBMigrator
+import PostgresClient
+import Testing
+
+/// Online migrations between two real servers while an application keeps writing.
+@Suite(.serialized)
+struct OnlineMigrationTests {
+    /// Fast heartbeats so tests do not wait on the defaults.
+    static func config(source: String, target: String, _ adjust: (inout MigrationConfig) -> Void = { _ in }) async throws -> MigrationConfig {
+        let (sourceCluster, targetCluster) = try await SharedClusters.get()
+        let suffix = SharedClusters.uniqueName("t")
+        var config = MigrationConfig(
+            mode: .online, source: try sourceCluster.connectionString(database: source),
+            target: try targetCluster.connectionString(database: target), jobs: 2)
+        config.online = OnlineSettings(
+            slotName: "slot_\(suffix)", publication: "pub_\(suffix)", subscriptionName: "sub_\(suffix)",
+            pollInterval: .milliseconds(500), fastPollInterval: .milliseconds(100), cutoverTimeout: .seconds(120))
+        adjust(&config)
+        return config
+    }
+
+    /// Runs `config` in the background and returns once the target is streaming.
+    static func startStreaming(_ config: MigrationConfig, events: EventLog) async throws -> (Migrator, Task<MigrationOutcome, Error>) {
+        let migrator = Migrator(config: config, onEvent: events.record)
+        let run = Task { try await migrator.run() }
+        let deadline = Date().addingTimeInterval(120)
+        while !events.stages.contains(.streamApply) {
+            if Date() > deadline { throw TestSupportError("the migration never started streaming: \(events.all.map(\.message))") }
+            if events.all.contains(where: { $0.level == .error }) { break }
+            try await Task.sleep(for: .milliseconds(50))
+            if run.isCancelled { break }
+        }
+        return (migrator, run)
+    }
+
+    static func replicationObjects(_ config: MigrationConfig) async throws -> (slot: Bool, publication: Bool, subscription: String?) {
+        let (source, target) = try await SharedClusters.get()
+        let sourceConnection = try await source.connect()
+        let slot = try await sourceConnection.scalar("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) != nil
+        let publicationConnection = try await source.connect(database: config.source.resolvedDatabase!)
+        let publication = try await publicationConnection.scalar("SELECT 1 FROM pg_publication WHERE pubname = $1", [config.online.publication]) != nil
+        let targetConnection = try await target.connect()
+        let subscription = try await targetConnection.scalar("SELECT subenabled::text FROM pg_subscription WHERE subname = $1", [config.online.subscriptionName])
+        return (slot, publication, subscription)
+    }
+
+    @Test("writes during dump, restore and streaming; cutover requested as soon as writes stop: nothing lost")
+    func cutoverLosesNothing() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await OfflineMigrationTests.sampleSource()
+        let targetDatabase = SharedClusters.uniqueName("online_copy")
+        let workload = WriteWorkload()
+        try await workload.start(source, database: sourceDatabase)  // running before the slot exists
+
+        let config = try await Self.config(source: sourceDatabase, target: targetDatabase)
+        let events = EventLog()
+        let (migrator, run) = try await Self.startStreaming(config, events: events)
+        try await Task.sleep(for: .seconds(1.5))  // keep writing while streaming
+        let committed = await workload.stop()
+        migrator.cutoverHandle.request()  // immediately, without waiting for CaughtUp
+        let outcome = try await run.value
+
+        #expect(committed > 10, "workload committed \(committed); error: \(workload.lastError ?? "none")")
+        #expect(outcome.cutoverTriggered)
+        #expect(outcome.barrierLSN != nil)
+        #expect(outcome.sequenceFailures.isEmpty)
+        let expected = try await Fingerprint.of(source, database: sourceDatabase, materializedViews: false)
+        let actual = try await Fingerprint.of(target, database: targetDatabase, materializedViews: false)
+        #expect(actual == expected, "\(actual.differences(from: expected))")
+
+        // The phases, in order, each reported.
+        let phases = events.stages.filter { ![.lag, .caughtUp, .fellBehind].contains($0) }
+            .reduce(into: [Stage]()) { if $0.last != $1 { $0.append($1) } }
+        #expect(phases == [.validate, .prepareSnapshot, .dump, .restore, .streamApply, .analyze, .cutover, .complete])
+        let lag = events.all.first { $0.stage == .lag }
+        #expect(lag?.detail["lag_bytes"] != nil && lag?.detail["received_lsn"] != nil && lag?.detail["applied_lsn"] != nil)
+
+        // Lifecycle: everything we created is gone.
+        let objects = try await Self.replicationObjects(config)
+        #expect(!objects.slot && !objects.publication && objects.subscription == nil)
+
+        // Sequences were synced: new rows on the target do not collide.
+        let targetConnection = try await target.connect(database: targetDatabase)
+        try await targetConnection.execute(
+            """
+            INSERT INTO public.customers (email, name, signup_date) VALUES ('after@example.com', 'After', '2025-01-01');
+            INSERT INTO sales.orders (customer_id, total, ordered_at) VALUES ((SELECT min(id) FROM public.customers), 1, '2025-01-01');
+            """)
+    }
+
+    @Test("--freeze-source-at-cutover while writes run: target equal, source refuses writes, existing publication and kept objects stay")
+    func freezeWithKeepFlags() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await OfflineMigrationTests.sampleSource()
+        let targetDatabase = SharedClusters.uniqueName("frozen_copy")
+        let config = try await Self.config(source: sourceDatabase, target: targetDatabase) {
+            $0.online.freezeSourceAtCutover = true
+            $0.online.keepSlot = true
+            $0.online.keepSubscription = true
+        }
+        let setup = try await source.connect(database: sourceDatabase)
+        try await setup.execute("CREATE PUBLICATION \(SQL.identifier(config.online.publication)) FOR ALL TABLES")
+
+        let workload = WriteWorkload()
+        try await workload.start(source, database: sourceDatabase)
+        let events = EventLog()
+        let (migrator, run) = try await Self.startStreaming(config, events: events)
+        try await Task.sleep(for: .seconds(1))
+        migrator.cutoverHandle.request()  // writes still running
+        let outcome = try await run.value
+        let committed = await workload.stop()
+
+        #expect(outcome.cutoverTriggered)
+        #expect(committed > 5)
+        #expect(workload.lastError != nil, "the freeze should have stopped the workload")
+        let expected = try await Fingerprint.of(source, database: sourceDatabase, materializedViews: false)
+        let actual = try await Fingerprint.of(target, database: targetDatabase, materializedViews: false)
+        #expect(actual == expected, "\(actual.differences(from: expected))")
+
+        // The source refuses new writes, and the Complete event says how to undo that.
+        let fresh = try await source.connect(database: sourceDatabase)
+        let refused = await #expect(throws: PostgresError.self) {
+            try await fresh.execute("INSERT INTO public.documents (id, title) VALUES (999, 'late')")
+        }
+        #expect(refused?.sqlState == "25006")
+        #expect(events.all.last?.detail["undo_freeze"] != nil)
+
+        let objects = try await Self.replicationObjects(config)
+        #expect(objects.publication, "a publication that existed before must never be dropped")
+        #expect(objects.slot)
+        #expect(objects.subscription == "false")
+
+        // Clean up what the keep flags kept.
+        let admin = try await source.connect()
+        try await admin.execute("ALTER DATABASE \(SQL.identifier(sourceDatabase)) RESET default_transaction_read_only")
+        let targetConnection = try await target.connect(database: targetDatabase)
+        try await targetConnection.execute(
+            "ALTER SUBSCRIPTION \(SQL.identifier(config.online.subscriptionName)) SET (slot_name = NONE); DROP SUBSCRIPTION \(SQL.identifier(config.online.subscriptionName))")
+        try await admin.query("SELECT pg_drop_replication_slot($1)", [config.online.slotName])
+    }
+}
