@@ -7,4 +7,5 @@ source scripts/lib/prerequisites.sh
 ensure_prerequisites
 
 swift build --build-tests
-swift test
+# A hung test must fail the run, not stall CI.
+timeout --signal=KILL 1800 swift test

@@ -3,7 +3,7 @@ import PostgresClient
 import Testing
 
 /// The command-line tool as operators run it: exit codes, messages, JSON, signals, secrets.
-@Suite(.serialized)
+@Suite(.serialized, .timeLimit(.minutes(5)))
 struct CLITests {
     static let trickyPassword = "p@ss:w/rd?#%&=+ 'q\"\\x"
 

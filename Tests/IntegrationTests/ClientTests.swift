@@ -4,7 +4,7 @@ import PostgresClient
 import Testing
 
 /// PostgresClient against a real server: parameters, errors, COPY in batches.
-@Suite(.serialized)
+@Suite(.serialized, .timeLimit(.minutes(5)))
 struct ClientTests {
     @Test("queries take $n text parameters and return text rows; NULL is nil")
     func parameters() async throws {

@@ -3,7 +3,7 @@ import PostgresClient
 import Testing
 
 /// Each filter flag, on a database whose schemas do not depend on each other.
-@Suite(.serialized)
+@Suite(.serialized, .timeLimit(.minutes(5)))
 struct FilterTests {
     static func source() async throws -> String {
         let (source, _) = try await SharedClusters.get()

@@ -4,7 +4,7 @@ import PostgresClient
 import Testing
 
 /// Offline migrations between two real servers, through the library.
-@Suite(.serialized)
+@Suite(.serialized, .timeLimit(.minutes(5)))
 struct OfflineMigrationTests {
     /// Loads the fixture into a new source database and returns its name.
     static func sampleSource() async throws -> String {

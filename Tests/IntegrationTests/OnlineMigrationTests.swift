@@ -4,7 +4,7 @@ import PostgresClient
 import Testing
 
 /// Online migrations between two real servers while an application keeps writing.
-@Suite(.serialized)
+@Suite(.serialized, .timeLimit(.minutes(5)))
 struct OnlineMigrationTests {
     /// Fast heartbeats so tests do not wait on the defaults.
     static func config(source: String, target: String, _ adjust: (inout MigrationConfig) -> Void = { _ in }) async throws -> MigrationConfig {

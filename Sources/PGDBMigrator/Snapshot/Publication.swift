@@ -11,17 +11,19 @@ struct Publication {
     }
 
     /// The tables a publication we create would hold: every user table
-    /// matching the filters, as quoted `schema.table` names.
+    /// matching the filters, as `quote_ident(schema).quote_ident(table)`.
     func tablesToPublish(on source: Connection) async throws -> [String] {
         let rows = try await source.query(
             """
-            SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            SELECT n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p'
               AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
             ORDER BY 1, 2
             """
-        ).rows.map { (schema: $0[0]!, table: $0[1]!) }
-        return rows.filter { filter.includes(schema: $0.schema, table: $0.table) }.map { SQL.qualified($0.schema, $0.table) }
+        ).rows.map { (schema: $0[0]!, table: $0[1]!, quoted: $0[2]!) }
+        // quote_ident's form, the same as pg_publication_tables and the replica identity check produce.
+        return rows.filter { filter.includes(schema: $0.schema, table: $0.table) }.map(\.quoted)
     }
 
     /// The tables an existing publication holds (leaf partitions included).

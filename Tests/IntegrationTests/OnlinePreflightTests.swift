@@ -1,0 +1,107 @@
+import Foundation
+import PGDBMigrator
+import PostgresClient
+import Testing
+
+/// Online preflight: each misconfiguration stops the run before anything is created, and says how to fix it.
+@Suite(.serialized, .timeLimit(.minutes(5)))
+struct OnlinePreflightTests {
+    static func smallSource(_ setup: String = "") async throws -> String {
+        let (source, _) = try await SharedClusters.get()
+        let name = try await source.createDatabase(SharedClusters.uniqueName("small"))
+        let connection = try await source.connect(database: name)
+        try await connection.execute(
+            "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 100) g;" + setup)
+        await connection.close()
+        return name
+    }
+
+    /// Asserts the run failed in Validate with `message` and `fix`, and that no slot, publication, subscription or target database was left.
+    static func expectCleanFailure(_ config: MigrationConfig, message: String, fix: String, on sourceCluster: TestCluster? = nil) async throws {
+        let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
+        #expect(error?.stage == .validate)
+        #expect(error?.message.contains(message) == true, "message: \(error?.message ?? "none")")
+        #expect(error?.fix?.contains(fix) == true, "fix: \(error?.fix ?? "none")")
+        let (shared, target) = try await SharedClusters.get()
+        let source = try await (sourceCluster ?? shared).connect(database: config.source.resolvedDatabase!)
+        #expect(try await source.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) == "0")
+        #expect(try await source.scalar("SELECT count(*) FROM pg_publication WHERE pubname = $1", [config.online.publication]) == "0")
+        let targetAdmin = try await target.connect()
+        #expect(try await targetAdmin.scalar("SELECT count(*) FROM pg_subscription WHERE subname = $1", [config.online.subscriptionName]) == "0")
+        #expect(try await targetAdmin.scalar("SELECT count(*) FROM pg_database WHERE datname = $1", [config.target.resolvedDatabase!]) == "0")
+    }
+
+    @Test("a source with wal_level = replica is refused with the fix")
+    func walLevelReplica() async throws {
+        let replicaOnly = try await TestCluster.start(name: "replica-wal", settings: ["wal_level": "replica"])
+        defer { replicaOnly.stop() }
+        let database = try await replicaOnly.createDatabase("app")
+        let (_, target) = try await SharedClusters.get()
+        var config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("never"))
+        config.source = try replicaOnly.connectionString(database: database)
+        try await Self.expectCleanFailure(config, message: "wal_level is 'replica'", fix: "wal_level = 'logical'", on: replicaOnly)
+        _ = target
+    }
+
+    @Test("a source role without REPLICATION is refused with the fix")
+    func roleWithoutReplication() async throws {
+        let (source, _) = try await SharedClusters.get()
+        let database = try await Self.smallSource()
+        let role = SharedClusters.uniqueName("plain_user")
+        let admin = try await source.connect(database: database)
+        try await admin.execute(
+            """
+            CREATE ROLE \(SQL.identifier(role)) LOGIN PASSWORD 'plain-pw';
+            GRANT SELECT ON ALL TABLES IN SCHEMA public TO \(SQL.identifier(role));
+            """)
+        var config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("never"))
+        config.source = try ConnectionString(source.url(database: database, user: role, password: "plain-pw"))
+        config.noACL = true
+        try await Self.expectCleanFailure(config, message: "neither REPLICATION nor superuser", fix: "REPLICATION")
+    }
+
+    @Test("tables without a primary key or replica identity are listed; --set-replica-identity-full fixes them")
+    func replicaIdentity() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let database = try await Self.smallSource("CREATE TABLE \"No Key\" (a int, b text); INSERT INTO \"No Key\" VALUES (1, 'x'), (1, 'x');")
+        let config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("identity_copy"))
+        try await Self.expectCleanFailure(config, message: "public.\"No Key\"", fix: "--set-replica-identity-full")
+        var fixing = config
+        fixing.online.setReplicaIdentityFull = true
+        let events = EventLog()
+        let (migrator, run) = try await OnlineMigrationTests.startStreaming(fixing, events: events)
+        let writer = try await source.connect(database: database)
+        try await writer.execute("UPDATE \"No Key\" SET b = 'y'; DELETE FROM items WHERE id <= 10")
+        migrator.cutoverHandle.request()
+        _ = try await run.value
+        #expect(try await writer.scalar("SELECT relreplident::text FROM pg_class WHERE relname = 'No Key'") == "f")
+        let expected = try await Fingerprint.of(source, database: database)
+        let actual = try await Fingerprint.of(target, database: fixing.target.resolvedDatabase!)
+        #expect(actual == expected, "\(actual.differences(from: expected))")
+    }
+
+    @Test("an existing slot of that name is refused, pointing to --force-clean, which drops it")
+    func slotExists() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let database = try await Self.smallSource()
+        let config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("slot_copy"))
+        let admin = try await source.connect(database: database)
+        try await admin.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [config.online.slotName])
+
+        let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
+        #expect(error?.message.contains("already exists") == true)
+        #expect(error?.fix?.contains("--force-clean") == true)
+        #expect(try await admin.scalar("SELECT count(*) FROM pg_publication WHERE pubname = $1", [config.online.publication]) == "0")
+
+        var forced = config
+        forced.online.forceClean = true
+        let events = EventLog()
+        let (migrator, run) = try await OnlineMigrationTests.startStreaming(forced, events: events)
+        migrator.cutoverHandle.request()
+        _ = try await run.value
+        #expect(events.all.contains { $0.message.contains("--force-clean: dropped replication slot") })
+        let expected = try await Fingerprint.of(source, database: database)
+        let actual = try await Fingerprint.of(target, database: forced.target.resolvedDatabase!)
+        #expect(actual == expected, "\(actual.differences(from: expected))")
+    }
+}
