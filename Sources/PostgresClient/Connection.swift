@@ -80,8 +80,39 @@ public actor Connection {
     // MARK: - Statements
 
     /// Runs one statement with `$1…$n` text parameters and returns its rows as text.
+    ///
+    /// Cancelling the calling task cancels the statement on the server (`PQcancel`).
     @discardableResult
-    public func query(_ sql: String, _ parameters: [String?] = []) throws -> QueryResult {
+    public nonisolated func query(_ sql: String, _ parameters: [String?] = []) async throws -> QueryResult {
+        try await interruptible { try await $0.runQuery(sql, parameters) }
+    }
+
+    /// Runs one or more `;`-separated statements with no parameters (simple
+    /// query protocol). Also the way to send replication commands.
+    @discardableResult
+    public nonisolated func execute(_ sql: String) async throws -> QueryResult {
+        try await interruptible { try await $0.runSimpleQuery(sql) }
+    }
+
+    /// The first column of the first row, or nil.
+    public nonisolated func scalar(_ sql: String, _ parameters: [String?] = []) async throws -> String? {
+        try await query(sql, parameters).rows.first?.first ?? nil
+    }
+
+    /// Runs `operation` (which hops onto this connection's thread) so that
+    /// cancelling the task cancels the statement on the server. A task that
+    /// is already cancelled when it starts a statement is cleaning up
+    /// (undoing a freeze, disabling a subscription): it runs to completion.
+    nonisolated func interruptible<R: Sendable>(_ operation: (Connection) async throws -> R) async throws -> R {
+        if Task.isCancelled { return try await operation(self) }
+        return try await withTaskCancellationHandler {
+            try await operation(self)
+        } onCancel: { [canceller] in
+            canceller.cancel()
+        }
+    }
+
+    private func runQuery(_ sql: String, _ parameters: [String?]) throws -> QueryResult {
         let conn = try live()
         let result = try withCancellation {
             withParameterArray(parameters) { values in
@@ -93,20 +124,12 @@ public actor Connection {
         return QueryResult(result)
     }
 
-    /// Runs one or more `;`-separated statements with no parameters (simple
-    /// query protocol). Also the way to send replication commands.
-    @discardableResult
-    public func execute(_ sql: String) throws -> QueryResult {
+    private func runSimpleQuery(_ sql: String) throws -> QueryResult {
         let conn = try live()
         let result = try withCancellation { PQexec(conn, sql) }
         defer { PQclear(result) }
         try check(result, expecting: [PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY])
         return QueryResult(result)
-    }
-
-    /// The first column of the first row, or nil.
-    public func scalar(_ sql: String, _ parameters: [String?] = []) throws -> String? {
-        try query(sql, parameters).rows.first?.first ?? nil
     }
 
     // MARK: - Internals shared with the COPY extension

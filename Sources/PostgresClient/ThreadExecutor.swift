@@ -10,12 +10,36 @@ public final class ThreadExecutor: SerialExecutor, @unchecked Sendable {
     private let condition = NSCondition()
     private var jobs: [UnownedJob] = []
     private var stopping = false
+    /// Our thread's id (`pthread_self`), so the runtime can ask whether code runs on it.
+    private var threadID: pthread_t?
 
     public init(name: String) {
-        let thread = Thread { [self] in self.runLoop() }
+        let thread = Thread { [self] in
+            condition.lock()
+            threadID = pthread_self()
+            condition.unlock()
+            self.runLoop()
+        }
         thread.name = name
         thread.stackSize = 1 << 20
         thread.start()
+    }
+
+    private var isOnOurThread: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        guard let threadID else { return false }
+        return pthread_equal(threadID, pthread_self()) != 0
+    }
+
+    /// Lets the runtime confirm isolation when it cannot prove it statically
+    /// (e.g. a closure formed on the actor and called inside `withTaskCancellationHandler`).
+    public func checkIsolated() {
+        precondition(isOnOurThread, "expected to be running on the connection's own thread")
+    }
+
+    public func isIsolatingCurrentContext() -> Bool? {
+        isOnOurThread
     }
 
     public func enqueue(_ job: consuming ExecutorJob) {

@@ -39,6 +39,9 @@ struct OnlineMigration {
                 leftovers.set(\.publicationCreated, true)
                 events.info(.prepareSnapshot, "created publication \(SQL.identifier(settings.publication))")
             }
+            events.info(
+                .prepareSnapshot,
+                "creating replication slot \(SQL.identifier(settings.slotName)); this waits for transactions already writing on the source to finish")
             let newSlot = try await ReplicationSlot.create(named: settings.slotName, on: config.source)
             slot = newSlot
             leftovers.set(\.slotCreated, true)
