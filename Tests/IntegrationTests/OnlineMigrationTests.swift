@@ -139,4 +139,34 @@ struct OnlineMigrationTests {
             "ALTER SUBSCRIPTION \(SQL.identifier(config.online.subscriptionName)) SET (slot_name = NONE); DROP SUBSCRIPTION \(SQL.identifier(config.online.subscriptionName))")
         try await admin.query("SELECT pg_drop_replication_slot($1)", [config.online.slotName])
     }
+
+    @Test("an apply worker that keeps failing ends the run with the server's error, leaving everything in place")
+    func applyFailure() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await OnlinePreflightTests.smallSource()
+        let targetDatabase = SharedClusters.uniqueName("conflict")
+        let config = try await Self.config(source: sourceDatabase, target: targetDatabase) {
+            $0.online.applyFailureGrace = .seconds(3)
+        }
+        let events = EventLog()
+        let (_, run) = try await Self.startStreaming(config, events: events)
+        // A row on the target that the source will insert too: the apply worker hits a duplicate key.
+        let targetConnection = try await target.connect(database: targetDatabase)
+        try await targetConnection.execute("INSERT INTO items VALUES (5000, 'target only')")
+        let sourceConnection = try await source.connect(database: sourceDatabase)
+        try await sourceConnection.execute("INSERT INTO items VALUES (5000, 'from source')")
+
+        let error = await #expect(throws: MigrationError.self) { try await run.value }
+        #expect(error?.stage == .streamApply)
+        #expect(error?.message.contains("duplicate key") == true, "\(error?.message ?? "")")
+        #expect(error?.fix?.contains("ENABLE") == true)
+        #expect(events.all.contains { $0.level == .error && $0.detail["apply_errors"] != nil })
+        let objects = try await Self.replicationObjects(config)
+        #expect(objects.slot && objects.subscription == "false")
+
+        try await targetConnection.execute(
+            "ALTER SUBSCRIPTION \(SQL.identifier(config.online.subscriptionName)) SET (slot_name = NONE); DROP SUBSCRIPTION \(SQL.identifier(config.online.subscriptionName))")
+        try await sourceConnection.query("SELECT pg_drop_replication_slot($1)", [config.online.slotName])
+        try await sourceConnection.execute("DROP PUBLICATION \(SQL.identifier(config.online.publication))")
+    }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import PostgresClient
 
 /// One reading of how far the target is behind the source, each LSN read where it really is.
@@ -86,5 +87,60 @@ struct LagStateMachine {
             return .fellBehind
         }
         return nil
+    }
+}
+
+/// Whether the apply worker is making progress: a plain value type, unit-tested without a server.
+struct ApplyHealth {
+    enum Verdict: Equatable {
+        case healthy
+        /// The error count went up; the worker retries on its own.
+        case newErrors(Int)
+        /// Errors or no worker, and nothing applied, for at least the grace period.
+        case failing(Duration)
+    }
+
+    var grace: Duration
+    private var troubleSince: ContinuousClock.Instant?
+    private var reportedErrors: Int?
+    private var lastApplied: LSN?
+
+    init(grace: Duration) { self.grace = grace }
+
+    /// Trouble starts when the error count rises or no worker runs; it ends
+    /// when the applied position moves or the target has caught up.
+    mutating func observe(
+        errors: Int?, workerRunning: Bool, applied: LSN, caughtUp: Bool, now: ContinuousClock.Instant = .now
+    ) -> Verdict {
+        defer { lastApplied = applied }
+        let errorCount = errors ?? 0
+        let baseline = reportedErrors ?? errorCount  // the first reading sets the baseline
+        let newErrors = errorCount > baseline
+        reportedErrors = max(baseline, errorCount)
+        let progressed = lastApplied.map { applied > $0 } ?? false
+        if progressed || caughtUp { troubleSince = nil }
+        if newErrors || !workerRunning { troubleSince = troubleSince ?? now }
+        if let since = troubleSince, now - since >= grace { return .failing(now - since) }
+        return newErrors ? .newErrors(errorCount) : .healthy
+    }
+}
+
+/// Reads the target server's log for the reason an apply worker failed.
+enum ServerLog {
+    /// The last ERROR line of the current log file, when the role may read it
+    /// (superuser or pg_read_server_files) and the server logs to a file it knows
+    /// (`logging_collector`). Nil otherwise: the caller then points to the log.
+    static func lastReplicationError(on target: Connection) async -> String? {
+        guard let file = try? await target.scalar("SELECT pg_current_logfile()") else { return nil }
+        guard let text = try? await target.scalar(
+            "SELECT pg_read_file($1, greatest(0, (pg_stat_file($1)).size - 65536), 65536)", [file])
+        else { return nil }
+        let lines = text.split(separator: "\n").map(String.init)
+        guard let index = lines.lastIndex(where: { $0.contains("ERROR:") }) else { return nil }
+        var message = lines[index].components(separatedBy: "ERROR:").last?.trimmingCharacters(in: .whitespaces) ?? lines[index]
+        if index + 1 < lines.count, let detail = lines[index + 1].components(separatedBy: "DETAIL:").dropFirst().first {
+            message += " (\(detail.trimmingCharacters(in: .whitespaces)))"
+        }
+        return message
     }
 }

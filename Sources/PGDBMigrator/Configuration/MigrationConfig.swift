@@ -108,6 +108,8 @@ public struct OnlineSettings: Sendable {
     public var freezeSourceAtCutover: Bool
     /// `ALTER TABLE … REPLICA IDENTITY FULL` on published tables that have neither a primary key nor a replica identity.
     public var setReplicaIdentityFull: Bool
+    /// How long the apply worker may fail (errors or not running, nothing applied) before the run ends with its error.
+    public var applyFailureGrace: Duration
 
     public init(
         slotName: String = "pg_dbmigrator_slot", publication: String = "pg_dbmigrator_pub",
@@ -116,7 +118,7 @@ public struct OnlineSettings: Sendable {
         fastPollInterval: Duration = .milliseconds(500), cutoverTimeout: Duration = .seconds(300),
         keepSubscription: Bool = false, keepSlot: Bool = false, syncSequences: Bool = true,
         autoCreatePublication: Bool = true, forceClean: Bool = false, freezeSourceAtCutover: Bool = false,
-        setReplicaIdentityFull: Bool = false
+        setReplicaIdentityFull: Bool = false, applyFailureGrace: Duration = .seconds(60)
     ) {
         self.slotName = slotName
         self.publication = publication
@@ -133,6 +135,7 @@ public struct OnlineSettings: Sendable {
         self.forceClean = forceClean
         self.freezeSourceAtCutover = freezeSourceAtCutover
         self.setReplicaIdentityFull = setReplicaIdentityFull
+        self.applyFailureGrace = applyFailureGrace
     }
 }
 

@@ -99,8 +99,7 @@ struct OnlineMigration {
     /// Lag events every poll interval (faster once within the threshold) until cutover is requested.
     private func heartbeat(_ monitor: LagMonitor) async throws {
         var machine = LagStateMachine(threshold: settings.lagThresholdBytes)
-        var workerDownSince: ContinuousClock.Instant?
-        var reportedErrors: Int?
+        var health = ApplyHealth(grace: settings.applyFailureGrace)
         while !cutover.isRequested {
             try Task.checkCancellation()
             let reading = try await monitor.read()
@@ -116,7 +115,7 @@ struct OnlineMigration {
             case nil:
                 break
             }
-            try checkApplyWorker(reading, downSince: &workerDownSince, reportedErrors: &reportedErrors)
+            try await checkApplyWorker(reading, health: &health, target: monitor.target)
 
             let interval = machine.caughtUp ? settings.fastPollInterval : settings.pollInterval
             let wakeUp = ContinuousClock.now + interval
@@ -126,29 +125,30 @@ struct OnlineMigration {
         }
     }
 
-    /// An apply worker that keeps failing (a conflict on the target, a lost
-    /// connection) must end the run with the reason, not print lag forever.
-    private func checkApplyWorker(_ reading: LagReading, downSince: inout ContinuousClock.Instant?, reportedErrors: inout Int?) throws {
-        if let errors = reading.applyErrors, errors > (reportedErrors ?? 0) {
+    /// An apply worker that keeps failing (a conflict on the target, the
+    /// source unreachable from the target) ends the run with the server's
+    /// reason instead of printing lag forever.
+    private func checkApplyWorker(_ reading: LagReading, health: inout ApplyHealth, target: Connection) async throws {
+        switch health.observe(
+            errors: reading.applyErrors, workerRunning: reading.workerRunning, applied: reading.appliedLSN,
+            caughtUp: reading.lagBytes == 0)
+        {
+        case .healthy:
+            return
+        case .newErrors(let count):
             events.emit(MigrationEvent(
                 stage: .streamApply, level: .error,
-                message: "the target's apply worker reported \(errors) error(s); PostgreSQL retries, see the target's server log for the reason",
-                detail: ["apply_errors": .int(errors)]))
-            reportedErrors = errors
-        }
-        if reading.workerRunning {
-            downSince = nil
-            return
-        }
-        let since = downSince ?? ContinuousClock.now
-        downSince = since
-        if ContinuousClock.now - since > .seconds(60) {
+                message: "the target's apply worker reported an error (\(count) so far); PostgreSQL retries it",
+                detail: ["apply_errors": .int(count)]))
+        case .failing(let duration):
+            let serverError = await ServerLog.lastReplicationError(on: target)
             throw MigrationError(
                 .streamApply,
-                "the target's apply worker for \(SQL.identifier(settings.subscriptionName)) has not been running for a minute"
-                    + (reading.applyErrors.map { " (\($0) apply error(s))" } ?? ""),
-                fix: "read the target's server log for the error (a conflicting row, a missing table, the source unreachable "
-                    + "from the target: see --subscription-source); fix it, then ALTER SUBSCRIPTION … ENABLE to resume")
+                "the target's apply worker for \(SQL.identifier(settings.subscriptionName)) has been failing for \(Int(duration.seconds)) s "
+                    + "without applying anything" + (serverError.map { ": \($0)" } ?? " (the reason is in the target's server log)"),
+                fix: "fix the cause on the target (a conflicting row, a missing table, the source unreachable from the target: "
+                    + "see --subscription-source), then ALTER SUBSCRIPTION \(SQL.identifier(settings.subscriptionName)) ENABLE "
+                    + "to resume; nothing has been dropped")
         }
     }
 

@@ -41,6 +41,8 @@ final class TestCluster: @unchecked Sendable {
             "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
             "wal_level": "logical", "max_wal_senders": "10", "max_replication_slots": "10",
             "shared_buffers": "64MB", "max_connections": "60", "log_min_messages": "warning",
+            // A log file the server knows (pg_current_logfile), so apply errors can be read back.
+            "logging_collector": "on", "log_directory": "log",
         ]
         for (key, value) in settings { options[key] = value }
         let optionString = options.sorted { $0.key < $1.key }.map { "-c \($0.key)=\($0.value)" }.joined(separator: " ")
