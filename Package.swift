@@ -32,6 +32,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .executableTarget(
+            name: "online_migration", dependencies: ["PGDBMigrator", "PostgresClient"], path: "Examples/online_migration"),
         .testTarget(name: "PostgresClientTests", dependencies: ["PostgresClient", "PGDBMigrator"]),
         .testTarget(name: "IntegrationTests", dependencies: ["PGDBMigrator", "PostgresClient"]),
     ],

@@ -147,4 +147,28 @@ struct OnlineAbortTests {
         try await Self.resumeAndCompare(names, source: sourceDatabase, target: targetDatabase)
         try await writer.execute("DROP PUBLICATION \(SQL.identifier(names.publication))")
     }
+
+    @Test("the example program runs an online migration and cuts over on Ctrl+C")
+    func exampleProgram() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await OnlinePreflightTests.smallSource()
+        let targetDatabase = SharedClusters.uniqueName("example_copy")
+        let running = try CLI.start(
+            [source.url(database: sourceDatabase), target.url(database: targetDatabase)], program: "online_migration")
+        // The example keeps the library's default 5 s heartbeat.
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline, !(try await running.stdoutSoFar()).contains("CaughtUp:"), running.process.isRunning {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let writer = try await source.connect(database: sourceDatabase)
+        try await writer.execute("UPDATE items SET v = 'changed' WHERE id <= 20")
+        running.signal(SIGINT)
+        let result = try await running.wait(timeout: 60)
+        #expect(result.status == 0, "\(result.stdout)\n\(result.stderr)")
+        #expect(result.stdout.contains("cutover requested"))
+        #expect(result.stdout.contains("Complete:"))
+        let expected = try await Fingerprint.of(source, database: sourceDatabase)
+        let actual = try await Fingerprint.of(target, database: targetDatabase)
+        #expect(actual == expected, "\(actual.differences(from: expected))")
+    }
 }

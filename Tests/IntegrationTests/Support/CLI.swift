@@ -3,15 +3,15 @@ import Foundation
 /// Runs the built `pg_dbmigrator` binary the way an operator would.
 struct CLI {
     /// `.build/<config>/pg_dbmigrator`, next to the test bundle (or `$PG_DBMIGRATOR_BIN`).
-    static func binary() throws -> String {
-        if let explicit = ProcessInfo.processInfo.environment["PG_DBMIGRATOR_BIN"] { return explicit }
+    static func binary(_ name: String = "pg_dbmigrator") throws -> String {
+        if name == "pg_dbmigrator", let explicit = ProcessInfo.processInfo.environment["PG_DBMIGRATOR_BIN"] { return explicit }
         var directory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
         for _ in 0..<4 {
-            let candidate = directory.appendingPathComponent("pg_dbmigrator").path
+            let candidate = directory.appendingPathComponent(name).path
             if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
             directory = directory.deletingLastPathComponent()
         }
-        throw TestSupportError("pg_dbmigrator binary not found next to the tests; run `swift build` first or set PG_DBMIGRATOR_BIN")
+        throw TestSupportError("\(name) binary not found next to the tests; run `swift build` first or set PG_DBMIGRATOR_BIN")
     }
 
     struct Result {
@@ -28,9 +28,9 @@ struct CLI {
         private var stdoutData = Data()
         private var stderrData = Data()
 
-        init(arguments: [String], environment: [String: String], ignoreSIGINT: Bool) throws {
+        init(arguments: [String], environment: [String: String], ignoreSIGINT: Bool, program: String) throws {
             process = Process()
-            let binary = try CLI.binary()
+            let binary = try CLI.binary(program)
             if ignoreSIGINT {
                 // What a script's `cmd &` does: the child starts with SIGINT ignored.
                 process.executableURL = URL(fileURLWithPath: "/bin/sh")
@@ -62,6 +62,10 @@ struct CLI {
             lock.lock()
             defer { lock.unlock() }
             if toStdout { stdoutData.append(data) } else { stderrData.append(data) }
+        }
+
+        func stdoutSoFar() async throws -> String {
+            lock.withLock { String(decoding: stdoutData, as: UTF8.self) }
         }
 
         var stderrSoFar: String {
@@ -105,8 +109,10 @@ struct CLI {
         }
     }
 
-    static func start(_ arguments: [String], environment: [String: String] = [:], ignoreSIGINT: Bool = false) throws -> Running {
-        try Running(arguments: arguments, environment: environment, ignoreSIGINT: ignoreSIGINT)
+    static func start(
+        _ arguments: [String], environment: [String: String] = [:], ignoreSIGINT: Bool = false, program: String = "pg_dbmigrator"
+    ) throws -> Running {
+        try Running(arguments: arguments, environment: environment, ignoreSIGINT: ignoreSIGINT, program: program)
     }
 
     static func run(_ arguments: [String], environment: [String: String] = [:]) async throws -> Result {
