@@ -95,8 +95,15 @@ struct OnlinePreflightTests {
 
         var forced = config
         forced.online.forceClean = true
+        // The target's apply worker reaches the source another way: over its unix socket.
+        forced.online.subscriptionSource = try ConnectionString(
+            "host=\(source.socketDirectory) port=\(source.port) user=postgres password=\(TestCluster.superuserPassword) dbname=\(database)")
         let events = EventLog()
         let (migrator, run) = try await OnlineMigrationTests.startStreaming(forced, events: events)
+        let targetAdmin = try await target.connect()
+        let conninfo = try await targetAdmin.scalar("SELECT subconninfo FROM pg_subscription WHERE subname = $1", [forced.online.subscriptionName])
+        #expect(conninfo?.contains(source.socketDirectory) == true)
+        try await admin.execute("INSERT INTO items VALUES (777, 'via socket')")
         migrator.cutoverHandle.request()
         _ = try await run.value
         #expect(events.all.contains { $0.message.contains("--force-clean: dropped replication slot") })

@@ -127,19 +127,24 @@ struct ApplyHealth {
 
 /// Reads the target server's log for the reason an apply worker failed.
 enum ServerLog {
-    /// The last ERROR line of the current log file, when the role may read it
-    /// (superuser or pg_read_server_files) and the server logs to a file it knows
-    /// (`logging_collector`). Nil otherwise: the caller then points to the log.
-    static func lastReplicationError(on target: Connection) async -> String? {
-        guard let file = try? await target.scalar("SELECT pg_current_logfile()") else { return nil }
-        guard let text = try? await target.scalar(
-            "SELECT pg_read_file($1, greatest(0, (pg_stat_file($1)).size - 65536), 65536)", [file])
+    /// The last error of this subscription's apply worker in the current log
+    /// file — the ERROR line (and its DETAIL) whose CONTEXT names the
+    /// subscription's replication origin — when the role may read the log
+    /// (superuser or pg_read_server_files) and the server logs to a file it
+    /// knows (`logging_collector`). Nil otherwise: the caller points to the log.
+    static func lastApplyError(of subscription: String, on target: Connection) async -> String? {
+        guard let oid = try? await target.scalar("SELECT oid::text FROM pg_subscription WHERE subname = $1", [subscription]),
+            let file = try? await target.scalar("SELECT pg_current_logfile()"),
+            let text = try? await target.scalar(
+                "SELECT pg_read_file($1, greatest(0, (pg_stat_file($1)).size - 262144), 262144)", [file])
         else { return nil }
         let lines = text.split(separator: "\n").map(String.init)
-        guard let index = lines.lastIndex(where: { $0.contains("ERROR:") }) else { return nil }
-        var message = lines[index].components(separatedBy: "ERROR:").last?.trimmingCharacters(in: .whitespaces) ?? lines[index]
-        if index + 1 < lines.count, let detail = lines[index + 1].components(separatedBy: "DETAIL:").dropFirst().first {
-            message += " (\(detail.trimmingCharacters(in: .whitespaces)))"
+        guard let context = lines.lastIndex(where: { $0.contains("CONTEXT:") && $0.contains("replication origin \"pg_\(oid)\"") }),
+            let error = lines[..<context].lastIndex(where: { $0.contains("ERROR:") })
+        else { return nil }
+        var message = lines[error].components(separatedBy: "ERROR:").last!.trimmingCharacters(in: .whitespaces)
+        if let detail = lines[error..<context].first(where: { $0.contains("DETAIL:") }) {
+            message += " (\(detail.components(separatedBy: "DETAIL:").last!.trimmingCharacters(in: .whitespaces)))"
         }
         return message
     }

@@ -141,7 +141,7 @@ struct OnlineMigration {
                 message: "the target's apply worker reported an error (\(count) so far); PostgreSQL retries it",
                 detail: ["apply_errors": .int(count)]))
         case .failing(let duration):
-            let serverError = await ServerLog.lastReplicationError(on: target)
+            let serverError = await ServerLog.lastApplyError(of: settings.subscriptionName, on: target)
             throw MigrationError(
                 .streamApply,
                 "the target's apply worker for \(SQL.identifier(settings.subscriptionName)) has been failing for \(Int(duration.seconds)) s "
