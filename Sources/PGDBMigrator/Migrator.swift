@@ -31,6 +31,8 @@ public struct Migrator: Sendable {
             return try await OfflineMigration(config: config, events: events).run()
         case .online:
             return try await OnlineMigration(config: config, events: events, cutover: cutoverHandle).run()
+        case .verify:
+            return try await VerifyRun(config: config, events: events).run()
         }
     }
 }
@@ -47,10 +49,12 @@ public struct MigrationOutcome: Sendable {
     public var barrierLSN: LSN?
     /// Online: sequences that could not be synced at cutover, with the reason.
     public var sequenceFailures: [String: String]
+    /// What verify found, when it ran.
+    public var verifyReport: VerifyReport?
 
     public init(
         mode: MigrationConfig.Mode, cutoverTriggered: Bool, warnings: [String], duration: Duration,
-        barrierLSN: LSN? = nil, sequenceFailures: [String: String] = [:]
+        barrierLSN: LSN? = nil, sequenceFailures: [String: String] = [:], verifyReport: VerifyReport? = nil
     ) {
         self.mode = mode
         self.cutoverTriggered = cutoverTriggered
@@ -58,5 +62,6 @@ public struct MigrationOutcome: Sendable {
         self.duration = duration
         self.barrierLSN = barrierLSN
         self.sequenceFailures = sequenceFailures
+        self.verifyReport = verifyReport
     }
 }

@@ -26,6 +26,24 @@ struct EventRenderer: Sendable {
         write(([line] + lists).joined(separator: "\n"), to: .standardError)
     }
 
+    /// The verify summary: a table on stderr; with --json, the whole report as one object on stdout.
+    func report(_ report: VerifyReport) {
+        if json {
+            write(JSONLine.encodeReport(report), to: .standardOutput)
+            return
+        }
+        let width = min(60, report.tables.map(\.table.count).max() ?? 10)
+        var lines = ["VERIFY " + "table".padding(toLength: width, withPad: " ", startingAt: 0) + "  source rows  target rows  result"]
+        for table in report.tables {
+            lines.append(
+                "VERIFY " + table.table.padding(toLength: width, withPad: " ", startingAt: 0)
+                    + String(format: "  %11d  %11d  ", table.sourceRows, table.targetRows) + (table.matches ? "ok" : "DIFFERS"))
+        }
+        lines += report.problems.map { "VERIFY \($0)" }
+        lines.append("VERIFY \(report.matches ? "match" : "MISMATCH"): \(report.tables.count) table(s) compared in \(String(format: "%.1f", report.seconds)) s")
+        write(lines.joined(separator: "\n"), to: .standardError)
+    }
+
     /// A line for the operator that is not an event (e.g. acknowledging Ctrl+C).
     func note(_ text: String) {
         write("NOTE \(text)", to: .standardError)
@@ -64,6 +82,23 @@ enum JSONLine {
 
     static func encode(_ event: MigrationEvent) -> String {
         String(decoding: (try? encoder().encode(event)) ?? Data("{}".utf8), as: UTF8.self)
+    }
+
+    /// The verify report, shaped like an event (so every line has the same fields) with the report added.
+    private struct ReportLine: Encodable {
+        var timestamp: Date
+        var level: String
+        var stage = "Verify"
+        var message: String
+        var detail: [String: Int] = [:]
+        var report: VerifyReport
+    }
+
+    static func encodeReport(_ report: VerifyReport) -> String {
+        let line = ReportLine(
+            timestamp: Date(), level: report.matches ? "info" : "error",
+            message: report.matches ? "verify report: match" : "verify report: mismatch", report: report)
+        return String(decoding: (try? encoder().encode(line)) ?? Data("{}".utf8), as: UTF8.self)
     }
 
     static func encodeFailure(stage: Stage?, message: String, fix: String?) -> String {

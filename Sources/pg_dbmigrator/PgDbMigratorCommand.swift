@@ -33,6 +33,7 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
     @OptionGroup(title: "Copy") var copy: CopyOptions
     @OptionGroup(title: "Filtering") var filter: FilterOptions
     @OptionGroup(title: "Online mode") var online: OnlineOptions
+    @OptionGroup(title: "Verify") var verify: VerifyOptions
     @OptionGroup(title: "Output") var output: OutputOptions
 
     func validate() throws {
@@ -50,7 +51,8 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
             dropTargetFirst: copy.dropTargetFirst, filter: filter.objectFilter,
             allowRestoreErrors: copy.allowRestoreErrors, dumpScope: copy.dumpScope, dumpPath: copy.dumpPath,
             skipAnalyze: copy.skipAnalyze, noOwner: copy.noOwner, noACL: copy.noACL, pgBinDirectory: copy.pgBinDir,
-            online: try online.settings())
+            online: try online.settings(),
+            verify: verify.settings(allowRestoreErrors: copy.allowRestoreErrors))
 
         let renderer = EventRenderer(json: output.json, verbose: output.verbose)
         var logger = Logger(label: "pg_dbmigrator")
@@ -74,6 +76,13 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
         signals.install()
         do {
             let outcome = try await task.value
+            if let report = outcome.verifyReport {
+                renderer.report(report)
+                if config.mode == .verify && !report.matches {
+                    renderer.failure(stage: .verify, message: "source and target differ (\(report.problems.count) difference(s), listed above)", fix: nil)
+                    throw ExitCode.failure
+                }
+            }
             if !outcome.sequenceFailures.isEmpty {
                 renderer.failure(
                     stage: .cutover,
@@ -100,7 +109,7 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
 }
 
 struct ServerOptions: ParsableArguments {
-    @Option(help: "offline: dump and restore once; online: copy a snapshot, then stream changes until cutover.")
+    @Option(help: "offline: dump and restore once; online: copy a snapshot, then stream changes until cutover; verify: compare source and target.")
     var mode: MigrationConfig.Mode = .offline
 
     @Option(help: ArgumentHelp("Source connection string (URI or keyword=value). Default: $PG_DBMIGRATOR_SOURCE.", valueName: "conninfo"))
@@ -231,6 +240,31 @@ struct OnlineOptions: ParsableArguments {
         }
     }
 }
+
+struct VerifyOptions: ParsableArguments {
+    @Option(help: "After an offline restore (and at a frozen online cutover): off, warn, or strict (a mismatch fails the run). Default: strict, warn with --allow-restore-errors.")
+    var verify: VerifySettings.Mode?
+
+    @Option(help: "List up to this many differing rows, by key, for each table that differs.")
+    var verifyShowRows = 0
+
+    @Option(help: "Check tables larger than this many MB in parts, in parallel (by key range or hash bucket).")
+    var verifySplitMb = 128
+
+    func settings(allowRestoreErrors: Bool) -> VerifySettings {
+        VerifySettings(
+            mode: verify ?? (allowRestoreErrors ? .warn : .strict), showRows: verifyShowRows,
+            splitBytes: verifySplitMb * 1_000_000)
+    }
+
+    func validate() throws {
+        guard verifyShowRows >= 0, verifySplitMb > 0 else {
+            throw ValidationError("--verify-show-rows must be ≥ 0 and --verify-split-mb > 0")
+        }
+    }
+}
+
+extension VerifySettings.Mode: ExpressibleByArgument {}
 
 /// Set once the online run has started streaming (from then on Ctrl+C means cutover).
 final class StreamingFlag: @unchecked Sendable {

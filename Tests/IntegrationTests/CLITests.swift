@@ -132,7 +132,8 @@ struct CLITests {
             #expect(object["level"] is String && object["timestamp"] is String)
         }
         let stages = objects.compactMap { $0["stage"] as? String }.reduce(into: [String]()) { if $0.last != $1 { $0.append($1) } }
-        #expect(stages == ["Validate", "Dump", "Restore", "Analyze", "Complete"])
+        #expect(stages == ["Validate", "Dump", "Restore", "Analyze", "Verify", "Complete", "Verify"])
+        #expect(objects.last?["report"] is [String: Any], "the last line is the verify report")
         let dumpDone = objects.first { ($0["message"] as? String)?.hasPrefix("dump finished") == true }
         #expect(((dumpDone?["detail"] as? [String: Any])?["bytes"] as? Int ?? 0) > 0)
     }

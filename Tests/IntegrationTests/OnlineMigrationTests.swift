@@ -133,7 +133,14 @@ struct OnlineMigrationTests {
 
         // Clean up what the keep flags kept.
         let admin = try await source.connect()
-        try await admin.execute("ALTER DATABASE \(SQL.identifier(sourceDatabase)) RESET default_transaction_read_only")
+        // The undo the Complete event gives works from a session on the frozen database itself.
+        let frozen = try await source.connect(database: sourceDatabase)
+        for statement in (events.all.last?.detail["undo_freeze"]?.description ?? "").split(separator: ";") {
+            try await frozen.execute(String(statement))
+        }
+        try await fresh.execute("SELECT 1")  // (fresh is still read-only: the setting applies to new sessions)
+        let writable = try await source.connect(database: sourceDatabase)
+        try await writable.execute("INSERT INTO public.documents (id, title) VALUES (999, 'after undo')")
         let targetConnection = try await target.connect(database: targetDatabase)
         try await targetConnection.execute(
             "ALTER SUBSCRIPTION \(SQL.identifier(config.online.subscriptionName)) SET (slot_name = NONE); DROP SUBSCRIPTION \(SQL.identifier(config.online.subscriptionName))")

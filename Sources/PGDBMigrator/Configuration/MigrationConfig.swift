@@ -11,6 +11,8 @@ public struct MigrationConfig: Sendable {
         case offline
         /// Snapshot copy plus logical replication until the operator cuts over.
         case online
+        /// Compare source and target, table by table; change nothing.
+        case verify
     }
 
     /// Which parts of the database the dump carries.
@@ -42,6 +44,8 @@ public struct MigrationConfig: Sendable {
     public var pgBinDirectory: String?
     /// Settings of the online path (ignored offline).
     public var online: OnlineSettings
+    /// Verification: after an offline restore, at a frozen online cutover, or the whole of `--mode verify`.
+    public var verify: VerifySettings
 
     public init(
         mode: Mode = .offline,
@@ -57,7 +61,8 @@ public struct MigrationConfig: Sendable {
         noOwner: Bool = false,
         noACL: Bool = false,
         pgBinDirectory: String? = nil,
-        online: OnlineSettings = OnlineSettings()
+        online: OnlineSettings = OnlineSettings(),
+        verify: VerifySettings = VerifySettings()
     ) {
         self.mode = mode
         self.source = source
@@ -73,6 +78,7 @@ public struct MigrationConfig: Sendable {
         self.noACL = noACL
         self.pgBinDirectory = pgBinDirectory
         self.online = online
+        self.verify = verify
     }
 
     /// The machine's CPU count, clamped to 1…8.

@@ -34,6 +34,17 @@ struct Cutover {
         events.info(.cutover, "waiting for the target to apply up to barrier \(barrier)", ["barrier_lsn": .string(barrier.description)])
         try await waitForApply(past: barrier)
 
+        // Both sides are quiet now (the source is frozen): prove it before dropping anything.
+        if settings.freezeSourceAtCutover && config.verify.mode != .off {
+            let report = try await VerifyRun(config: config, events: events).verify(checkSequences: false)
+            if !report.matches {
+                throw MigrationError(
+                    .cutover, "verify at cutover found differences, so nothing was dropped: "
+                        + report.problems.prefix(10).joined(separator: "; "),
+                    fix: "inspect the tables named; the subscription and slot are kept (disabled) and the source unfrozen")
+            }
+        }
+
         var sequences = SequenceSync.Result(synced: 0, failures: [:])
         if settings.syncSequences {
             sequences = try await SequenceSync(filter: config.filter).run(source: source, target: target)

@@ -9,7 +9,11 @@ import PostgresClient
 struct SourceFreeze {
     var database: String
 
-    var undoSQL: String { "ALTER DATABASE \(SQL.identifier(database)) RESET default_transaction_read_only" }
+    /// What an operator runs to undo the freeze. A new session on the frozen
+    /// database starts read-only, so it must lift that for itself first.
+    var undoSQL: String {
+        "SET default_transaction_read_only = off; ALTER DATABASE \(SQL.identifier(database)) RESET default_transaction_read_only"
+    }
 
     /// Returns how many sessions were ended.
     func freeze(on source: Connection) async throws -> Int {
@@ -35,6 +39,8 @@ struct SourceFreeze {
     }
 
     func unfreeze(on source: Connection) async throws {
-        try await source.execute(undoSQL)
+        // Two round trips: one simple query would be one transaction, read-only from its start.
+        try await source.execute("SET default_transaction_read_only = off")
+        try await source.execute("ALTER DATABASE \(SQL.identifier(database)) RESET default_transaction_read_only")
     }
 }

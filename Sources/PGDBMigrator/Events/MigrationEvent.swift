@@ -12,6 +12,7 @@ public enum Stage: String, Sendable, Codable, CaseIterable {
     case caughtUp = "CaughtUp"
     case fellBehind = "FellBehind"
     case cutover = "Cutover"
+    case verify = "Verify"
     case complete = "Complete"
 }
 

@@ -11,11 +11,14 @@ struct OfflineMigration {
             let copy = DatabaseCopy(config: config, report: report, events: events)
             let warnings = try await copy.run()
             try await copy.analyze()
+            let verified = try await VerifyRun(config: config, events: events).afterMigration()
             let duration = ContinuousClock.now - started
             events.info(
                 .complete, "migration complete in \(formatSeconds(duration.seconds))",
                 ["seconds": .double(duration.seconds), "warnings": .int(warnings.count)])
-            return MigrationOutcome(mode: .offline, cutoverTriggered: false, warnings: warnings, duration: duration)
+            return MigrationOutcome(
+                mode: .offline, cutoverTriggered: false, warnings: warnings + (verified?.problems ?? []), duration: duration,
+                verifyReport: verified)
         } catch {
             throw events.cancellation(ifCancelled: error)
         }

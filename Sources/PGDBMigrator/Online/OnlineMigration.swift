@@ -100,7 +100,8 @@ struct OnlineMigration {
     private func heartbeat(_ monitor: LagMonitor) async throws {
         var machine = LagStateMachine(threshold: settings.lagThresholdBytes)
         var health = ApplyHealth(grace: settings.applyFailureGrace)
-        while !cutover.isRequested {
+        // At least one reading, so the state at cutover is on record even when it was requested at once.
+        repeat {
             try Task.checkCancellation()
             let reading = try await monitor.read()
             events.info(
@@ -122,7 +123,7 @@ struct OnlineMigration {
             while ContinuousClock.now < wakeUp && !cutover.isRequested {
                 try await Task.sleep(for: min(.milliseconds(100), wakeUp - ContinuousClock.now))
             }
-        }
+        } while !cutover.isRequested
     }
 
     /// An apply worker that keeps failing (a conflict on the target, the
@@ -157,10 +158,18 @@ struct OnlineMigration {
     /// applied), and say what was left and how to resume or clean up.
     private func leaveResumable() async {
         let state = leftovers.snapshot
-        if let frozen = state.frozenDatabase, let source = try? await sourceEndpoint.connect(label: "abort") {
-            try? await SourceFreeze(database: frozen).unfreeze(on: source)
-            events.info(.cutover, "the source database \(SQL.identifier(frozen)) accepts writes again")
-            await source.close()
+        if let frozen = state.frozenDatabase {
+            let freeze = SourceFreeze(database: frozen)
+            do {
+                let source = try await sourceEndpoint.connect(label: "abort")
+                try await freeze.unfreeze(on: source)
+                await source.close()
+                events.info(.cutover, "the source database \(SQL.identifier(frozen)) accepts writes again")
+            } catch {
+                events.emit(MigrationEvent(
+                    stage: .cutover, level: .error,
+                    message: "could not undo the freeze of the source database (\(error)); run on the source: \(freeze.undoSQL)"))
+            }
         }
         if state.subscriptionCreated, let target = try? await targetEndpoint.connect(label: "abort") {
             try? await Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication)

@@ -1,0 +1,147 @@
+import PostgresClient
+
+/// The tables verify compares, as each server's catalog describes them.
+enum Catalog {
+    struct Table: Sendable {
+        /// `quote_ident(schema).quote_ident(table)`: the same text on both servers.
+        var name: String
+        var bytes: Int
+        /// Quoted primary key columns (empty when there is none).
+        var keyColumns: [String]
+        /// The quoted column when the primary key is a single int2/int4/int8 column.
+        var integerKey: String?
+    }
+
+    /// Every ordinary table (partitions included, parents excluded: they hold
+    /// no rows) in user schemas that the filter selects.
+    static func tables(on connection: Connection, filter: ObjectFilter) async throws -> [Table] {
+        let rows = try await connection.query(
+            """
+            SELECT n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+                   rn.nspname, r.relname, pg_relation_size(c.oid)::text,
+                   (SELECT string_agg(quote_ident(a.attname), ',' ORDER BY array_position(i.indkey::int2[], a.attnum))
+                    FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                    WHERE i.indrelid = c.oid AND i.indisprimary),
+                   (SELECT format_type(a.atttypid, NULL) FROM pg_index i JOIN pg_attribute a
+                      ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                    WHERE i.indrelid = c.oid AND i.indisprimary AND i.indnatts = 1)
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            JOIN pg_class r ON r.oid = coalesce(pg_partition_root(c.oid), c.oid)
+            JOIN pg_namespace rn ON rn.oid = r.relnamespace
+            WHERE c.relkind = 'r' AND c.relpersistence <> 't'
+              AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+            ORDER BY 3
+            """
+        ).rows
+        return rows.compactMap { row in
+            // A partition follows its root through the filter, as pg_dump's does.
+            guard filter.includes(schema: row[0]!, table: row[1]!) || filter.includes(schema: row[3]!, table: row[4]!) else {
+                return nil
+            }
+            let keys = row[6].map { $0.split(separator: ",").map(String.init) } ?? []
+            let integerKey = ["smallint", "integer", "bigint"].contains(row[7] ?? "") ? keys.first : nil
+            return Table(name: row[2]!, bytes: Int(row[5] ?? "0") ?? 0, keyColumns: keys, integerKey: integerKey)
+        }
+    }
+}
+
+/// Columns and types, indexes and constraints, table by table.
+enum SchemaComparison {
+    static let describeSQL = """
+        WITH wanted AS (SELECT unnest($1::text[]) AS name),
+        rel AS (SELECT w.name, to_regclass(w.name) AS oid FROM wanted w)
+        SELECT rel.name, 'column', quote_ident(a.attname) || ' ' || format_type(a.atttypid, a.atttypmod)
+                  || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END
+                  || CASE a.attgenerated WHEN 's' THEN ' GENERATED' ELSE '' END
+                  || CASE WHEN a.attidentity <> '' THEN ' IDENTITY' ELSE '' END
+        FROM rel JOIN pg_attribute a ON a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL
+        SELECT rel.name, 'index', pg_get_indexdef(i.indexrelid)
+        FROM rel JOIN pg_index i ON i.indrelid = rel.oid
+        UNION ALL
+        SELECT rel.name, 'constraint', quote_ident(c.conname) || ' ' || pg_get_constraintdef(c.oid)
+        FROM rel JOIN pg_constraint c ON c.conrelid = rel.oid
+        """
+
+    static func differences(of tables: [String], source: Connection, target: Connection) async throws -> [String: [String]] {
+        guard !tables.isEmpty else { return [:] }
+        let list = "{" + tables.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
+            .joined(separator: ",") + "}"
+        async let sourceRows = source.query(describeSQL, [list])
+        async let targetRows = target.query(describeSQL, [list])
+        func group(_ rows: [[String?]]) -> [String: Set<String>] {
+            var byTable: [String: Set<String>] = [:]
+            for row in rows { byTable[row[0]!, default: []].insert("\(row[1]!) \(row[2]!)") }
+            return byTable
+        }
+        let (sourceSchema, targetSchema) = try await (group(sourceRows.rows), group(targetRows.rows))
+        var differences: [String: [String]] = [:]
+        for table in tables {
+            let mine = sourceSchema[table] ?? []
+            let theirs = targetSchema[table] ?? []
+            let lines = mine.subtracting(theirs).sorted().map { "missing on the target: \($0)" }
+                + theirs.subtracting(mine).sorted().map { "only on the target: \($0)" }
+            if !lines.isEmpty { differences[table] = lines }
+        }
+        return differences
+    }
+}
+
+/// Sequences whose target value is behind the source's (or missing).
+enum SequenceComparison {
+    static let listSQL = """
+        SELECT n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'S' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+        ORDER BY 3
+        """
+
+    static func behind(filter: ObjectFilter, source: Connection, target: Connection) async throws -> [VerifyReport.SequenceResult] {
+        let sequences = try await source.query(listSQL).rows.filter { filter.includes(schema: $0[0]!, table: $0[1]!) }.map { $0[2]! }
+        var behind: [VerifyReport.SequenceResult] = []
+        for name in sequences {
+            let sql = "SELECT last_value::text, is_called::text FROM \(name)"
+            let sourceState = try await source.query(sql).rows[0]
+            guard let targetState = try? await target.query(sql).rows[0] else {
+                behind.append(.init(sequence: name, source: describe(sourceState), target: "missing"))
+                continue
+            }
+            let sourceValue = Int64(sourceState[0] ?? "0") ?? 0, targetValue = Int64(targetState[0] ?? "0") ?? 0
+            let isBehind = targetValue < sourceValue || (targetValue == sourceValue && sourceState[1] == "true" && targetState[1] != "true")
+            if isBehind { behind.append(.init(sequence: name, source: describe(sourceState), target: describe(targetState))) }
+        }
+        return behind
+    }
+
+    private static func describe(_ state: [String?]) -> String {
+        "\(state[0] ?? "?")\(state[1] == "true" ? "" : " (not yet called)")"
+    }
+}
+
+/// Lists the rows of one part that differ, by key, for `--verify-show-rows`.
+enum RowDifferences {
+    static func list(_ part: Verifier.Part, limit: Int, source: Connection, target: Connection) async throws -> [String] {
+        let key = part.table.keyColumns.isEmpty ? "t::text" : "ROW(\(part.table.keyColumns.joined(separator: ", ")))::text"
+        let sql = "SELECT \(key), md5(t::text), count(*) FROM ONLY \(part.table.name) t WHERE \(part.condition) GROUP BY 1, 2"
+        async let sourceRows = source.query(sql)
+        async let targetRows = target.query(sql)
+        func index(_ rows: [[String?]]) -> [String: [String: Int]] {
+            var byKey: [String: [String: Int]] = [:]
+            for row in rows { byKey[row[0] ?? "NULL", default: [:]][row[1] ?? "", default: 0] += Int(row[2] ?? "1") ?? 1 }
+            return byKey
+        }
+        let (mine, theirs) = try await (index(sourceRows.rows), index(targetRows.rows))
+        var lines: [String] = []
+        let what = part.table.keyColumns.isEmpty ? "row" : "key"
+        for key in Set(mine.keys).union(theirs.keys).sorted() where lines.count < limit {
+            switch (mine[key], theirs[key]) {
+            case (.some, nil): lines.append("\(what) \(key): missing on the target")
+            case (nil, .some): lines.append("\(what) \(key): only on the target")
+            case let (a?, b?) where a != b:
+                lines.append(part.table.keyColumns.isEmpty ? "row \(key): \(a.values.reduce(0, +)) on the source, \(b.values.reduce(0, +)) on the target" : "key \(key): content differs")
+            default: break
+            }
+        }
+        return lines
+    }
+}

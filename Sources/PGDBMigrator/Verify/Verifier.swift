@@ -1,0 +1,208 @@
+import Foundation
+import PostgresClient
+
+/// Proves, table by table, that the target holds the same rows as the source.
+///
+/// Each server computes, for each table (or part of a big table), the row
+/// count and the sum of every row's 128-bit hash: order-independent, no sort,
+/// no row leaves the server. Both sides read with the same pinned session
+/// settings so equal data prints, and hashes, equally. Parts run on `jobs`
+/// workers, each with its own pair of connections.
+struct Verifier {
+    var source: ConnectionString
+    var target: ConnectionString
+    var filter: ObjectFilter
+    var jobs: Int
+    var settings: VerifySettings
+    var events: EventEmitter
+    /// Off at cutover: sequences are synced after verify there.
+    var checkSequences = true
+
+    /// Session settings that change how values print; pinned the same on both sides.
+    static let pinnedSettings = """
+        SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';
+        SET extra_float_digits = 3; SET bytea_output = 'hex'; SET lc_monetary = 'C';
+        SET xmloption = 'content'; SET statement_timeout = 0
+        """
+
+    func run() async throws -> VerifyReport {
+        let started = ContinuousClock.now
+        let sourceConnection = try await open(source, role: .source)
+        let targetConnection = try await open(target, role: .target)
+        async let sourceTablesQuery = Catalog.tables(on: sourceConnection, filter: filter)
+        async let targetTablesQuery = Catalog.tables(on: targetConnection, filter: filter)
+        let (sourceTables, targetTables) = try await (sourceTablesQuery, targetTablesQuery)
+
+        var report = VerifyReport()
+        let targetByName = Dictionary(targetTables.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        let sourceNames = Set(sourceTables.map(\.name))
+        report.missingOnTarget = sourceTables.map(\.name).filter { targetByName[$0] == nil }.sorted()
+        report.extraOnTarget = targetTables.map(\.name).filter { !sourceNames.contains($0) }.sorted()
+        let common = sourceTables.filter { targetByName[$0.name] != nil }
+
+        report.schemaDifferences = try await SchemaComparison.differences(
+            of: common.map(\.name), source: sourceConnection, target: targetConnection)
+        if checkSequences {
+            report.sequencesBehind = try await SequenceComparison.behind(
+                filter: filter, source: sourceConnection, target: targetConnection)
+        }
+
+        let parts = try await Self.plan(common, splitBytes: settings.splitBytes, source: sourceConnection)
+        let results = try await checksum(parts)
+        var byTable: [String: [PartResult]] = [:]
+        for result in results { byTable[result.part.table.name, default: []].append(result) }
+        for table in common {
+            let tableResults = byTable[table.name] ?? []
+            let differing = tableResults.filter { !$0.matches }
+            var rows: [String] = []
+            if settings.showRows > 0 {
+                for result in differing where rows.count < settings.showRows {
+                    rows += try await RowDifferences.list(
+                        result.part, limit: settings.showRows - rows.count, source: sourceConnection, target: targetConnection)
+                }
+            }
+            let entry = VerifyReport.TableResult(
+                table: table.name, sourceRows: tableResults.reduce(0) { $0 + $1.sourceRows },
+                targetRows: tableResults.reduce(0) { $0 + $1.targetRows }, matches: differing.isEmpty,
+                differingRanges: differing.count == tableResults.count && tableResults.count == 1 ? [] : differing.map(\.part.label),
+                differingRows: rows, bytes: table.bytes)
+            report.tables.append(entry)
+            if !entry.matches {
+                events.emit(MigrationEvent(
+                    stage: .verify, level: .error, message: "table \(table.name) differs",
+                    detail: ["table": .string(table.name), "source_rows": .int(entry.sourceRows),
+                             "target_rows": .int(entry.targetRows), "ranges": .list(entry.differingRanges)]))
+            }
+        }
+        report.seconds = (ContinuousClock.now - started).seconds
+        await sourceConnection.close()
+        await targetConnection.close()
+        return report
+    }
+
+    private func open(_ connectionString: ConnectionString, role: Endpoint.Role) async throws -> Connection {
+        let connection = try await Endpoint(role: role, connectionString: connectionString).connect(label: "verify", stage: .verify)
+        try await connection.execute(Self.pinnedSettings)
+        return connection
+    }
+
+    // MARK: - Parts
+
+    /// A table, or one key range / hash bucket of it.
+    struct Part: Sendable {
+        var table: Catalog.Table
+        /// SQL condition selecting the part's rows (`true` for a whole table).
+        var condition: String
+        var label: String
+    }
+
+    struct PartResult: Sendable {
+        var part: Part
+        var sourceRows: Int
+        var targetRows: Int
+        var matches: Bool
+    }
+
+    /// Whole tables, except those over `splitBytes`: split by ranges of an
+    /// integer primary key, or else into buckets by a hash of the key (or of
+    /// the whole row) — never by physical position, which differs between servers.
+    static func plan(_ tables: [Catalog.Table], splitBytes: Int, source: Connection) async throws -> [Part] {
+        var parts: [Part] = []
+        for table in tables.sorted(by: { $0.bytes > $1.bytes }) {
+            let count = table.bytes > splitBytes ? min(64, (table.bytes + splitBytes - 1) / splitBytes) : 1
+            guard count > 1 else {
+                parts.append(Part(table: table, condition: "true", label: "whole table"))
+                continue
+            }
+            if let key = table.integerKey,
+                let row = try await source.query("SELECT min(\(key))::text, max(\(key))::text FROM ONLY \(table.name)").rows.first,
+                let low = row[0].flatMap({ Int64($0) }), let high = row[1].flatMap({ Int64($0) })
+            {
+                let step = max(1, (high - low) / Int64(count) + 1)
+                var start = low
+                while start <= high {
+                    let end = start + step
+                    parts.append(Part(table: table, condition: "\(key) >= \(start) AND \(key) < \(end)", label: "\(key) in [\(start), \(end))"))
+                    start = end
+                }
+            } else {
+                let keyExpression = table.keyColumns.isEmpty ? "t::text" : "ROW(\(table.keyColumns.joined(separator: ", ")))::text"
+                for bucket in 0..<count {
+                    parts.append(Part(
+                        table: table, condition: "(hashtext(\(keyExpression)) & 2147483647) % \(count) = \(bucket)",
+                        label: "hash bucket \(bucket + 1) of \(count)"))
+                }
+            }
+        }
+        return parts
+    }
+
+    static func checksumSQL(_ part: Part) -> String {
+        """
+        SELECT count(*)::text,
+               coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0)::text,
+               coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0)::text
+        FROM (SELECT md5(t::text) AS h FROM ONLY \(part.table.name) t WHERE \(part.condition)) hashed
+        """
+    }
+
+    /// Runs every part on `jobs` workers, each with one connection to each server, both sides at once.
+    private func checksum(_ parts: [Part]) async throws -> [PartResult] {
+        let queue = WorkQueue(parts)
+        return try await withThrowingTaskGroup(of: [PartResult].self) { group in
+            for _ in 0..<max(1, min(jobs, parts.count)) {
+                group.addTask {
+                    let sourceConnection = try await open(source, role: .source)
+                    let targetConnection = try await open(target, role: .target)
+                    var results: [PartResult] = []
+                    while let part = await queue.next() {
+                        let sql = Self.checksumSQL(part)
+                        async let sourceRow = sourceConnection.query(sql)
+                        async let targetRow = targetConnection.query(sql)
+                        let (sourceSum, targetSum) = try await (sourceRow.rows[0], targetRow.rows[0])
+                        results.append(PartResult(
+                            part: part, sourceRows: Int(sourceSum[0] ?? "0") ?? 0, targetRows: Int(targetSum[0] ?? "0") ?? 0,
+                            matches: sourceSum == targetSum))
+                    }
+                    await sourceConnection.close()
+                    await targetConnection.close()
+                    return results
+                }
+            }
+            var all: [PartResult] = []
+            for try await results in group { all += results }
+            return all
+        }
+    }
+}
+
+/// Hands out parts to workers, biggest first.
+actor WorkQueue<Item: Sendable> {
+    private var items: [Item]
+    init(_ items: [Item]) { self.items = items.reversed() }
+    func next() -> Item? { items.popLast() }
+}
+
+/// How verify behaves.
+public struct VerifySettings: Sendable {
+    public enum Mode: String, Sendable, CaseIterable {
+        /// Do not verify after the migration.
+        case off
+        /// Verify; a mismatch is a warning.
+        case warn
+        /// Verify; a mismatch fails the run.
+        case strict
+    }
+
+    public var mode: Mode
+    /// How many differing rows to list per mismatch (by key).
+    public var showRows: Int
+    /// Tables larger than this are checked in parts, in parallel.
+    public var splitBytes: Int
+
+    public init(mode: Mode = .strict, showRows: Int = 0, splitBytes: Int = 128 * 1024 * 1024) {
+        self.mode = mode
+        self.showRows = showRows
+        self.splitBytes = splitBytes
+    }
+}
