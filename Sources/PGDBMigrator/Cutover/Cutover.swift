@@ -33,6 +33,9 @@ struct Cutover {
         }
         events.info(.cutover, "waiting for the target to apply up to barrier \(barrier)", ["barrier_lsn": .string(barrier.description)])
         try await waitForApply(past: barrier)
+        if settings.freezeSourceAtCutover {
+            try await NonReplicatedData(filter: config.filter, events: events).copy(source: source, target: target)
+        }
 
         // Both sides are quiet now (the source is frozen): prove it before dropping anything.
         if settings.freezeSourceAtCutover && config.verify.mode != .off {

@@ -147,12 +147,12 @@ struct OnlinePreflight {
         ).rows[0]
         if let unlogged = row[0] {
             events.warning(
-                .validate, "unlogged tables are copied as of the snapshot but not replicated: \(unlogged)",
+                .validate, "unlogged tables are not replicated: copied again at cutover with --freeze-source-at-cutover, else as of the snapshot: \(unlogged)",
                 ["tables": .string(unlogged)])
         }
         if let count = Int(row[1] ?? "0"), count > 0 {
             events.warning(
-                .validate, "\(count) large object(s) are copied as of the snapshot but not replicated",
+                .validate, "\(count) large object(s) are not replicated: copied again at cutover with --freeze-source-at-cutover, else as of the snapshot",
                 ["large_objects": .int(count)])
         }
         events.info(.validate, "schema changes (DDL) are not replicated: do not change the schema until cutover")

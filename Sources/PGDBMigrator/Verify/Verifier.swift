@@ -4,8 +4,9 @@ import PostgresClient
 /// Proves, table by table, that the target holds the same rows as the source.
 ///
 /// Each server computes, for each table (or part of a big table), the row
-/// count and the sum of every row's 128-bit hash: order-independent, no sort,
-/// no row leaves the server. Both sides read with the same pinned session
+/// count and two sums of 64-bit hashes of every row's text (two seeds of
+/// `hashtextextended`, the stable hash behind hash partitioning; summed in
+/// 128-bit integers): order-independent, no sort, no row leaves the server. Both sides read with the same pinned session
 /// settings so equal data prints, and hashes, equally. Parts run on `jobs`
 /// workers, each with its own pair of connections.
 struct Verifier {
@@ -139,10 +140,8 @@ struct Verifier {
 
     static func checksumSQL(_ part: Part) -> String {
         """
-        SELECT count(*)::text,
-               coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0)::text,
-               coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0)::text
-        FROM (SELECT md5(t::text) AS h FROM ONLY \(part.table.name) t WHERE \(part.condition)) hashed
+        SELECT count(*)::text, coalesce(sum(hashtextextended(r, 0)), 0)::text, coalesce(sum(hashtextextended(r, 1)), 0)::text
+        FROM (SELECT t::text AS r FROM ONLY \(part.table.name) t WHERE \(part.condition)) rows
         """
     }
 

@@ -1,0 +1,60 @@
+import PostgresClient
+
+/// Logical replication carries neither large objects nor unlogged tables: the
+/// copy holds them as of the snapshot. At a frozen cutover nothing changes any
+/// more on the source, so they are copied again, and the target gets them as
+/// of the cutover.
+struct NonReplicatedData {
+    var filter: ObjectFilter
+    var events: EventEmitter
+
+    func copy(source: Connection, target: Connection) async throws {
+        let tables = try await unloggedTables(on: source)
+        for table in tables {
+            try await target.execute("TRUNCATE \(table)")
+            try await source.beginCopyOut("COPY \(table) TO STDOUT")
+            try await target.beginCopyIn("COPY \(table) FROM STDIN")
+            while let batch = try await source.readCopyBatch() { try await target.writeCopyData(batch) }
+            let rows = try await target.endCopyIn()
+            events.info(.cutover, "copied unlogged table \(table) again (\(rows) rows)", ["table": .string(table), "rows": .int(rows)])
+        }
+        let count = try await copyLargeObjects(source: source, target: target)
+        if count > 0 { events.info(.cutover, "copied \(count) large object(s) again", ["large_objects": .int(count)]) }
+    }
+
+    private func unloggedTables(on source: Connection) async throws -> [String] {
+        try await source.query(
+            """
+            SELECT n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind = 'r' AND c.relpersistence = 'u'
+              AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+            ORDER BY 3
+            """
+        ).rows.filter { filter.includes(schema: $0[0]!, table: $0[1]!) }.map { $0[2]! }
+    }
+
+    /// Makes the target's large objects equal to the source's: content
+    /// rewritten in place (keeping owner, grants and comment), new ones
+    /// created, removed ones unlinked. One object at a time in memory.
+    private func copyLargeObjects(source: Connection, target: Connection) async throws -> Int {
+        let sourceOIDs = try await source.query("SELECT oid::text FROM pg_largeobject_metadata ORDER BY oid").rows.compactMap { $0[0] }
+        let targetOIDs = Set(try await target.query("SELECT oid::text FROM pg_largeobject_metadata").rows.compactMap { $0[0] })
+        for oid in sourceOIDs {
+            let data = try await source.scalar("SELECT lo_get($1::oid)", [oid]) ?? "\\x"
+            if targetOIDs.contains(oid) {
+                try await target.execute("BEGIN")
+                // INV_WRITE = 0x20000; the descriptor lives until COMMIT.
+                try await target.query("SELECT lo_truncate(lo_open($1::oid, 131072), 0)", [oid])
+                try await target.query("SELECT lo_put($1::oid, 0, $2::bytea)", [oid, data])
+                try await target.execute("COMMIT")
+            } else {
+                try await target.query("SELECT lo_from_bytea($1::oid, $2::bytea)", [oid, data])
+            }
+        }
+        for oid in targetOIDs.subtracting(sourceOIDs) {
+            try await target.query("SELECT lo_unlink($1::oid)", [oid])
+        }
+        return sourceOIDs.count
+    }
+}
