@@ -56,6 +56,11 @@ struct OnlineMigrationTests {
         let config = try await Self.config(source: sourceDatabase, target: targetDatabase)
         let events = EventLog()
         let (migrator, run) = try await Self.startStreaming(config, events: events)
+        // CREATE SUBSCRIPTION carried the password; it must not linger in the target's pg_stat_activity.
+        let targetAdmin = try await target.connect()
+        let lingering = try await targetAdmin.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND strpos(query, $1) > 0", [TestCluster.superuserPassword])
+        #expect(lingering == "0")
         try await Task.sleep(for: .seconds(1.5))  // keep writing while streaming
         let committed = await workload.stop()
         migrator.cutoverHandle.request()  // immediately, without waiting for CaughtUp
@@ -72,7 +77,7 @@ struct OnlineMigrationTests {
         // The phases, in order, each reported.
         let phases = events.stages.filter { ![.lag, .caughtUp, .fellBehind].contains($0) }
             .reduce(into: [Stage]()) { if $0.last != $1 { $0.append($1) } }
-        #expect(phases == [.validate, .prepareSnapshot, .dump, .restore, .streamApply, .analyze, .cutover, .complete])
+        #expect(phases == [.validate, .prepareSnapshot, .dump, .restore, .streamApply, .cutover, .complete])
         let lag = events.all.first { $0.stage == .lag }
         #expect(lag?.detail["lag_bytes"] != nil && lag?.detail["received_lsn"] != nil && lag?.detail["applied_lsn"] != nil)
 
@@ -180,5 +185,56 @@ struct OnlineMigrationTests {
             "ALTER SUBSCRIPTION \(SQL.identifier(config.online.subscriptionName)) SET (slot_name = NONE); DROP SUBSCRIPTION \(SQL.identifier(config.online.subscriptionName))")
         try await sourceConnection.query("SELECT pg_drop_replication_slot($1)", [config.online.slotName])
         try await sourceConnection.execute("DROP PUBLICATION \(SQL.identifier(config.online.publication))")
+    }
+
+    @Test("a cutover that cannot reach the barrier in --cutover-timeout-secs gives up and drops nothing")
+    func cutoverTimeout() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await OnlinePreflightTests.smallSource()
+        let targetDatabase = SharedClusters.uniqueName("timeout")
+        let config = try await Self.config(source: sourceDatabase, target: targetDatabase) {
+            $0.online.cutoverTimeout = .seconds(3)
+        }
+        let (migrator, run) = try await Self.startStreaming(config, events: EventLog())
+        let targetLock = try await target.connect(database: targetDatabase)
+        try await targetLock.execute("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE")  // the apply worker waits
+        let writer = try await source.connect(database: sourceDatabase)
+        try await writer.execute("UPDATE items SET v = 'held back' WHERE id = 1")
+        migrator.cutoverHandle.request()
+        let error = await #expect(throws: MigrationError.self) { try await run.value }
+        try await targetLock.execute("ROLLBACK")
+        #expect(error?.stage == .cutover)
+        #expect(error?.message.contains("did not apply up to the barrier") == true, "\(error?.message ?? "")")
+        #expect(error?.fix?.contains("nothing was dropped") == true)
+        let objects = try await Self.replicationObjects(config)
+        #expect(objects.slot && objects.publication && objects.subscription == "false")
+
+        let targetConnection = try await target.connect(database: targetDatabase)
+        try await targetConnection.execute(
+            "ALTER SUBSCRIPTION \(SQL.identifier(config.online.subscriptionName)) SET (slot_name = NONE); DROP SUBSCRIPTION \(SQL.identifier(config.online.subscriptionName))")
+        try await writer.query("SELECT pg_drop_replication_slot($1)", [config.online.slotName])
+        try await writer.execute("DROP PUBLICATION \(SQL.identifier(config.online.publication))")
+    }
+
+    @Test("a sequence that cannot be synced is reported by name, the cutover completes, and the CLI exits 1")
+    func sequenceSyncFailure() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await OfflineMigrationTests.sampleSource()
+        let targetDatabase = SharedClusters.uniqueName("seqfail")
+        let names = OnlineAbortTests.Names()
+        let running = try CLI.start(try await OnlineAbortTests.arguments(sourceDatabase, targetDatabase, names))
+        #expect(await running.waitForStderr("stage=CaughtUp"))
+        let targetConnection = try await target.connect(database: targetDatabase)
+        try await targetConnection.execute("DROP SEQUENCE inventory.unused_seq")
+        running.signal(SIGINT)
+        let result = try await running.wait(timeout: 60)
+        #expect(result.status == 1, "\(result.stderr)")
+        #expect(result.stderr.contains("could not sync sequence inventory.unused_seq"))
+        #expect(result.stderr.contains("stage=Complete"))
+        #expect(result.stderr.contains("1 sequence(s) could not be synced: inventory.unused_seq"))
+        let expected = try await Fingerprint.of(source, database: sourceDatabase, materializedViews: false)
+        var actual = try await Fingerprint.of(target, database: targetDatabase, materializedViews: false)
+        actual.sequences["inventory.unused_seq"] = expected.sequences["inventory.unused_seq"]
+        #expect(actual == expected, "\(actual.differences(from: expected))")
     }
 }

@@ -21,8 +21,12 @@ struct Subscription {
             WITH (create_slot = false, slot_name = \(SQL.literal(slotName)), copy_data = false,
                   enabled = true, streaming = on)
             """
+        // The statement carries the password: keep it out of the target's server log where
+        // we may (superuser settings; ignored otherwise), and out of pg_stat_activity afterwards.
+        _ = try? await target.execute("SET log_statement = 'none'; SET log_min_duration_statement = -1")
         do {
             try await target.execute(sql)
+            _ = try? await target.execute("SELECT 1")
         } catch let error as PostgresError {
             throw MigrationError(
                 .streamApply, "cannot create the subscription \(SQL.identifier(name)) on the target: \(source.scrub(error.description))",

@@ -9,14 +9,15 @@ struct SequenceSync {
 
     struct Result {
         var synced: Int
-        /// Quoted sequence name → why it failed.
+        /// Sequence name (as `quote_ident` prints it) → why it failed.
         var failures: [String: String]
     }
 
     func run(source: Connection, target: Connection) async throws -> Result {
         let rows = try await source.query(
             """
-            SELECT n.nspname, c.relname, owner_ns.nspname, owner.relname
+            SELECT n.nspname, c.relname, owner_ns.nspname, owner.relname,
+                   quote_ident(n.nspname) || '.' || quote_ident(c.relname)
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             LEFT JOIN pg_depend d ON d.objid = c.oid AND d.classid = 'pg_class'::regclass
                                   AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
@@ -38,7 +39,7 @@ struct SequenceSync {
                     filter.includes(schema: schema, table: name)  // pg_dump's --table matches sequences too
                 }
             guard included else { continue }
-            let qualified = SQL.qualified(schema, name)
+            let qualified = row[4]!  // quote_ident's form, as every report names relations
             do {
                 let state = try await source.query("SELECT last_value::text, is_called::text FROM \(qualified)").rows[0]
                 try await target.query(

@@ -34,12 +34,14 @@ struct DatabaseCopy {
     }
 
     /// Refreshes planner statistics on the target unless told not to.
-    func analyze() async throws {
+    /// Online it runs beside the stream, reported under `stage` (StreamApply).
+    func analyze(stage: Stage = .analyze) async throws {
         if config.skipAnalyze || config.dumpScope == .schemaOnly {
-            events.info(.analyze, "skipped")
+            events.info(stage, "analyze skipped")
         } else {
-            events.info(.analyze, "analyzing the target")
+            events.info(stage, "analyzing the target")
             try await Analyze(config: config, tools: report.tools).run()
+            if stage != .analyze { events.info(stage, "analyzed the target") }
         }
     }
 

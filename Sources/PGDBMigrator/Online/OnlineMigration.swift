@@ -63,13 +63,15 @@ struct OnlineMigration {
             events.info(
                 .streamApply, "subscription \(SQL.identifier(settings.subscriptionName)) created; the target is streaming changes",
                 ["subscription": .string(settings.subscriptionName)])
-            try await copy.analyze()
+            // Statistics are refreshed beside the stream: a slow or blocked ANALYZE must not hold up the heartbeat or a cutover.
+            async let analyzed: Void = copy.analyze(stage: .streamApply)
 
             let monitor = LagMonitor(source: source, target: target, slotName: settings.slotName, subscriptionName: settings.subscriptionName)
             try await heartbeat(monitor)
 
             events.info(.cutover, "cutover requested")
             let result = try await Cutover(config: config, events: events, monitor: monitor, leftovers: leftovers).run()
+            try await analyzed
             let duration = ContinuousClock.now - started
             var detail: [String: EventValue] = [
                 "barrier_lsn": .string(result.barrier.description), "seconds": .double(duration.seconds),
