@@ -33,6 +33,8 @@ public struct Migrator: Sendable {
             return try await OnlineMigration(config: config, events: events, cutover: cutoverHandle).run()
         case .verify:
             return try await VerifyRun(config: config, events: events).run()
+        case .cleanup:
+            return try await Cleanup(config: config, events: events).run()
         }
     }
 }

@@ -109,7 +109,7 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
 }
 
 struct ServerOptions: ParsableArguments {
-    @Option(help: "offline: dump and restore once; online: copy a snapshot, then stream changes until cutover; verify: compare source and target.")
+    @Option(help: "offline: dump and restore once; online: copy a snapshot, then stream changes until cutover; verify: compare source and target; cleanup: drop what an online run left.")
     var mode: MigrationConfig.Mode = .offline
 
     @Option(help: ArgumentHelp("Source connection string (URI or keyword=value). Default: $PG_DBMIGRATOR_SOURCE.", valueName: "conninfo"))
@@ -216,6 +216,9 @@ struct OnlineOptions: ParsableArguments {
     @Flag(help: "Set REPLICA IDENTITY FULL on published tables that have no primary key (otherwise they stop the run).")
     var setReplicaIdentityFull = false
 
+    @Flag(help: "With --mode cleanup: list what would be dropped, drop nothing.")
+    var dryRun = false
+
     func settings() throws -> OnlineSettings {
         var subscriptionSourceString: ConnectionString?
         if let subscriptionSource {
@@ -225,13 +228,15 @@ struct OnlineOptions: ParsableArguments {
                 throw ValidationError("--subscription-source is not a valid connection string: \(error.message)")
             }
         }
-        return OnlineSettings(
+        var settings = OnlineSettings(
             slotName: slotName, publication: publication, subscriptionName: subscriptionName,
             subscriptionSource: subscriptionSourceString, lagThresholdBytes: lagThresholdBytes,
             pollInterval: .milliseconds(Int(cutoverPollSecs * 1000)), fastPollInterval: .milliseconds(cutoverFastPollMs),
             cutoverTimeout: .milliseconds(Int(cutoverTimeoutSecs * 1000)), keepSubscription: keepSubscription,
             keepSlot: keepSlot, syncSequences: !noSequenceSync, autoCreatePublication: !noAutoCreatePublication,
             forceClean: forceClean, freezeSourceAtCutover: freezeSourceAtCutover, setReplicaIdentityFull: setReplicaIdentityFull)
+        settings.dryRun = dryRun
+        return settings
     }
 
     func validate() throws {

@@ -171,4 +171,53 @@ struct OnlineAbortTests {
         let actual = try await Fingerprint.of(target, database: targetDatabase)
         #expect(actual == expected, "\(actual.differences(from: expected))")
     }
+
+    @Test("--mode cleanup lists (--dry-run) and then removes what an aborted run left; the abort names that command")
+    func cleanup() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await OnlinePreflightTests.smallSource()
+        let targetDatabase = SharedClusters.uniqueName("cleanup")
+        let config = try await OnlineMigrationTests.config(source: sourceDatabase, target: targetDatabase)
+        let events = EventLog()
+        let (_, run) = try await OnlineMigrationTests.startStreaming(config, events: events)
+        run.cancel()
+        await #expect(throws: MigrationCancelled.self) { try await run.value }
+        let abortCommand = events.all.last { $0.detail["cleanup_command"] != nil }?.detail["cleanup_command"]?.description ?? ""
+        #expect(abortCommand.contains("--mode cleanup") && abortCommand.contains("--slot-name '\(config.online.slotName)'"))
+        #expect(!abortCommand.contains(TestCluster.superuserPassword))
+        // A source left frozen, as a failed undo would.
+        let admin = try await source.connect()
+        try await admin.execute("ALTER DATABASE \(SQL.identifier(sourceDatabase)) SET default_transaction_read_only = on")
+
+        var cleanup = config
+        cleanup.mode = .cleanup
+        cleanup.online.dryRun = true
+        let dryEvents = EventLog()
+        _ = try await Migrator(config: cleanup, onEvent: dryEvents.record).run()
+        let listed = dryEvents.all.last?.detail["objects"]?.description ?? ""
+        #expect(listed.contains("would drop subscription") && listed.contains("would drop replication slot")
+            && listed.contains("would drop publication") && listed.contains("would make the source database"), "\(listed)")
+        #expect(dryEvents.all.contains { $0.detail["retained_wal_bytes"] != nil })
+        var objects = try await OnlineMigrationTests.replicationObjects(config)
+        #expect(objects.slot && objects.publication && objects.subscription != nil, "a dry run changes nothing")
+
+        cleanup.online.dryRun = false
+        _ = try await Migrator(config: cleanup).run()
+        objects = try await OnlineMigrationTests.replicationObjects(config)
+        #expect(!objects.slot && !objects.publication && objects.subscription == nil)
+        let writer = try await source.connect(database: sourceDatabase)
+        try await writer.execute("INSERT INTO items VALUES (31337, 'writable')")
+
+        // A publication that existed before the run is never dropped.
+        try await writer.execute("CREATE PUBLICATION \(SQL.identifier(config.online.publication)) FOR ALL TABLES")
+        _ = try await Migrator(config: cleanup).run()
+        #expect(try await Self.publicationExists(config, source))
+        try await writer.execute("DROP PUBLICATION \(SQL.identifier(config.online.publication))")
+        _ = target
+    }
+
+    static func publicationExists(_ config: MigrationConfig, _ source: TestCluster) async throws -> Bool {
+        let connection = try await source.connect(database: config.source.resolvedDatabase!)
+        return try await connection.scalar("SELECT 1 FROM pg_publication WHERE pubname = $1", [config.online.publication]) != nil
+    }
 }

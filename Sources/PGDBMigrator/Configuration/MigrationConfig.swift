@@ -13,6 +13,8 @@ public struct MigrationConfig: Sendable {
         case online
         /// Compare source and target, table by table; change nothing.
         case verify
+        /// List, and drop, the replication objects an online run left.
+        case cleanup
     }
 
     /// Which parts of the database the dump carries.
@@ -110,6 +112,8 @@ public struct OnlineSettings: Sendable {
     public var autoCreatePublication: Bool
     /// Drop a leftover subscription and slot of the configured names before starting.
     public var forceClean: Bool
+    /// `--mode cleanup` lists what it would drop and drops nothing.
+    public var dryRun: Bool = false
     /// Make the source database read-only at cutover so nothing can be written after the barrier.
     public var freezeSourceAtCutover: Bool
     /// `ALTER TABLE … REPLICA IDENTITY FULL` on published tables that have neither a primary key nor a replica identity.

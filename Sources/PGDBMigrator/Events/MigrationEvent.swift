@@ -13,6 +13,7 @@ public enum Stage: String, Sendable, Codable, CaseIterable {
     case fellBehind = "FellBehind"
     case cutover = "Cutover"
     case verify = "Verify"
+    case cleanup = "Cleanup"
     case complete = "Complete"
 }
 

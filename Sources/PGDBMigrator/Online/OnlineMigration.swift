@@ -183,7 +183,7 @@ struct OnlineMigration {
         events.warning(
             events.currentPhase,
             "left in place so that nothing is lost: " + lines.joined(separator: "; ")
-                + "; or rerun with --force-clean to drop the slot and subscription and start over",
-            ["left_in_place": .list(lines)])
+                + "; to remove all of it (the password comes from the environment or a passfile): \(Cleanup.command(for: config))",
+            ["left_in_place": .list(lines), "cleanup_command": .string(Cleanup.command(for: config))])
     }
 }

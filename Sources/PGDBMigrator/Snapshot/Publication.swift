@@ -45,6 +45,8 @@ struct Publication {
         let what = filter.isEmpty ? "FOR ALL TABLES" : "FOR TABLE " + tables.joined(separator: ", ")
         do {
             try await source.execute("CREATE PUBLICATION \(SQL.identifier(name)) \(what)")
+            // The mark that lets --mode cleanup tell ours from one that existed before.
+            try await source.execute("COMMENT ON PUBLICATION \(SQL.identifier(name)) IS \(SQL.literal(Self.createdByUs))")
         } catch let error as PostgresError {
             throw MigrationError(
                 .prepareSnapshot, "cannot create the publication \(SQL.identifier(name)) on the source: \(error)",
@@ -52,6 +54,14 @@ struct Publication {
                     ? "FOR ALL TABLES needs a superuser; create the publication yourself and pass --publication"
                     : "the source role must own the published tables; or create the publication yourself and pass --publication")
         }
+    }
+
+    static let createdByUs = "created by pg_dbmigrator; dropped after cutover"
+
+    /// Whether the publication carries our mark (we created it, so we may drop it).
+    func isOurs(on source: Connection) async throws -> Bool {
+        try await source.scalar(
+            "SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = $1", [name]) == Self.createdByUs
     }
 
     func drop(on source: Connection) async throws {
