@@ -219,6 +219,9 @@ struct OnlineOptions: ParsableArguments {
     @Flag(help: "With --mode cleanup: list what would be dropped, drop nothing.")
     var dryRun = false
 
+    @Option(help: "Warn when the slot holds more WAL than this (MB). Default: 10% of max_slot_wal_keep_size, or 10 GB when unlimited.")
+    var maxRetainedWalMb: UInt64?
+
     func settings() throws -> OnlineSettings {
         var subscriptionSourceString: ConnectionString?
         if let subscriptionSource {
@@ -236,6 +239,7 @@ struct OnlineOptions: ParsableArguments {
             keepSlot: keepSlot, syncSequences: !noSequenceSync, autoCreatePublication: !noAutoCreatePublication,
             forceClean: forceClean, freezeSourceAtCutover: freezeSourceAtCutover, setReplicaIdentityFull: setReplicaIdentityFull)
         settings.dryRun = dryRun
+        settings.maxRetainedWALBytes = maxRetainedWalMb.map { $0 * 1_000_000 }
         return settings
     }
 

@@ -237,4 +237,24 @@ struct OnlineMigrationTests {
         actual.sequences["inventory.unused_seq"] = expected.sequences["inventory.unused_seq"]
         #expect(actual == expected, "\(actual.differences(from: expected))")
     }
+
+    @Test("the WAL the slot holds is watched from its creation: past --max-retained-wal-mb a warning fires")
+    func retainedWALWarning() async throws {
+        let sourceDatabase = try await OnlinePreflightTests.smallSource()
+        let config = try await Self.config(source: sourceDatabase, target: SharedClusters.uniqueName("retained")) {
+            $0.online.maxRetainedWALBytes = 1
+        }
+        let events = EventLog()
+        let (migrator, run) = try await Self.startStreaming(config, events: events)
+        let deadline = Date().addingTimeInterval(30)
+        while !events.all.contains(where: { $0.detail["retained_wal_bytes"] != nil }) && Date() < deadline {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        migrator.cutoverHandle.request()
+        _ = try await run.value
+        let warning = events.all.first { $0.level == .warning && $0.message.contains("of WAL on the source") }
+        #expect(warning != nil)
+        if case .int(let bytes)? = warning?.detail["retained_wal_bytes"] { #expect(bytes > 1) } else { Issue.record("no retained_wal_bytes") }
+        #expect(warning?.detail["wal_status"] != nil)
+    }
 }

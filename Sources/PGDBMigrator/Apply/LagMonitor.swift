@@ -35,16 +35,18 @@ struct LagMonitor {
         let sourceRow = try await source.query(
             """
             SELECT pg_current_wal_lsn()::text,
-                   (SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1)
+                   (SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1),
+                   (SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1)
             """, [slotName]
         ).rows[0]
         guard let sourceLSN = sourceRow[0].flatMap(LSN.init) else {
             throw MigrationError(.streamApply, "cannot read pg_current_wal_lsn() on the source")
         }
-        guard let applied = sourceRow[1].flatMap(LSN.init) else {
+        guard let applied = sourceRow[1].flatMap(LSN.init), sourceRow[2] != "lost" else {
             throw MigrationError(
-                .streamApply, "the replication slot \(SQL.identifier(slotName)) is gone from the source",
-                fix: "it was dropped or invalidated (max_slot_wal_keep_size?); the migration must start again")
+                .streamApply, "the replication slot \(SQL.identifier(slotName)) is gone from the source or was invalidated (wal_status lost)",
+                fix: "changes since are gone (max_slot_wal_keep_size exceeded, or the slot was dropped): "
+                    + "clean up with --mode cleanup and start the migration again")
         }
         let version = await target.serverVersion
         let errorsColumn =

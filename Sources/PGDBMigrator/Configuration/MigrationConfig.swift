@@ -112,6 +112,8 @@ public struct OnlineSettings: Sendable {
     public var autoCreatePublication: Bool
     /// Drop a leftover subscription and slot of the configured names before starting.
     public var forceClean: Bool
+    /// Warn when the slot holds more WAL than this; nil: 10% of `max_slot_wal_keep_size`, or 10 GB when that is unlimited.
+    public var maxRetainedWALBytes: UInt64? = nil
     /// `--mode cleanup` lists what it would drop and drops nothing.
     public var dryRun: Bool = false
     /// Make the source database read-only at cutover so nothing can be written after the barrier.

@@ -20,6 +20,8 @@ struct OnlineMigration {
     func run() async throws -> MigrationOutcome {
         let started = ContinuousClock.now
         var slot: ReplicationSlot?
+        var slotGuard: Task<Void, Never>?
+        defer { slotGuard?.cancel() }
         do {
             events.info(.validate, "checking source and target")
             if settings.forceClean { try await ForceClean(config: config, events: events).run() }
@@ -45,6 +47,12 @@ struct OnlineMigration {
             let newSlot = try await ReplicationSlot.create(named: settings.slotName, on: config.source)
             slot = newSlot
             leftovers.set(\.slotCreated, true)
+            slotGuard = Task { [config, events] in
+                await SlotGuard(
+                    source: config.source, slotName: config.online.slotName, limit: config.online.maxRetainedWALBytes,
+                    interval: config.online.pollInterval, events: events
+                ).watch()
+            }
             events.info(
                 .prepareSnapshot,
                 "created replication slot \(SQL.identifier(settings.slotName)) at \(newSlot.consistentPoint) with snapshot \(newSlot.snapshotName)",
