@@ -6,7 +6,7 @@ extension Connection {
     /// Starts `COPY … TO STDOUT`. Read the data with ``readCopyBatch(minimumBytes:)``.
     public func beginCopyOut(_ sql: String) throws {
         let conn = try live()
-        let result = try withCancellation { PQexec(conn, sql) }
+        let result = try resultOrError { PQexec(conn, sql) }
         defer { PQclear(result) }
         try check(result, expecting: [PGRES_COPY_OUT])
         copyOutEnded = false
@@ -44,7 +44,7 @@ extension Connection {
     /// Starts `COPY … FROM STDIN`. Send data with ``writeCopyData(_:)``, then ``endCopyIn()``.
     public func beginCopyIn(_ sql: String) throws {
         let conn = try live()
-        let result = try withCancellation { PQexec(conn, sql) }
+        let result = try resultOrError { PQexec(conn, sql) }
         defer { PQclear(result) }
         try check(result, expecting: [PGRES_COPY_IN])
     }

@@ -72,11 +72,6 @@ public actor Connection {
         executor.shutdown()
     }
 
-    /// Asks the server to cancel whatever this connection is running. Callable from any task.
-    public nonisolated func cancelCurrentStatement() {
-        canceller.cancel()
-    }
-
     // MARK: - Statements
 
     /// Runs one statement with `$1…$n` text parameters and returns its rows as text.
@@ -114,7 +109,7 @@ public actor Connection {
 
     private func runQuery(_ sql: String, _ parameters: [String?]) throws -> QueryResult {
         let conn = try live()
-        let result = try withCancellation {
+        let result = try resultOrError {
             withParameterArray(parameters) { values in
                 PQexecParams(conn, sql, Int32(parameters.count), nil, values, nil, nil, 0)
             }
@@ -126,7 +121,7 @@ public actor Connection {
 
     private func runSimpleQuery(_ sql: String) throws -> QueryResult {
         let conn = try live()
-        let result = try withCancellation { PQexec(conn, sql) }
+        let result = try resultOrError { PQexec(conn, sql) }
         defer { PQclear(result) }
         try check(result, expecting: [PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY])
         return QueryResult(result)
@@ -139,7 +134,8 @@ public actor Connection {
         return pg
     }
 
-    func withCancellation(_ body: () -> OpaquePointer?) throws -> OpaquePointer {
+    /// The result of a libpq call, or libpq's error when it returned none (connection lost, out of memory).
+    func resultOrError(_ body: () -> OpaquePointer?) throws -> OpaquePointer {
         guard let result = body() else {
             throw PostgresError(kind: .client, message: scrub(lastErrorMessage()))
         }
@@ -181,8 +177,6 @@ public actor Connection {
 public struct QueryResult: Sendable {
     public var columns: [String]
     public var rows: [[String?]]
-    /// The command tag's row count (`INSERT 0 5` → 5), when there is one.
-    public var affectedRows: Int?
 
     init(_ result: OpaquePointer) {
         let columnCount = Int(PQnfields(result))
@@ -194,14 +188,8 @@ public struct QueryResult: Sendable {
                     ? nil : String(cString: PQgetvalue(result, Int32(row), Int32(column)))
             }
         }
-        affectedRows = Int(String(cString: PQcmdTuples(result)))
     }
 
-    /// Column `name` of every row.
-    public func column(_ name: String) -> [String?] {
-        guard let index = columns.firstIndex(of: name) else { return [] }
-        return rows.map { $0[index] }
-    }
 }
 
 /// Holds the `PGcancel` object under a lock so any thread may cancel.

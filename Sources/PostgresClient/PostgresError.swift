@@ -35,9 +35,6 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
         return text
     }
 
-    /// `undefined_object`, `duplicate_object` and friends, by name, for readable call sites.
-    public static let duplicateObject = "42710"
-    public static let undefinedObject = "42704"
-    public static let invalidCatalogName = "3D000"
+    /// SQLSTATE `insufficient_privilege`, by name, for readable call sites.
     public static let insufficientPrivilege = "42501"
 }

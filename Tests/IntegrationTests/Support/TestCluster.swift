@@ -92,8 +92,6 @@ final class TestCluster: @unchecked Sendable {
         guard result.status == 0 else { throw TestSupportError("psql -f \(file) failed: \(result.output)") }
     }
 
-    var serverLog: String { (try? String(contentsOfFile: directory + "/server.log", encoding: .utf8)) ?? "" }
-
     // MARK: - Process helpers
 
     static func serverBinDirectory() async throws -> String {
