@@ -257,4 +257,46 @@ struct OnlineMigrationTests {
         if case .int(let bytes)? = warning?.detail["retained_wal_bytes"] { #expect(bytes > 1) } else { Issue.record("no retained_wal_bytes") }
         #expect(warning?.detail["wal_status"] != nil)
     }
+
+    @Test("the target and then the source restart while streaming: the run carries on and cutover loses nothing")
+    func serversRestart() async throws {
+        let source = try await TestCluster.start(name: "restart-source")
+        let target = try await TestCluster.start(name: "restart-target")
+        defer {
+            source.stop()
+            target.stop()
+        }
+        let database = try await source.createDatabase("app")
+        try await source.load(file: sampleSQLPath, into: database)
+        var config = MigrationConfig(
+            mode: .online, source: try source.connectionString(database: database),
+            target: try target.connectionString(database: database), jobs: 2)
+        config.online.pollInterval = .milliseconds(300)
+        config.online.fastPollInterval = .milliseconds(100)
+        let events = EventLog()
+        let migrator = Migrator(config: config, onEvent: events.record)
+        let run = Task { try await migrator.run() }
+        while !events.stages.contains(.streamApply) {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        func write(_ i: Int) async throws {
+            let connection = try await source.connect(database: database)
+            try await connection.execute(WriteWorkload.transaction(i))
+            await connection.close()
+        }
+        try await write(1)
+        try await target.restart()
+        try await write(2)
+        try await Task.sleep(for: .seconds(1))
+        try await source.restart()
+        try await write(3)
+        try await Task.sleep(for: .seconds(1))
+        migrator.cutoverHandle.request()
+        let outcome = try await run.value
+        #expect(outcome.cutoverTriggered)
+        #expect(events.all.contains { $0.message.contains("reconnecting") })
+        let expected = try await Fingerprint.of(source, database: database, materializedViews: false)
+        let actual = try await Fingerprint.of(target, database: database, materializedViews: false)
+        #expect(actual == expected, "\(actual.differences(from: expected))")
+    }
 }

@@ -6,7 +6,7 @@ import PostgresClient
 struct Cutover {
     var config: MigrationConfig
     var events: EventEmitter
-    var monitor: LagMonitor
+    var monitor: ResilientMonitor
     var leftovers: Leftovers
     var settings: OnlineSettings { config.online }
 
@@ -16,8 +16,7 @@ struct Cutover {
     }
 
     func run() async throws -> Result {
-        let source = monitor.source
-        let target = monitor.target
+        let (source, target) = await monitor.connections
         if settings.freezeSourceAtCutover {
             let freeze = SourceFreeze(database: config.source.resolvedDatabase ?? "postgres")
             let ended = try await freeze.freeze(on: source)

@@ -72,14 +72,24 @@ struct OnlineMigration {
                 .streamApply, "subscription \(SQL.identifier(settings.subscriptionName)) created; the target is streaming changes",
                 ["subscription": .string(settings.subscriptionName)])
             // Statistics are refreshed beside the stream: a slow or blocked ANALYZE must not hold up the heartbeat or a cutover.
-            async let analyzed: Void = copy.analyze(stage: .streamApply)
+            // A failed ANALYZE (say the target restarted meanwhile) costs statistics, not data: a warning.
+            async let analyzed: Void = {
+                do {
+                    try await copy.analyze(stage: .streamApply)
+                } catch is CancellationError {
+                } catch {
+                    events.warning(.streamApply, "ANALYZE of the target failed (\(error)); run it on the target after cutover")
+                }
+            }()
 
-            let monitor = LagMonitor(source: source, target: target, slotName: settings.slotName, subscriptionName: settings.subscriptionName)
+            let monitor = ResilientMonitor(
+                LagMonitor(source: source, target: target, slotName: settings.slotName, subscriptionName: settings.subscriptionName),
+                config: config, events: events)
             try await heartbeat(monitor)
 
             events.info(.cutover, "cutover requested")
             let result = try await Cutover(config: config, events: events, monitor: monitor, leftovers: leftovers).run()
-            try await analyzed
+            await analyzed
             let duration = ContinuousClock.now - started
             var detail: [String: EventValue] = [
                 "barrier_lsn": .string(result.barrier.description), "seconds": .double(duration.seconds),
@@ -93,8 +103,9 @@ struct OnlineMigration {
                 "migration complete: every transaction committed on the source before \(result.barrier) is on the target"
                     + (leftovers.snapshot.frozenDatabase.map { "; the source database stays read-only, undo with: \(SourceFreeze(database: $0).undoSQL)" } ?? ""),
                 detail)
-            await source.close()
-            await target.close()
+            let (lastSource, lastTarget) = await monitor.connections
+            await lastSource.close()
+            await lastTarget.close()
             return MigrationOutcome(
                 mode: .online, cutoverTriggered: true, warnings: warnings, duration: duration,
                 barrierLSN: result.barrier, sequenceFailures: result.sequences.failures)
@@ -107,7 +118,7 @@ struct OnlineMigration {
     }
 
     /// Lag events every poll interval (faster once within the threshold) until cutover is requested.
-    private func heartbeat(_ monitor: LagMonitor) async throws {
+    private func heartbeat(_ monitor: ResilientMonitor) async throws {
         var machine = LagStateMachine(threshold: settings.lagThresholdBytes)
         var health = ApplyHealth(grace: settings.applyFailureGrace)
         // At least one reading, so the state at cutover is on record even when it was requested at once.
@@ -126,7 +137,7 @@ struct OnlineMigration {
             case nil:
                 break
             }
-            try await checkApplyWorker(reading, health: &health, target: monitor.target)
+            try await checkApplyWorker(reading, health: &health, target: await monitor.connections.target)
 
             let interval = machine.caughtUp ? settings.fastPollInterval : settings.pollInterval
             let wakeUp = ContinuousClock.now + interval

@@ -53,6 +53,12 @@ final class TestCluster: @unchecked Sendable {
     }
 
     /// Stops the server at once and deletes its directory.
+    /// Restarts the server (fast shutdown: sessions are ended, as in a real restart).
+    /// `-l` again, or the new postmaster would keep our output pipe open forever.
+    func restart() async throws {
+        try await TestCluster.runAsServerUser(try await TestCluster.serverBinDirectory() + "/pg_ctl", ["-D", dataDirectory, "-l", directory + "/server.log", "-m", "fast", "-w", "-t", "60", "restart"])
+    }
+
     /// Blocking on purpose: it runs from `atexit`, where nothing async can.
     func stop() {
         let user = TestCluster.isRoot ? "/usr/sbin/runuser -u postgres -- " : ""
