@@ -102,9 +102,6 @@ struct FidelityTests {
         let writer = try await source.connect(database: sourceDatabase)
         try await writer.execute("INSERT INTO items VALUES (4242, 'writable again')")
 
-        try await targetConnection.execute(
-            "ALTER SUBSCRIPTION \(SQL.identifier(config.online.subscriptionName)) SET (slot_name = NONE); DROP SUBSCRIPTION \(SQL.identifier(config.online.subscriptionName))")
-        try await writer.query("SELECT pg_drop_replication_slot($1)", [config.online.slotName])
-        try await writer.execute("DROP PUBLICATION \(SQL.identifier(config.online.publication))")
+        try await OnlineMigrationTests.removeReplicationObjects(config)
     }
 }
