@@ -35,8 +35,31 @@ struct Subscription {
         }
     }
 
-    func exists(on target: Connection) async throws -> Bool {
-        try await target.scalar("SELECT 1 FROM pg_subscription WHERE subname = $1", [name]) != nil
+    /// Whether it exists in `database` (the connection's own when nil). pg_subscription is
+    /// shared by every database of the cluster, so the name alone is not enough.
+    func exists(on target: Connection, inDatabase database: String? = nil) async throws -> Bool {
+        try await target.scalar(
+            """
+            SELECT 1 FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid
+            WHERE s.subname = $1 AND d.datname = coalesce($2, current_database())
+            """, [name, database]) != nil
+    }
+
+    /// Drops the subscription of `config` if its target database has one, connecting as needed
+    /// (that database may not exist). Returns whether there was one; with `dryRun`, drops nothing.
+    static func remove(for config: MigrationConfig, dryRun: Bool = false) async throws -> Bool {
+        let settings = config.online
+        let subscription = Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication)
+        let endpoint = Endpoint(role: .target, connectionString: config.target)
+        let admin = try await endpoint.connect(database: TargetDatabase.maintenanceDatabase(for: endpoint.databaseName))
+        let exists = try await subscription.exists(on: admin, inDatabase: endpoint.databaseName)
+        await admin.close()
+        if exists && !dryRun {
+            let target = try await endpoint.connect()
+            try await subscription.drop(on: target)
+            await target.close()
+        }
+        return exists
     }
 
     func disable(on target: Connection) async throws {

@@ -15,20 +15,7 @@ struct Cleanup {
         var found: [String] = []
         let verb = settings.dryRun ? "would drop" : "dropped"
 
-        let targetDatabase = config.target.resolvedDatabase ?? "postgres"
-        let targetAdmin = try await Endpoint(role: .target, connectionString: config.target)
-            .connect(database: TargetDatabase.maintenanceDatabase(for: targetDatabase))
-        let hasSubscription = try await targetAdmin.scalar(
-            "SELECT 1 FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid WHERE s.subname = $1 AND d.datname = $2",
-            [settings.subscriptionName, targetDatabase]) != nil
-        await targetAdmin.close()
-        if hasSubscription {
-            if !settings.dryRun {
-                let target = try await Endpoint(role: .target, connectionString: config.target).connect()
-                try await Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication)
-                    .drop(on: target)
-                await target.close()
-            }
+        if try await Subscription.remove(for: config, dryRun: settings.dryRun) {
             found.append("\(verb) subscription \(SQL.identifier(settings.subscriptionName)) on the target")
         }
 
@@ -56,7 +43,7 @@ struct Cleanup {
                 events.info(.cleanup, "kept publication \(SQL.identifier(settings.publication)): it existed before pg_dbmigrator ran")
             }
         }
-        let sourceDatabase = config.source.resolvedDatabase ?? "postgres"
+        let sourceDatabase = Endpoint(role: .source, connectionString: config.source).databaseName
         let frozen = try await source.scalar(
             """
             SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase

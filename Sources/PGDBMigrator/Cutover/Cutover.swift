@@ -18,7 +18,7 @@ struct Cutover {
     func run() async throws -> Result {
         let (source, target) = await monitor.connections
         if settings.freezeSourceAtCutover {
-            let freeze = SourceFreeze(database: config.source.resolvedDatabase ?? "postgres")
+            let freeze = SourceFreeze(database: Endpoint(role: .source, connectionString: config.source).databaseName)
             let ended = try await freeze.freeze(on: source)
             leftovers.set(\.frozenDatabase, freeze.database)
             events.info(

@@ -31,7 +31,6 @@ actor ReplicationSlot {
                 fix: "the source role needs the REPLICATION attribute, and pg_hba.conf must allow it to connect "
                     + "(a 'replication' entry is not needed for logical replication, but the database entry is)")
         }
-        // The snapshot holder must not be killed by server-side timeouts while the dump runs.
         let version = await connection.serverVersion
         let command =
             version >= 150_000
@@ -56,16 +55,18 @@ actor ReplicationSlot {
     }
 
     /// Drops a slot on the source, waiting up to `timeout` for a walsender still attached to let go of it.
-    static func drop(named name: String, on source: Connection, timeout: Duration = .seconds(30)) async throws {
+    /// Returns false when there was no such slot.
+    @discardableResult
+    static func drop(named name: String, on source: Connection, timeout: Duration = .seconds(30)) async throws -> Bool {
         let deadline = ContinuousClock.now + timeout
         while true {
             let slots = try await source.query("SELECT active_pid::text FROM pg_replication_slots WHERE slot_name = $1", [name])
-            guard let slot = slots.rows.first else { return }  // already gone
+            guard let slot = slots.rows.first else { return false }  // already gone
             let active = slot[0]
             if active == nil {
                 do {
                     try await source.query("SELECT pg_drop_replication_slot($1)", [name])
-                    return
+                    return true
                 } catch let error as PostgresError where error.sqlState == "55006" {
                     // became active again between the check and the drop: retry
                 }
