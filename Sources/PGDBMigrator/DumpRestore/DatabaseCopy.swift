@@ -34,14 +34,13 @@ struct DatabaseCopy {
     }
 
     /// Refreshes planner statistics on the target unless told not to.
-    /// Online it runs beside the stream, reported under `stage` (StreamApply).
-    func analyze(stage: Stage = .analyze) async throws {
+    func analyze() async throws {
         if config.skipAnalyze || config.dumpScope == .schemaOnly {
-            events.info(stage, "analyze skipped")
+            events.info(.analyze, "analyze skipped")
         } else {
-            events.info(stage, "analyzing the target")
+            events.info(.analyze, "analyzing the target")
             try await Analyze(config: config, tools: report.tools).run()
-            if stage != .analyze { events.info(stage, "analyzed the target") }
+            events.info(.analyze, "analyzed the target")
         }
     }
 

@@ -6,17 +6,26 @@ struct EventEmitter: Sendable {
     var handler: EventHandler
     var logger: Logger
     private let phase = PhaseTracker()
+    private var tracksPhase = true
 
     init(handler: @escaping EventHandler, logger: Logger) {
         self.handler = handler
         self.logger = logger
     }
 
+    /// The same destination for work that runs beside the phases (online ANALYZE):
+    /// its events do not move the current phase.
+    var background: EventEmitter {
+        var copy = self
+        copy.tracksPhase = false
+        return copy
+    }
+
     /// The phase the run is in: the stage of the last phase event (heartbeat stages don't count).
     var currentPhase: Stage { phase.current }
 
     func emit(_ event: MigrationEvent) {
-        if ![.lag, .caughtUp, .fellBehind].contains(event.stage) { phase.current = event.stage }
+        if tracksPhase && ![.lag, .caughtUp, .fellBehind].contains(event.stage) { phase.current = event.stage }
         var metadata: Logger.Metadata = ["stage": .string(event.stage.rawValue)]
         for (key, value) in event.detail { metadata[key] = .string(value.description) }
         logger.log(level: event.level == .info ? .debug : .notice, "\(event.message)", metadata: metadata)

@@ -73,12 +73,14 @@ struct OnlineMigration {
                 ["subscription": .string(settings.subscriptionName)])
             // Statistics are refreshed beside the stream: a slow or blocked ANALYZE must not hold up the heartbeat or a cutover.
             // A failed ANALYZE (say the target restarted meanwhile) costs statistics, not data: a warning.
+            // Its events are Analyze events that do not move the phase: the run is streaming meanwhile.
+            let backgroundCopy = DatabaseCopy(config: config, report: report, events: events.background)
             async let analyzed: Void = {
                 do {
-                    try await copy.analyze(stage: .streamApply)
+                    try await backgroundCopy.analyze()
                 } catch is CancellationError {
                 } catch {
-                    events.warning(.streamApply, "ANALYZE of the target failed (\(error)); run it on the target after cutover")
+                    events.background.warning(.analyze, "ANALYZE of the target failed (\(error)); run it on the target after cutover")
                 }
             }()
 
