@@ -48,6 +48,7 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
         ArgumentScrubber.hide([source.password, target.password].compactMap { $0 })
         let config = MigrationConfig(
             mode: servers.mode, source: source, target: target, jobs: copy.jobs,
+            copyMethod: copy.copyMethod, indexJobs: copy.indexJobs, splitTablesLargerThan: copy.splitTablesLargerThan.bytes,
             dropTargetFirst: copy.dropTargetFirst, filter: filter.objectFilter,
             allowRestoreErrors: copy.allowRestoreErrors, dumpScope: copy.dumpScope, dumpPath: copy.dumpPath,
             skipAnalyze: copy.skipAnalyze, noOwner: copy.noOwner, noACL: copy.noACL, pgBinDirectory: copy.pgBinDir,
@@ -136,8 +137,22 @@ struct ServerOptions: ParsableArguments {
 }
 
 struct CopyOptions: ParsableArguments {
-    @Option(help: "Parallel pg_dump/pg_restore workers (default: CPU count, 1…8).")
+    @Option(help: "Parallel copy workers: tables or table parts at a time (native), pg_dump/pg_restore jobs (dump). Default: CPU count, 1…8.")
     var jobs: Int = MigrationConfig.defaultJobs
+
+    @Option(help: ArgumentHelp(
+        "How data travels: native (COPY streamed from source to target, no dump file; the schema still comes from pg_dump) "
+            + "or dump (pg_dump -Fd to disk, then pg_restore). --dump-scope schema-only/data-only always use the dump.",
+        valueName: "method"))
+    var copyMethod: MigrationConfig.CopyMethod = .native
+
+    @Option(help: "Parallel index and constraint builds (native copy) and post-data pg_restore jobs. Default: --jobs.")
+    var indexJobs: Int?
+
+    @Option(help: ArgumentHelp(
+        "Copy tables larger than this in parts (native copy), each its own COPY: by ranges of an integer primary key, "
+            + "else by block ranges. A size such as 256MB or 1GB; 0 never splits.", valueName: "size"))
+    var splitTablesLargerThan: ByteSize = ByteSize(bytes: MigrationConfig.defaultSplitBytes)
 
     @Flag(help: "Drop and re-create the target database before restoring into it.")
     var dropTargetFirst = false
@@ -167,6 +182,7 @@ struct CopyOptions: ParsableArguments {
 
     func validate() throws {
         guard (1...64).contains(jobs) else { throw ValidationError("--jobs must be between 1 and 64") }
+        if let indexJobs, !(1...64).contains(indexJobs) { throw ValidationError("--index-jobs must be between 1 and 64") }
     }
 }
 
@@ -311,3 +327,27 @@ struct OutputOptions: ParsableArguments {
 
 extension MigrationConfig.Mode: ExpressibleByArgument {}
 extension MigrationConfig.DumpScope: ExpressibleByArgument {}
+extension MigrationConfig.CopyMethod: ExpressibleByArgument {}
+
+/// A size on the command line: `1GB`, `256MB`, `512kB`, or plain bytes (powers of 1024, as PostgreSQL reads them).
+struct ByteSize: ExpressibleByArgument, CustomStringConvertible {
+    var bytes: Int
+
+    init(bytes: Int) { self.bytes = bytes }
+
+    init?(argument: String) {
+        let units: [(String, Int)] = [("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)]
+        let text = argument.trimmingCharacters(in: .whitespaces).uppercased()
+        let (unit, factor) = units.first { text.hasSuffix($0.0) } ?? ("", 1)
+        guard let number = Double(text.dropLast(unit.count).trimmingCharacters(in: .whitespaces)), number >= 0 else { return nil }
+        bytes = Int(number * Double(factor))
+    }
+
+    var description: String {
+        let units: [(String, Int)] = [("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)]
+        for (unit, factor) in units where bytes >= factor && bytes % factor == 0 { return "\(bytes / factor)\(unit)" }
+        return "\(bytes)"
+    }
+
+    var defaultValueDescription: String { description }
+}

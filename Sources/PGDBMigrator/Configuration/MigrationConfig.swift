@@ -17,6 +17,16 @@ public struct MigrationConfig: Sendable {
         case cleanup
     }
 
+    /// How table data travels from the source to the target.
+    public enum CopyMethod: String, Sendable, CaseIterable {
+        /// `COPY … TO STDOUT` streamed into `COPY … FROM STDIN`, tables split
+        /// into parts, indexes built as each table lands; the schema still
+        /// comes from `pg_dump`.
+        case native
+        /// `pg_dump -Fd` to disk, then `pg_restore`.
+        case dump
+    }
+
     /// Which parts of the database the dump carries.
     public enum DumpScope: String, Sendable, CaseIterable {
         case all
@@ -27,8 +37,13 @@ public struct MigrationConfig: Sendable {
     public var mode: Mode
     public var source: ConnectionString
     public var target: ConnectionString
-    /// Parallel `pg_dump`/`pg_restore` workers.
+    /// Parallel copy workers: tables (or table parts) at a time, or `pg_dump`/`pg_restore` jobs.
     public var jobs: Int
+    public var copyMethod: CopyMethod
+    /// Parallel index and constraint builds after the data (native copy; post-data `pg_restore` jobs).
+    public var indexJobs: Int
+    /// Tables larger than this (bytes on disk) are copied in parts, each its own COPY (native copy).
+    public var splitTablesLargerThan: Int
     /// Drop and re-create the target database before restoring into it.
     public var dropTargetFirst: Bool
     public var filter: ObjectFilter
@@ -54,6 +69,9 @@ public struct MigrationConfig: Sendable {
         source: ConnectionString,
         target: ConnectionString,
         jobs: Int = MigrationConfig.defaultJobs,
+        copyMethod: CopyMethod = .native,
+        indexJobs: Int? = nil,
+        splitTablesLargerThan: Int = MigrationConfig.defaultSplitBytes,
         dropTargetFirst: Bool = false,
         filter: ObjectFilter = ObjectFilter(),
         allowRestoreErrors: Bool = false,
@@ -70,6 +88,9 @@ public struct MigrationConfig: Sendable {
         self.source = source
         self.target = target
         self.jobs = jobs
+        self.copyMethod = copyMethod
+        self.indexJobs = indexJobs ?? jobs
+        self.splitTablesLargerThan = splitTablesLargerThan
         self.dropTargetFirst = dropTargetFirst
         self.filter = filter
         self.allowRestoreErrors = allowRestoreErrors
@@ -82,6 +103,9 @@ public struct MigrationConfig: Sendable {
         self.online = online
         self.verify = verify
     }
+
+    /// Tables above this are split into parts for the native copy.
+    public static let defaultSplitBytes = 256 * 1024 * 1024
 
     /// The machine's CPU count, clamped to 1…8.
     public static var defaultJobs: Int { min(max(ProcessInfo.processInfo.activeProcessorCount, 1), 8) }

@@ -5,10 +5,20 @@ struct DatabaseCopy {
     var report: PreflightReport
     var events: EventEmitter
 
-    /// Dumps the source (as of `snapshot`, when given) and restores it into
-    /// the target. `afterDump` runs as soon as the dump is complete: the
-    /// online path releases the snapshot there. Returns tolerated restore errors.
-    func run(snapshot: String? = nil, afterDump: () async -> Void = {}) async throws -> [String] {
+    /// Copies the source (as of `snapshot`, when given) into the target, by
+    /// the native engine or by `pg_dump`/`pg_restore`. `releaseSnapshot` runs
+    /// as soon as nothing reads the snapshot any more: the online path releases
+    /// its slot's snapshot there. Returns tolerated restore errors.
+    func run(snapshot: String? = nil, releaseSnapshot: () async -> Void = {}) async throws -> [String] {
+        guard usesNativeCopy else { return try await dumpAndRestore(snapshot: snapshot, afterDump: releaseSnapshot) }
+        return try await NativeCopy(config: config, report: report, events: events)
+            .run(snapshot: snapshot, prepareTarget: prepareTarget, releaseSnapshot: releaseSnapshot)
+    }
+
+    /// The native engine copies whole databases; schema-only and data-only copies go through the dump.
+    var usesNativeCopy: Bool { config.copyMethod == .native && config.dumpScope == .all }
+
+    private func dumpAndRestore(snapshot: String?, afterDump: () async -> Void) async throws -> [String] {
         let copy = DumpRestore(config: config, tools: report.tools, events: events)
         let directory = try DumpDirectory.create(at: config.dumpPath)
         defer { directory.remove() }
@@ -23,14 +33,18 @@ struct DatabaseCopy {
         events.info(
             .dump, "dump finished: \(formatBytes(bytes)) in \(formatSeconds(dumpSeconds))",
             ["bytes": .int(bytes), "seconds": .double(dumpSeconds)])
+        try await prepareTarget()
+        events.info(.restore, "restoring into the target with pg_restore", ["jobs": .int(config.jobs)])
+        return try await copy.restore(from: directory)
+    }
 
-        try await TargetDatabase(target: copy.target, events: events).prepare(
+    /// Creates (or re-creates) the target database, and the schemas of tables selected by `--table`.
+    private func prepareTarget() async throws {
+        try await TargetDatabase(target: Endpoint(role: .target, connectionString: config.target), events: events).prepare(
             exists: report.targetDatabaseExists, dropFirst: config.dropTargetFirst, like: report.sourceDatabase)
         if !config.filter.tables.isEmpty && config.dumpScope != .dataOnly {
             try await createSchemasOfSelectedTables()
         }
-        events.info(.restore, "restoring into the target with pg_restore", ["jobs": .int(config.jobs)])
-        return try await copy.restore(from: directory)
     }
 
     /// Refreshes planner statistics on the target unless told not to.

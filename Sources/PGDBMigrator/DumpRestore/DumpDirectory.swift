@@ -7,6 +7,10 @@ struct DumpDirectory: Sendable {
     var root: String
     /// The `pg_dump -Fd` output inside it (pg_dump wants to create this itself).
     var dumpPath: String { (root as NSString).appendingPathComponent("dump") }
+    /// The native copy's custom-format archive (schema and the small data it does not copy itself).
+    var archivePath: String { (root as NSString).appendingPathComponent("schema.dump") }
+    /// Where a filtered `pg_restore --list` goes.
+    var listPath: String { (root as NSString).appendingPathComponent("post-data.list") }
 
     /// Creates `requested` (which must not exist or be empty), or a fresh one under `$TMPDIR`.
     static func create(at requested: String?) throws -> DumpDirectory {
@@ -43,10 +47,10 @@ struct DumpDirectory: Sendable {
 
     /// Bytes the dump takes on disk.
     var size: Int {
-        guard let enumerator = FileManager.default.enumerator(atPath: dumpPath) else { return 0 }
+        guard let enumerator = FileManager.default.enumerator(atPath: root) else { return 0 }
         var total = 0
         for case let file as String in enumerator {
-            let attributes = try? FileManager.default.attributesOfItem(atPath: (dumpPath as NSString).appendingPathComponent(file))
+            let attributes = try? FileManager.default.attributesOfItem(atPath: (root as NSString).appendingPathComponent(file))
             total += (attributes?[.size] as? Int) ?? 0
         }
         return total

@@ -12,15 +12,27 @@ struct DumpRestore {
 
     /// `pg_dump -Fd -j N` into `directory`; `snapshot` makes it read an exported snapshot.
     func dump(into directory: DumpDirectory, snapshot: String? = nil) async throws {
-        var arguments = [
-            "--format=directory", "--jobs=\(config.jobs)", "--file=\(directory.dumpPath)", source.childDatabaseArgument,
-        ]
-        arguments += config.filter.pgDumpArguments
+        var arguments = ["--format=directory", "--jobs=\(config.jobs)", "--file=\(directory.dumpPath)"]
         switch config.dumpScope {
         case .all: break
         case .schemaOnly: arguments.append("--schema-only")
         case .dataOnly: arguments.append("--data-only")
         }
+        try await runPgDump(arguments, snapshot: snapshot)
+    }
+
+    /// The native copy's dump: one custom-format archive with the schema and
+    /// every piece of data the native copy does not carry itself (sequence
+    /// values, large objects, extension configuration tables, materialized
+    /// view contents): the tables in `excludingDataOf` are left out by exact name.
+    func dumpSchema(into directory: DumpDirectory, snapshot: String, excludingDataOf tables: [QualifiedName]) async throws {
+        let arguments =
+            ["--format=custom", "--file=\(directory.archivePath)"] + tables.map { "--exclude-table-data=\($0.exactPattern)" }
+        try await runPgDump(arguments, snapshot: snapshot)
+    }
+
+    private func runPgDump(_ formatArguments: [String], snapshot: String?) async throws {
+        var arguments = formatArguments + [source.childDatabaseArgument] + config.filter.pgDumpArguments
         if let snapshot { arguments.append("--snapshot=\(snapshot)") }
         let child = ChildProcess(executable: tools.pgDump.path, arguments: arguments, environment: source.childEnvironment)
         let exit = try await child.run()
@@ -43,38 +55,58 @@ struct DumpRestore {
             }
         var tolerated: [String] = []
         for section in sections {
-            try Task.checkCancellation()
-            let started = ContinuousClock.now
-            var arguments = ["--section=\(section)", target.childDatabaseArgument]
             // pre-data is mostly serial DDL; workers only pay off for data and indexes.
-            if section != "pre-data" { arguments.append("--jobs=\(config.jobs)") }
-            if config.noOwner { arguments.append("--no-owner") }
-            if config.noACL { arguments.append("--no-acl") }
-            arguments.append(directory.dumpPath)
-            let child = ChildProcess(executable: tools.pgRestore.path, arguments: arguments, environment: target.childEnvironment)
-            let exit = try await child.run()
-            let errors = errorLines(exit, scrubbing: config.target)
-            if !exit.succeeded {
-                // pg_restore exits 1 when it skipped statements that failed, and says which.
-                guard config.allowRestoreErrors, exit.code == 1, !errors.isEmpty else {
-                    throw MigrationError(
-                        .restore,
-                        "pg_restore failed in the \(section) section (\(describe(exit))): \(errors.prefix(10).joined(separator: "; "))"
-                            + (errors.count > 10 ? "; … and \(errors.count - 10) more" : ""),
-                        fix: "fix the cause on the target and run again with --drop-target-first, "
-                            + "or pass --allow-restore-errors if these objects do not matter")
-                }
-                events.warning(
-                    .restore, "pg_restore reported \(errors.count) error(s) in the \(section) section; continuing (--allow-restore-errors)",
-                    ["section": .string(section), "errors": .list(errors)])
-                tolerated += errors
-            }
-            let seconds = (ContinuousClock.now - started).seconds
-            events.info(
-                .restore, "restored \(section) in \(formatSeconds(seconds))",
-                ["section": .string(section), "seconds": .double(seconds)])
+            tolerated += try await restore(section: section, from: directory.dumpPath, jobs: section == "pre-data" ? 1 : config.jobs)
         }
         return tolerated
+    }
+
+    /// One `pg_restore --section` pass; `list` restricts it to the entries of a
+    /// `pg_restore -l` list file (lines starting with `;` are skipped).
+    func restore(section: String, from archive: String, jobs: Int, list: String? = nil) async throws -> [String] {
+        try Task.checkCancellation()
+        let started = ContinuousClock.now
+        var arguments = ["--section=\(section)", target.childDatabaseArgument]
+        if jobs > 1 { arguments.append("--jobs=\(jobs)") }
+        if let list { arguments.append("--use-list=\(list)") }
+        if config.noOwner { arguments.append("--no-owner") }
+        if config.noACL { arguments.append("--no-acl") }
+        arguments.append(archive)
+        let child = ChildProcess(executable: tools.pgRestore.path, arguments: arguments, environment: target.childEnvironment)
+        let exit = try await child.run()
+        let errors = errorLines(exit, scrubbing: config.target)
+        var tolerated: [String] = []
+        if !exit.succeeded {
+            // pg_restore exits 1 when it skipped statements that failed, and says which.
+            guard config.allowRestoreErrors, exit.code == 1, !errors.isEmpty else {
+                throw MigrationError(
+                    .restore,
+                    "pg_restore failed in the \(section) section (\(describe(exit))): \(errors.prefix(10).joined(separator: "; "))"
+                        + (errors.count > 10 ? "; … and \(errors.count - 10) more" : ""),
+                    fix: "fix the cause on the target and run again with --drop-target-first, "
+                        + "or pass --allow-restore-errors if these objects do not matter")
+            }
+            events.warning(
+                .restore, "pg_restore reported \(errors.count) error(s) in the \(section) section; continuing (--allow-restore-errors)",
+                ["section": .string(section), "errors": .list(errors)])
+            tolerated = errors
+        }
+        let seconds = (ContinuousClock.now - started).seconds
+        events.info(
+            .restore, "restored \(section) in \(formatSeconds(seconds))",
+            ["section": .string(section), "seconds": .double(seconds)])
+        return tolerated
+    }
+
+    /// The archive's table of contents (`pg_restore --list`), one entry a line.
+    func tableOfContents(of archive: String, writingTo listPath: String) async throws -> [String] {
+        let child = ChildProcess(
+            executable: tools.pgRestore.path, arguments: ["--list", "--file=\(listPath)", archive], environment: [:])
+        let exit = try await child.run()
+        guard exit.succeeded, let text = try? String(contentsOfFile: listPath, encoding: .utf8) else {
+            throw MigrationError(.restore, "pg_restore --list failed (\(describe(exit))): \(exit.output.suffix(5).joined(separator: "; "))")
+        }
+        return text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
     }
 
     private func describe(_ exit: ChildProcess.Exit) -> String {

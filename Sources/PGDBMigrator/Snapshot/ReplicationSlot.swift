@@ -38,6 +38,8 @@ actor ReplicationSlot {
             : "CREATE_REPLICATION_SLOT \(SQL.identifier(name)) LOGICAL pgoutput EXPORT_SNAPSHOT"
         let result: QueryResult
         do {
+            // The connection then sits idle holding the snapshot for the whole copy.
+            try await connection.keepAliveWhileIdle()
             result = try await connection.execute(command)
         } catch let error as PostgresError {
             throw MigrationError(.prepareSnapshot, "cannot create the replication slot \(SQL.identifier(name)): \(error)")

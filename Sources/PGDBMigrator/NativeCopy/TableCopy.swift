@@ -1,0 +1,52 @@
+import PostgresClient
+
+/// Streams one copy part from a source session (inside the snapshot) into a
+/// target session, with one batch read ahead so both servers work at once.
+///
+/// A whole table is loaded as `TRUNCATE` + `COPY … FREEZE` in one transaction:
+/// rerunning it never duplicates rows, and the rows land already frozen, so the
+/// first VACUUM on the target has nothing to rewrite. A part is one
+/// transaction of its own: it is there entirely or not at all.
+struct TableCopy {
+    var source: Connection
+    var target: Connection
+    /// Bytes per hop between the servers and this process.
+    var batchBytes = 512 * 1024
+
+    struct Result: Sendable {
+        var rows: Int
+        var bytes: Int
+    }
+
+    /// Copies `part`; `progress` hears about every batch (bytes).
+    func run(_ part: CopyPart, progress: @Sendable (Int) -> Void) async throws -> Result {
+        try await target.execute("BEGIN")
+        do {
+            if part.isWholeTable { try await target.execute("TRUNCATE ONLY \(part.table.name)") }
+            try await source.beginCopyOut(part.copyOutSQL)
+            try await target.beginCopyIn(
+                "COPY \(part.table.copyTarget) FROM STDIN" + (part.isWholeTable ? " WITH (FREEZE)" : ""))
+            var bytes = 0
+            do {
+                var ahead = Task { [source, batchBytes] in try await source.readCopyBatch(minimumBytes: batchBytes) }
+                while let batch = try await ahead.value {
+                    ahead = Task { [source, batchBytes] in try await source.readCopyBatch(minimumBytes: batchBytes) }
+                    try Task.checkCancellation()
+                    try await target.writeCopyData(batch)
+                    bytes += batch.count
+                    progress(batch.count)
+                }
+            } catch {
+                // Abort the half-sent COPY so the target session is usable (and rolls back).
+                _ = try? await target.endCopyIn(failure: "pg_dbmigrator: the source side failed")
+                throw error
+            }
+            let rows = try await target.endCopyIn()
+            try await target.execute("COMMIT")
+            return Result(rows: rows, bytes: bytes)
+        } catch {
+            _ = try? await target.execute("ROLLBACK")
+            throw error
+        }
+    }
+}
