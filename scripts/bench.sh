@@ -1,71 +1,162 @@
 #!/usr/bin/env bash
-# Benchmarks, measured in one run on this machine (absolute times mean little
-# on a noisy machine; the ratios are the point):
-#   offline  pg_dbmigrator --mode offline  vs  pg_dump -Fd -j J + pg_restore -j J
-#   verify   pg_dbmigrator --mode verify   vs  SELECT count(*) of every table (psql)
-# Dataset: pgbench -i -s SCALE (default 20) plus two secondary indexes.
-# Usage: scripts/bench.sh [SCALE] [JOBS] [ROUNDS]
+# The copy benchmark: every method on the same two servers, in the same run,
+# alternating, so the ratios mean something on a noisy machine.
+#
+#   native    pg_dbmigrator --copy-method native
+#   dump      pg_dbmigrator --copy-method dump
+#   pg_dump   pg_dump -Fd -j J, then pg_restore -j J
+#   pgcopydb  pgcopydb clone --table-jobs J --index-jobs J   (Debian's pgcopydb; skipped with a note if it cannot run)
+#   raw       the raw bound: pg_dump --section=pre-data | psql; every table by
+#             psql -c "COPY … TO STDOUT" | psql -c "COPY … FROM STDIN", J at a time;
+#             then pg_restore -j J --section=post-data
+# Every method ends with the target analyzed (pgcopydb runs VACUUM ANALYZE itself;
+# the others run vacuumdb --analyze-only -j J), so all do the same work.
+#
+# Datasets: pgbench  pgbench -i -s SCALE (default 50) plus two secondary indexes on
+#                    pgbench_accounts: one dominant table;
+#           wide     eight tables of ~1 KB rows, a primary key and two secondary
+#                    indexes each, WIDE_MB (default 1000) MB in all.
+# Prints, per dataset, the median wall time of ROUNDS rounds, the ratios to
+# each other method, and peak RSS; the native copy is checked by --mode verify.
+#
+# Usage: scripts/bench.sh [DATASETS] [JOBS] [ROUNDS]     e.g. scripts/bench.sh pgbench,wide 2 3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/prerequisites.sh
 source scripts/lib/clusters.sh
 ensure_prerequisites
-trap stop_clusters EXIT
-SCALE=${1:-20}; JOBS=${2:-2}; ROUNDS=${3:-3}
+DATASETS=${1:-pgbench,wide}; JOBS=${2:-2}; ROUNDS=${3:-3}
+SCALE=${SCALE:-50}; WIDE_MB=${WIDE_MB:-1000}
+METHODS=(native dump pg_dump pgcopydb raw)
 
+if ! command -v pgcopydb >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq pgcopydb time >/dev/null 2>&1 || true
+fi
+[ -x /usr/bin/time ] || { echo "error: /usr/bin/time is needed (apt-get install time)" >&2; exit 1; }
+if ! command -v pgcopydb >/dev/null 2>&1; then
+    echo "note: pgcopydb is not installed and could not be installed; its column is skipped" >&2
+    METHODS=(native dump pg_dump raw)
+fi
+
+trap stop_clusters EXIT
 swift build -c release --product pg_dbmigrator 2>&1 | tail -1
 BIN=$(swift build -c release --show-bin-path)/pg_dbmigrator
-SRC=$(start_cluster bench-source "shared_buffers=256MB" "max_wal_size=4GB")
-DST=$(start_cluster bench-target "shared_buffers=256MB" "max_wal_size=4GB")
-psql_at "$SRC" postgres -c "CREATE DATABASE bench"
-PGPASSWORD=$CLUSTER_PASSWORD "$PG_BIN/pgbench" -q -i -s "$SCALE" -h 127.0.0.1 -p "$SRC" -U postgres bench >/dev/null 2>&1
-psql_at "$SRC" bench -c "CREATE INDEX ON pgbench_accounts (bid); CREATE INDEX ON pgbench_accounts (abalance)"
-SIZE=$(psql_at "$SRC" bench -At -c "SELECT pg_database_size('bench')")
-echo "dataset: pgbench scale $SCALE, $((SIZE / 1000000)) MB; jobs $JOBS; $ROUNDS rounds"
-
-SOURCE_URL="postgresql://postgres:$CLUSTER_PASSWORD@127.0.0.1:$SRC/bench"
-target_url() { echo "postgresql://postgres:$CLUSTER_PASSWORD@127.0.0.1:$DST/$1"; }
+SERVER=("shared_buffers=256MB" "max_wal_size=4GB" "max_connections=100")
+SRC=$(start_cluster bench-source "${SERVER[@]}")
+DST=$(start_cluster bench-target "${SERVER[@]}")
+export PGPASSWORD=$CLUSTER_PASSWORD
+conn() { echo "host=127.0.0.1 port=$1 user=postgres dbname=$2"; }
+url() { echo "postgresql://postgres@127.0.0.1:$1/$2"; }
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-drop_target() { psql_at "$DST" postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null; }
 
-OURS=(); DUMP=(); VERIFY=(); COUNT=()
-for round in $(seq 1 "$ROUNDS"); do
-    # Alternate which goes first, so neither always runs on a warmer cache.
-    for method in $( ((round % 2)) && echo "ours dump" || echo "dump ours"); do
-        drop_target copy
-        start=$(now)
-        if [ "$method" = ours ]; then
-            PG_DBMIGRATOR_SOURCE=$SOURCE_URL PG_DBMIGRATOR_TARGET=$(target_url copy) \
-                "$BIN" --mode offline --jobs "$JOBS" --verify off 2>/dev/null
-            OURS+=("$(echo "$(now) - $start" | bc)")
-        else
-            dir=$(mktemp -d); rmdir "$dir"
-            PGPASSWORD=$CLUSTER_PASSWORD "$PG_BIN/pg_dump" -Fd -j "$JOBS" -f "$dir" "host=127.0.0.1 port=$SRC user=postgres dbname=bench"
+build_pgbench() {
+    psql_at "$SRC" postgres -c "CREATE DATABASE pgbench" >/dev/null
+    "$PG_BIN/pgbench" -q -i -s "$SCALE" -h 127.0.0.1 -p "$SRC" -U postgres pgbench >/dev/null 2>&1
+    psql_at "$SRC" pgbench -c "CREATE INDEX ON pgbench_accounts (bid); CREATE INDEX ON pgbench_accounts (abalance)" >/dev/null
+}
+
+build_wide() {
+    psql_at "$SRC" postgres -c "CREATE DATABASE wide" >/dev/null
+    local rows=$((WIDE_MB * 1000 / 8))  # ~1 KB a row
+    for i in $(seq 1 8); do
+        psql_at "$SRC" wide -c "CREATE TABLE t$i (id bigint PRIMARY KEY, a int NOT NULL, b timestamptz NOT NULL, payload text NOT NULL);
+            INSERT INTO t$i SELECT g, (random() * 1e6)::int, now() - random() * interval '900 days', repeat(md5(random()::text), 30)
+            FROM generate_series(1, $rows) g;
+            CREATE INDEX ON t$i (a); CREATE INDEX ON t$i (b); VACUUM ANALYZE t$i" >/dev/null &
+    done
+    wait
+}
+
+analyze_target() { "$PG_BIN/vacuumdb" --analyze-only -j "$JOBS" -q "$(conn "$DST" copy)"; }
+
+# run_method METHOD DATASET: copies DATASET into the target's "copy" database; prints "seconds peak_rss_kB"
+run_method() {
+    local method=$1 db=$2 dir start rss=0 timing
+    dir=$(mktemp -d /tmp/pgdm-bench-XXXXXX)
+    psql_at "$DST" postgres -c "DROP DATABASE IF EXISTS copy WITH (FORCE)" >/dev/null
+    start=$(now)
+    case $method in
+        native | dump)
+            /usr/bin/time -f "%M" -o "$dir/rss" env PG_DBMIGRATOR_SOURCE="$(url "$SRC" "$db")" PG_DBMIGRATOR_TARGET="$(url "$DST" copy)" \
+                "$BIN" --mode offline --copy-method "$method" --jobs "$JOBS" --verify off >/dev/null 2>"$dir/log" \
+                || { cat "$dir/log" >&2; return 1; }
+            rss=$(cat "$dir/rss") ;;
+        pg_dump)
+            "$PG_BIN/pg_dump" -Fd -j "$JOBS" -f "$dir/dump" "$(conn "$SRC" "$db")"
             psql_at "$DST" postgres -c "CREATE DATABASE copy" >/dev/null
-            PGPASSWORD=$CLUSTER_PASSWORD "$PG_BIN/pg_restore" -j "$JOBS" -d "host=127.0.0.1 port=$DST user=postgres dbname=copy" "$dir"
-            PGPASSWORD=$CLUSTER_PASSWORD "$PG_BIN/vacuumdb" --analyze-only -j "$JOBS" -q "host=127.0.0.1 port=$DST user=postgres dbname=copy"
-            rm -rf "$dir"
-            DUMP+=("$(echo "$(now) - $start" | bc)")
-        fi
-    done
-    start=$(now)
-    PG_DBMIGRATOR_SOURCE=$SOURCE_URL PG_DBMIGRATOR_TARGET=$(target_url copy) "$BIN" --mode verify --jobs "$JOBS" 2>/dev/null
-    VERIFY+=("$(echo "$(now) - $start" | bc)")
-    start=$(now)
-    for port_db in "$SRC bench" "$DST copy"; do
-        set -- $port_db
-        psql_at "$1" "$2" -At -c "SELECT count(*) FROM pgbench_accounts; SELECT count(*) FROM pgbench_history;
-                                  SELECT count(*) FROM pgbench_branches; SELECT count(*) FROM pgbench_tellers" >/dev/null
-    done
-    COUNT+=("$(echo "$(now) - $start" | bc)")
-done
+            "$PG_BIN/pg_restore" -j "$JOBS" -d "$(conn "$DST" copy)" "$dir/dump"
+            analyze_target ;;
+        pgcopydb)
+            psql_at "$DST" postgres -c "CREATE DATABASE copy" >/dev/null
+            /usr/bin/time -f "%M" -o "$dir/rss" pgcopydb clone --source "$(url "$SRC" "$db")" --target "$(url "$DST" copy)" \
+                --table-jobs "$JOBS" --index-jobs "$JOBS" --dir "$dir/work" >"$dir/log" 2>&1 \
+                || { tail -20 "$dir/log" >&2; rm -rf "$dir"; return 2; }
+            rss=$(cat "$dir/rss") ;;
+        raw)
+            psql_at "$DST" postgres -c "CREATE DATABASE copy" >/dev/null
+            "$PG_BIN/pg_dump" --section=pre-data "$(conn "$SRC" "$db")" | "$PG_BIN/psql" -q -X -v ON_ERROR_STOP=1 "$(conn "$DST" copy)" >/dev/null
+            "$PG_BIN/pg_dump" -Fc --section=post-data -f "$dir/post" "$(conn "$SRC" "$db")"
+            psql_at "$SRC" "$db" -At -c "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                          WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                                          ORDER BY pg_table_size(c.oid) DESC" \
+                | SRC_CONN="$(conn "$SRC" "$db")" DST_CONN="$(conn "$DST" copy)" xargs -P "$JOBS" -I{} sh -c \
+                    '"$0/psql" -X -q -c "COPY {} TO STDOUT" "$SRC_CONN" | "$0/psql" -X -q -c "COPY {} FROM STDIN" "$DST_CONN"' "$PG_BIN"
+            "$PG_BIN/pg_restore" -j "$JOBS" --section=post-data -d "$(conn "$DST" copy)" "$dir/post"
+            analyze_target ;;
+    esac
+    echo "$(echo "$(now) - $start" | bc) $rss"
+    rm -rf "$dir"
+}
 
-ours=$(printf '%s\n' "${OURS[@]}" | median); dump=$(printf '%s\n' "${DUMP[@]}" | median)
-verify=$(printf '%s\n' "${VERIFY[@]}" | median); count=$(printf '%s\n' "${COUNT[@]}" | median)
-TABLE_BYTES=$(psql_at "$SRC" bench -At -c "SELECT sum(pg_relation_size(oid)) FROM pg_class WHERE relname LIKE 'pgbench_%' AND relkind = 'r'")
-printf '\n%-48s %10s %8s\n' "median of $ROUNDS" "seconds" "ratio"
-printf '%-48s %10.2f %8.2f\n' "pg_dbmigrator --mode offline (dump path)" "$ours" "$(echo "$ours / $dump" | bc -l)"
-printf '%-48s %10.2f %8.2f\n' "pg_dump -Fd -j $JOBS + pg_restore -j $JOBS + analyze" "$dump" 1
-printf '%-48s %10.2f %8.2f   %.0f MB/s (both sides)\n' "pg_dbmigrator --mode verify (checksum every row)" "$verify" "$(echo "$verify / $count" | bc -l)" "$(echo "2 * $TABLE_BYTES / 1000000 / $verify" | bc -l)"
-printf '%-48s %10.2f %8.2f\n' "count(*) of every table, both sides" "$count" 1
+declare -A SECONDS_OF RSS_OF SKIPPED
+IFS=, read -ra WANTED <<<"$DATASETS"
+for db in "${WANTED[@]}"; do
+    case $db in pgbench) build_pgbench ;; wide) build_wide ;; *) echo "unknown dataset $db" >&2; exit 2 ;; esac
+    size=$(psql_at "$SRC" "$db" -At -c "SELECT pg_database_size(current_database())")
+    echo "dataset $db: $((size / 1000000)) MB; jobs $JOBS; $ROUNDS rounds; methods ${METHODS[*]}"
+    for round in $(seq 1 "$ROUNDS"); do
+        # Rotate the order each round so no method always runs on a warmer cache.
+        order=("${METHODS[@]:round % ${#METHODS[@]}}" "${METHODS[@]:0:round % ${#METHODS[@]}}")
+        for method in "${order[@]}"; do
+            [ -n "${SKIPPED[$method]:-}" ] && continue
+            if result=$(run_method "$method" "$db"); then
+                read -r secs rss <<<"$result"
+                SECONDS_OF[$db.$method]+="$secs "
+                [ "$rss" -gt "${RSS_OF[$db.$method]:-0}" ] && RSS_OF[$db.$method]=$rss
+                printf '  round %d  %-9s %7.2f s\n' "$round" "$method" "$secs"
+                if [ "$method" = native ] && [ "$round" = 1 ]; then
+                    PG_DBMIGRATOR_SOURCE="$(url "$SRC" "$db")" PG_DBMIGRATOR_TARGET="$(url "$DST" copy)" \
+                        "$BIN" --mode verify --jobs "$JOBS" >/dev/null 2>&1 \
+                        && echo "  native copy verified: every row's checksum matches" \
+                        || { echo "error: the native copy of $db does not match the source" >&2; exit 1; }
+                fi
+            else
+                echo "note: $method failed on $db; skipped from here on" >&2
+                SKIPPED[$method]=1
+            fi
+        done
+    done
+    echo
+    printf '%-10s %9s %10s %10s %10s %10s %12s\n' "$db" "median s" "÷ raw" "÷ pg_dump" "÷ pgcopydb" "÷ native" "peak RSS"
+    for method in "${METHODS[@]}"; do
+        [ -z "${SECONDS_OF[$db.$method]:-}" ] && { printf '%-10s %9s\n' "$method" "skipped"; continue; }
+        m=$(printf '%s\n' ${SECONDS_OF[$db.$method]} | median)
+        line=$(printf '%-10s %9.2f' "$method" "$m")
+        for other in raw pg_dump pgcopydb native; do
+            if [ -n "${SECONDS_OF[$db.$other]:-}" ]; then
+                o=$(printf '%s\n' ${SECONDS_OF[$db.$other]} | median)
+                line+=$(printf ' %10.2f' "$(echo "$m / $o" | bc -l)")
+            else
+                line+=$(printf ' %10s' "-")
+            fi
+        done
+        rss=${RSS_OF[$db.$method]:-0}
+        [ "$rss" -gt 0 ] && line+=$(printf ' %9d MB' $((rss / 1024))) || line+=$(printf ' %12s' "-")
+        echo "$line"
+    done
+    echo
+    psql_at "$SRC" postgres -c "DROP DATABASE $db" >/dev/null
+done

@@ -1,4 +1,5 @@
 import Foundation
+import PGDBMigrator
 import PostgresClient
 import Testing
 
@@ -139,9 +140,11 @@ struct CLITests {
     }
 
     @Test(
-        "SIGINT or SIGTERM cancels: pg_dump stopped, temporary files removed, non-zero exit within seconds",
-        arguments: [(SIGTERM, false), (SIGINT, false), (SIGINT, true)])
-    func cancel(signal: Int32, startedWithSIGINTIgnored: Bool) async throws {
+        "SIGINT or SIGTERM cancels: pg_dump or the blocked statement stopped, temporary files removed, non-zero exit within seconds",
+        arguments: [
+            (SIGTERM, false, MigrationConfig.CopyMethod.dump), (SIGINT, false, .dump), (SIGINT, true, .dump), (SIGTERM, false, .native),
+        ])
+    func cancel(signal: Int32, startedWithSIGINTIgnored: Bool, copyMethod: MigrationConfig.CopyMethod) async throws {
         let (source, target) = try await SharedClusters.get()
         let sourceDatabase = try await OfflineMigrationTests.sampleSource()
         let blocker = try await source.connect(database: sourceDatabase)
@@ -149,17 +152,26 @@ struct CLITests {
         let dumpPath = NSTemporaryDirectory() + "pgdm-cancel-\(UUID().uuidString)"
         let running = try CLI.start(
             ["--source", source.url(database: sourceDatabase), "--target", target.url(database: SharedClusters.uniqueName("cancelled")),
-             "--dump-path", dumpPath],
+             "--dump-path", dumpPath, "--copy-method", copyMethod.rawValue],
             ignoreSIGINT: startedWithSIGINTIgnored)
         #expect(await running.waitForStderr("stage=Dump"))
-        // pg_dump is running, held by the lock.
-        try await Task.sleep(for: .milliseconds(300))
+        // pg_dump (dump path) or our catalog session taking its locks (native) is held by the lock.
         let dumpers = { allCommandLines().filter { $0.arguments.first?.hasSuffix("pg_dump") == true && $0.arguments.contains { $0.contains(dumpPath) } } }
-        #expect(!dumpers().isEmpty, "pg_dump should be running")
+        let waitingSessions = {
+            try await blocker.scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'")
+        }
+        var held = false
+        for _ in 0..<50 where !held {
+            try await Task.sleep(for: .milliseconds(100))
+            held = copyMethod == .dump ? !dumpers().isEmpty : try await waitingSessions() != "0"
+        }
+        #expect(held, copyMethod == .dump ? "pg_dump should be running" : "the catalog session should be waiting for its lock")
 
         let signalled = Date()
         running.signal(signal)
         let result = try await running.wait(timeout: 30)
+        #expect(try await waitingSessions() == "0", "a statement of ours still waits on the source")
         try await blocker.execute("ROLLBACK")
         #expect(Date().timeIntervalSince(signalled) < 10)
         #expect(result.status == 128 + signal, "\(result.stderr)")
@@ -176,6 +188,7 @@ struct CLITests {
             "--mode", "--source", "--target", "--jobs", "--drop-target-first", "--exclude-schema", "--exclude-table",
             "--schema", "--table", "--allow-restore-errors", "--dump-scope", "--dump-path", "--skip-analyze", "--json",
             "--no-owner", "--no-acl", "--pg-bin-dir", "PG_DBMIGRATOR_SOURCE", "PG_DBMIGRATOR_TARGET",
+            "--copy-method", "--index-jobs", "--split-tables-larger-than",
         ] {
             #expect(result.stdout.contains(flag), "\(flag) missing from --help")
         }

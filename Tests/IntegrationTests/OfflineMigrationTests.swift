@@ -26,14 +26,19 @@ struct OfflineMigrationTests {
         return try await Migrator(config: config, onEvent: events.record).run()
     }
 
-    @Test("full migration of the sample database, equal by content and schema", arguments: [1, 4])
-    func fullMigration(jobs: Int) async throws {
+    @Test(
+        "full migration of the sample database, equal by content and schema",
+        arguments: [(1, MigrationConfig.CopyMethod.native), (4, .native), (2, .dump)])
+    func fullMigration(jobs: Int, copyMethod: MigrationConfig.CopyMethod) async throws {
         let (source, target) = try await SharedClusters.get()
         let sourceDatabase = try await Self.sampleSource()
         let targetDatabase = SharedClusters.uniqueName("shop_copy")
         let events = EventLog()
 
-        let outcome = try await Self.migrate(source: sourceDatabase, target: targetDatabase, events: events) { $0.jobs = jobs }
+        let outcome = try await Self.migrate(source: sourceDatabase, target: targetDatabase, events: events) {
+            $0.jobs = jobs
+            $0.copyMethod = copyMethod
+        }
 
         #expect(outcome.warnings.isEmpty)
         let expected = try await Fingerprint.of(source, database: sourceDatabase)

@@ -54,15 +54,17 @@ struct OnlineMigrationTests {
         #expect(!objects.slot && objects.subscription == nil)
     }
 
-    @Test("writes during dump, restore and streaming; cutover requested as soon as writes stop: nothing lost")
-    func cutoverLosesNothing() async throws {
+    @Test(
+        "writes during the copy and streaming; cutover requested as soon as writes stop: nothing lost",
+        arguments: MigrationConfig.CopyMethod.allCases)
+    func cutoverLosesNothing(copyMethod: MigrationConfig.CopyMethod) async throws {
         let (source, target) = try await SharedClusters.get()
         let sourceDatabase = try await OfflineMigrationTests.sampleSource()
         let targetDatabase = SharedClusters.uniqueName("online_copy")
         let workload = WriteWorkload()
         try await workload.start(source, database: sourceDatabase)  // running before the slot exists
 
-        let config = try await Self.config(source: sourceDatabase, target: targetDatabase)
+        let config = try await Self.config(source: sourceDatabase, target: targetDatabase) { $0.copyMethod = copyMethod }
         let events = EventLog()
         let (migrator, run) = try await Self.startStreaming(config, events: events)
         // CREATE SUBSCRIPTION carried the password; it must not linger in the target's pg_stat_activity.

@@ -23,6 +23,11 @@ struct NativeCopy {
         let dumpRestore = DumpRestore(config: config, tools: report.tools, events: events)
         let directory = try DumpDirectory.create(at: config.dumpPath)
         defer { directory.remove() }
+        events.info(
+            .dump,
+            given == nil
+                ? "exporting a snapshot of the source: the schema dump and every copy worker read it"
+                : "reading the source's catalog in the slot's snapshot")
         let exported = given == nil ? try await ExportedSnapshot.export(from: source) : nil
         let snapshot = given ?? exported!.name
         var catalogSession: Connection?
@@ -39,22 +44,30 @@ struct NativeCopy {
             // on it until the copy is done, so no DDL can change a table meanwhile.
             let session = try await source.connect(label: "catalog", stage: .dump)
             catalogSession = session
+            // A statement started after cancellation runs unguarded (for cleanup), so check before each one that can wait on a lock.
+            try Task.checkCancellation()
             try await session.keepAliveWhileIdle()
             try await session.importSnapshot(snapshot)
+            try Task.checkCancellation()
             let catalog = CopyCatalog(filter: config.filter)
             let tables = try await catalog.tables(on: session)
+            try Task.checkCancellation()
             if !tables.isEmpty {
                 try await session.execute(
                     "LOCK TABLE " + tables.map { "ONLY \($0.name)" }.joined(separator: ", ") + " IN ACCESS SHARE MODE")
             }
+            try Task.checkCancellation()
             let builds = try await catalog.indexBuilds(of: tables, on: session)
             let parts = try await plan(tables, on: session)
+            try Task.checkCancellation()
 
             events.info(
                 .dump, "dumping the schema with pg_dump (table data is streamed, not dumped)",
                 ["snapshot": .string(snapshot), "path": .string(directory.root)])
             try await dumpRestore.dumpSchema(into: directory, snapshot: snapshot, excludingDataOf: tables.map(\.name))
-            events.info(.dump, "schema dumped: \(formatBytes(directory.size))", ["bytes": .int(directory.size)])
+            events.info(
+                .dump, "dump finished: the schema and the small data pg_dump carries, \(formatBytes(directory.size))",
+                ["bytes": .int(directory.size)])
 
             try await prepareTarget()
             var tolerated = try await dumpRestore.restore(section: "pre-data", from: directory.archivePath, jobs: 1)
