@@ -65,7 +65,7 @@ build_wide() {
         psql_at "$SRC" wide -c "CREATE TABLE t$i (id bigint PRIMARY KEY, a int NOT NULL, b timestamptz NOT NULL, payload text NOT NULL);
             INSERT INTO t$i SELECT g, (random() * 1e6)::int, now() - random() * interval '900 days', repeat(md5(random()::text), 30)
             FROM generate_series(1, $rows) g;
-            CREATE INDEX ON t$i (a); CREATE INDEX ON t$i (b); VACUUM ANALYZE t$i" >/dev/null &
+            CREATE INDEX ON t$i (a); CREATE INDEX ON t$i (b)" -c "VACUUM ANALYZE t$i" >/dev/null &
     done
     wait
 }

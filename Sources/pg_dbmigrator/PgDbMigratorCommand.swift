@@ -46,7 +46,7 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
     func run() async throws {
         let (source, target) = try servers.connectionStrings()
         ArgumentScrubber.hide([source.password, target.password].compactMap { $0 })
-        let config = MigrationConfig(
+        var settings = MigrationConfig(
             mode: servers.mode, source: source, target: target, jobs: copy.jobs,
             copyMethod: copy.copyMethod, indexJobs: copy.indexJobs, splitTablesLargerThan: copy.splitTablesLargerThan.bytes,
             dropTargetFirst: copy.dropTargetFirst, filter: filter.objectFilter,
@@ -54,6 +54,9 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
             skipAnalyze: copy.skipAnalyze, noOwner: copy.noOwner, noACL: copy.noACL, pgBinDirectory: copy.pgBinDir,
             online: try online.settings(),
             verify: verify.settings(allowRestoreErrors: copy.allowRestoreErrors))
+        settings.resume = copy.resume
+        settings.stateDirectory = copy.stateDir
+        let config = settings
 
         let renderer = EventRenderer(json: output.json, verbose: output.verbose)
         var logger = Logger(label: "pg_dbmigrator")
@@ -157,6 +160,16 @@ struct CopyOptions: ParsableArguments {
     @Flag(help: "Drop and re-create the target database before restoring into it.")
     var dropTargetFirst = false
 
+    @Flag(help: ArgumentHelp(
+        "Continue the interrupted run of this same command from its recorded progress: copied tables and parts are not "
+            + "copied again; an online run that was streaming re-attaches to its slot and subscription."))
+    var resume = false
+
+    @Option(help: ArgumentHelp(
+        "Where progress is recorded for --resume. Default: $XDG_STATE_HOME/pg_dbmigrator/<target host_port_database> "
+            + "(~/.local/state/…); removed when the run completes.", valueName: "dir"))
+    var stateDir: String?
+
     @Flag(help: "Treat pg_restore errors as warnings (listed) instead of failing.")
     var allowRestoreErrors = false
 
@@ -183,6 +196,7 @@ struct CopyOptions: ParsableArguments {
     func validate() throws {
         guard (1...64).contains(jobs) else { throw ValidationError("--jobs must be between 1 and 64") }
         if let indexJobs, !(1...64).contains(indexJobs) { throw ValidationError("--index-jobs must be between 1 and 64") }
+        if resume && dropTargetFirst { throw ValidationError("--resume continues what is in the target; it cannot be combined with --drop-target-first") }
     }
 }
 

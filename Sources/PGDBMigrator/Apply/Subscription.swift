@@ -62,6 +62,10 @@ struct Subscription {
         return exists
     }
 
+    func enable(on target: Connection) async throws {
+        try await target.execute("ALTER SUBSCRIPTION \(SQL.identifier(name)) ENABLE")
+    }
+
     func disable(on target: Connection) async throws {
         try await target.execute("ALTER SUBSCRIPTION \(SQL.identifier(name)) DISABLE")
     }

@@ -1,3 +1,4 @@
+import Foundation
 import PostgresClient
 
 /// `--mode cleanup`: finds what an online run left — the subscription on the
@@ -55,6 +56,13 @@ struct Cleanup {
         }
         await source.close()
 
+        // The recorded progress of the run: with its objects gone, there is nothing left to resume.
+        let state = (RunStateStore.directory(for: config) as NSString).appendingPathComponent("state.json")
+        if FileManager.default.fileExists(atPath: state) {
+            if !settings.dryRun { try? FileManager.default.removeItem(atPath: state) }
+            found.append("\(settings.dryRun ? "would remove" : "removed") the recorded progress of the interrupted run (\(state))")
+        }
+
         for line in found { events.info(.cleanup, line) }
         events.info(.complete, found.isEmpty ? "nothing to clean up" : "cleanup \(settings.dryRun ? "dry run " : "")complete",
                     ["objects": .list(found)])
@@ -67,6 +75,7 @@ struct Cleanup {
         return "pg_dbmigrator --mode cleanup --source \(shellQuote(config.source.redacted)) --target \(shellQuote(config.target.redacted))"
             + " --slot-name \(shellQuote(settings.slotName)) --publication \(shellQuote(settings.publication))"
             + " --subscription-name \(shellQuote(settings.subscriptionName))"
+            + (config.stateDirectory.map { " --state-dir \(shellQuote($0))" } ?? "")
     }
 
     private static func shellQuote(_ text: String) -> String {

@@ -59,6 +59,11 @@ public struct MigrationConfig: Sendable {
     public var noACL: Bool
     /// Directory holding `pg_dump`, `pg_restore` and `vacuumdb`; searched on `PATH` when nil.
     public var pgBinDirectory: String?
+    /// Continue the interrupted run recorded in the state directory instead of starting afresh.
+    public var resume: Bool = false
+    /// Where progress is recorded for `--resume`; nil: one directory per target database under
+    /// `$XDG_STATE_HOME/pg_dbmigrator` (`~/.local/state/pg_dbmigrator`).
+    public var stateDirectory: String? = nil
     /// Settings of the online path (ignored offline).
     public var online: OnlineSettings
     /// Verification: after an offline restore, at a frozen online cutover, or the whole of `--mode verify`.

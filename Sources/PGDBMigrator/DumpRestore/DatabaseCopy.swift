@@ -1,9 +1,11 @@
+import Foundation
 /// The copy both modes share: Dump → Restore (→ Analyze), optionally
 /// reading an exported snapshot so the copy lines up with a replication slot.
 struct DatabaseCopy {
     var config: MigrationConfig
     var report: PreflightReport
     var events: EventEmitter
+    var store: RunStateStore
 
     /// Copies the source (as of `snapshot`, when given) into the target, by
     /// the native engine or by `pg_dump`/`pg_restore`. `releaseSnapshot` runs
@@ -11,7 +13,7 @@ struct DatabaseCopy {
     /// its slot's snapshot there. Returns tolerated restore errors.
     func run(snapshot: String? = nil, releaseSnapshot: () async -> Void = {}) async throws -> [String] {
         guard usesNativeCopy else { return try await dumpAndRestore(snapshot: snapshot, afterDump: releaseSnapshot) }
-        return try await NativeCopy(config: config, report: report, events: events)
+        return try await NativeCopy(config: config, report: report, events: events, store: store)
             .run(snapshot: snapshot, prepareTarget: prepareTarget, releaseSnapshot: releaseSnapshot)
     }
 
@@ -20,22 +22,46 @@ struct DatabaseCopy {
 
     private func dumpAndRestore(snapshot: String?, afterDump: () async -> Void) async throws -> [String] {
         let copy = DumpRestore(config: config, tools: report.tools, events: events)
+        let recorded = store.current.copy
+        if config.resume, recorded.dumpComplete, let path = recorded.dumpPath, FileManager.default.fileExists(atPath: path) {
+            // A finished dump of an offline run is restored again; online, the stream must start where the dump did, so never.
+            let directory = DumpDirectory(root: path)
+            events.info(.dump, "reusing the dump the interrupted run finished in \(path)", ["path": .string(path)])
+            await afterDump()
+            return try await restore(from: directory, with: copy)
+        }
         let directory = try DumpDirectory.create(at: config.dumpPath)
-        defer { directory.remove() }
+        var keep = false
+        defer { if !keep { directory.remove() } }
+        store.update { $0.copy = RunState.CopyState(dumpPath: directory.root) }
         var detail: [String: EventValue] = ["jobs": .int(config.jobs), "path": .string(directory.root)]
         if let snapshot { detail["snapshot"] = .string(snapshot) }
         events.info(.dump, "dumping the source with pg_dump", detail)
         let dumpStarted = ContinuousClock.now
         try await copy.dump(into: directory, snapshot: snapshot)
         await afterDump()
+        store.update { $0.copy.dumpComplete = true }
         let dumpSeconds = (ContinuousClock.now - dumpStarted).seconds
         let bytes = directory.size
         events.info(
             .dump, "dump finished: \(formatBytes(bytes)) in \(formatSeconds(dumpSeconds))",
             ["bytes": .int(bytes), "seconds": .double(dumpSeconds)])
+        do {
+            return try await restore(from: directory, with: copy)
+        } catch where config.mode == .offline && !(error is CancellationError) {
+            keep = true
+            events.warning(.restore, "the finished dump stays in \(directory.root) for --resume; remove it if you start over")
+            throw error
+        }
+    }
+
+    private func restore(from directory: DumpDirectory, with copy: DumpRestore) async throws -> [String] {
+        store.update { $0.copy.targetTouched = true }
         try await prepareTarget()
         events.info(.restore, "restoring into the target with pg_restore", ["jobs": .int(config.jobs)])
-        return try await copy.restore(from: directory)
+        let tolerated = try await copy.restore(from: directory)
+        directory.remove()
+        return tolerated
     }
 
     /// Creates (or re-creates) the target database, and the schemas of tables selected by `--table`.

@@ -63,7 +63,10 @@ struct DumpRestore {
 
     /// One `pg_restore --section` pass; `list` restricts it to the entries of a
     /// `pg_restore -l` list file (lines starting with `;` are skipped).
-    func restore(section: String, from archive: String, jobs: Int, list: String? = nil) async throws -> [String] {
+    /// `skippingExisting` (a pass an interrupted run began) accepts "already exists" errors.
+    func restore(
+        section: String, from archive: String, jobs: Int, list: String? = nil, skippingExisting: Bool = false
+    ) async throws -> [String] {
         try Task.checkCancellation()
         let started = ContinuousClock.now
         var arguments = ["--section=\(section)", target.childDatabaseArgument]
@@ -76,7 +79,11 @@ struct DumpRestore {
         let exit = try await child.run()
         let errors = errorLines(exit, scrubbing: config.target)
         var tolerated: [String] = []
-        if !exit.succeeded {
+        if !exit.succeeded && skippingExisting && exit.code == 1 && !errors.isEmpty && errors.allSatisfy({ $0.contains("already exists") }) {
+            events.info(
+                .restore, "\(errors.count) object(s) of the \(section) section were already made by the interrupted run; skipped",
+                ["section": .string(section), "existing": .list(errors)])
+        } else if !exit.succeeded {
             // pg_restore exits 1 when it skipped statements that failed, and says which.
             guard config.allowRestoreErrors, exit.code == 1, !errors.isEmpty else {
                 throw MigrationError(

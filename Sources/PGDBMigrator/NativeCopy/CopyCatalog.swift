@@ -1,7 +1,7 @@
 import PostgresClient
 
 /// A relation's schema and name, unquoted, as the catalog spells them.
-struct QualifiedName: Sendable, Hashable, CustomStringConvertible {
+struct QualifiedName: Sendable, Hashable, Codable, CustomStringConvertible {
     var schema: String
     var name: String
 
@@ -14,7 +14,7 @@ struct QualifiedName: Sendable, Hashable, CustomStringConvertible {
 }
 
 /// One table the native copy carries, as the source's catalog describes it in the snapshot.
-struct CopyTable: Sendable, Hashable {
+struct CopyTable: Sendable, Hashable, Codable {
     var oid: String
     var name: QualifiedName
     /// Bytes on disk (heap and TOAST): what "largest first" and splitting go by.

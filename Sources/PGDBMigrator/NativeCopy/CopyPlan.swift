@@ -1,5 +1,5 @@
 /// One unit of the native copy: a whole table, or one part of a split table.
-struct CopyPart: Sendable, Hashable {
+struct CopyPart: Sendable, Hashable, Codable {
     var table: CopyTable
     /// 0-based; `count` is 1 for a whole table.
     var index: Int
@@ -11,7 +11,7 @@ struct CopyPart: Sendable, Hashable {
     /// A part's rows, as a condition both ends of the range leave open at the
     /// extremes, so rows beyond the estimate (a key above the max read, a block
     /// past the size read) still belong to the first or last part.
-    enum Range: Sendable, Hashable {
+    enum Range: Sendable, Hashable, Codable {
         case key(column: String, from: Int64?, to: Int64?)
         case blocks(from: Int?, to: Int?)
 
@@ -28,6 +28,10 @@ struct CopyPart: Sendable, Hashable {
     }
 
     var isWholeTable: Bool { range == nil }
+    var isBlockRange: Bool {
+        if case .blocks = range { return true }
+        return false
+    }
     /// `public.big part 2/4`, for logs.
     var label: String { count == 1 ? table.name.description : "\(table.name) part \(index + 1)/\(count)" }
     /// A stable key for the resume state.

@@ -10,6 +10,8 @@ struct NativeCopy {
     var config: MigrationConfig
     var report: PreflightReport
     var events: EventEmitter
+    /// Progress on disk: each part, the target's preparation, post-data.
+    var store: RunStateStore
 
     private var source: Endpoint { Endpoint(role: .source, connectionString: config.source) }
     private var target: Endpoint { Endpoint(role: .target, connectionString: config.target) }
@@ -58,7 +60,10 @@ struct NativeCopy {
             }
             try Task.checkCancellation()
             let builds = try await catalog.indexBuilds(of: tables, on: session)
-            let parts = try await plan(tables, on: session)
+            // A resumed copy keeps the interrupted run's parts, so no range is copied twice or missed.
+            let recorded = store.current.copy
+            let resuming = config.resume && recorded.targetPrepared && recorded.plan != nil
+            let parts = resuming ? recorded.plan! : try await plan(tables, on: session)
             try Task.checkCancellation()
 
             events.info(
@@ -69,18 +74,37 @@ struct NativeCopy {
                 .dump, "dump finished: the schema and the small data pg_dump carries, \(formatBytes(directory.size))",
                 ["bytes": .int(directory.size)])
 
-            try await prepareTarget()
-            var tolerated = try await dumpRestore.restore(section: "pre-data", from: directory.archivePath, jobs: 1)
-            // Sequence values, large objects and extension configuration rows: small, and pg_dump knows them best.
-            tolerated += try await dumpRestore.restore(section: "data", from: directory.archivePath, jobs: config.jobs)
-            tolerated += try await copyData(parts, tables: tables, builds: builds, snapshot: snapshot)
+            var tolerated: [String] = []
+            if resuming {
+                let done = recorded.parts.values.filter { $0 }.count
+                events.info(
+                    .restore, "resuming the interrupted run recorded in \(store.path): \(done) of \(parts.count) part(s) were copied",
+                    ["parts_done": .int(done), "parts": .int(parts.count), "state": .string(store.path)])
+            } else {
+                store.update { $0.copy = RunState.CopyState(targetTouched: true) }
+                try await prepareTarget()
+                tolerated += try await dumpRestore.restore(section: "pre-data", from: directory.archivePath, jobs: 1)
+                // Sequence values, large objects and extension configuration rows: small, and pg_dump knows them best.
+                tolerated += try await dumpRestore.restore(section: "data", from: directory.archivePath, jobs: config.jobs)
+                store.update {
+                    $0.copy.targetPrepared = true
+                    $0.copy.plan = parts
+                }
+            }
+            tolerated += try await copyData(parts, builds: builds, snapshot: snapshot, resuming: resuming)
             await release()
 
+            guard !(resuming && recorded.postDataDone) else { return tolerated }
             let contents = try await dumpRestore.tableOfContents(of: directory.archivePath, writingTo: directory.listPath)
             let list = RestoreList(lines: contents).excluding(Set(builds.map(\.catalogOID)))
             try list.joined(separator: "\n").write(toFile: directory.listPath, atomically: true, encoding: .utf8)
+            // A post-data pass the interrupted run began is run again; what it already made is skipped.
+            let rerun = resuming && recorded.postDataStarted
+            store.update { $0.copy.postDataStarted = true }
             tolerated += try await dumpRestore.restore(
-                section: "post-data", from: directory.archivePath, jobs: config.indexJobs, list: directory.listPath)
+                section: "post-data", from: directory.archivePath, jobs: config.indexJobs, list: directory.listPath,
+                skippingExisting: rerun)
+            store.update { $0.copy.postDataDone = true }
             return tolerated
         } catch {
             await release()
@@ -104,19 +128,24 @@ struct NativeCopy {
     }
 
     /// Runs the copy workers and the index workers together; returns tolerated index errors.
-    private func copyData(_ parts: [CopyPart], tables: [CopyTable], builds: [IndexBuild], snapshot: String) async throws -> [String] {
-        let progress = CopyProgress(parts: parts)
-        let work = AsyncQueue(parts)
-        await work.close()
+    private func copyData(_ parts: [CopyPart], builds: [IndexBuild], snapshot: String, resuming: Bool) async throws -> [String] {
+        let (work, finishedTables, clearing) = try await resuming ? remainingWork(parts) : (parts, [], [])
+        var pendingBuilds = builds
+        if resuming { pendingBuilds = try await unbuilt(builds) }
+        let progress = CopyProgress(parts: work)
+        let queue = AsyncQueue(work)
+        await queue.close()
         let indexWork = AsyncQueue<IndexBuild>()
-        let buildsByTable = Dictionary(grouping: builds, by: \.table)
-        let copyWorkers = min(config.jobs, max(parts.count, 1))
+        let buildsByTable = Dictionary(grouping: pendingBuilds, by: \.table)
+        for table in finishedTables { for build in buildsByTable[table.name] ?? [] { await indexWork.append(build) } }
+        let copyWorkers = min(config.jobs, max(work.count, 1))
         let running = Mutex(copyWorkers)
+        let tableCount = Set(work.map(\.table)).count
         events.info(
             .restore,
-            "copying \(tables.count) table(s) in \(parts.count) part(s), \(formatBytes(progress.totalBytes)), "
+            "copying \(tableCount) table(s) in \(work.count) part(s), \(formatBytes(progress.totalBytes)), "
                 + "with \(copyWorkers) copy and \(config.indexJobs) index worker(s)",
-            ["tables": .int(tables.count), "parts": .int(parts.count), "bytes": .int(progress.totalBytes),
+            ["tables": .int(tableCount), "parts": .int(work.count), "bytes": .int(progress.totalBytes),
              "jobs": .int(copyWorkers), "index_jobs": .int(config.indexJobs)])
         let reporter = Task { [events] in await progress.report(every: .seconds(2), to: events) }
         defer { reporter.cancel() }
@@ -125,7 +154,10 @@ struct NativeCopy {
             for worker in 0..<copyWorkers {
                 group.addTask {
                     defer {
-                        if running.withLock({ $0 -= 1; return $0 }) == 0 { Task { await indexWork.close() } }
+                        if running.withLock({ $0 -= 1; return $0 }) == 0 {
+                            reporter.cancel()
+                            Task { await indexWork.close() }
+                        }
                     }
                     let source = try await source.connect(label: "copy-out-\(worker)", stage: .restore)
                     let target = try await target.connect(label: "copy-in-\(worker)", stage: .restore)
@@ -134,17 +166,20 @@ struct NativeCopy {
                     try await source.importSnapshot(snapshot)
                     try await target.keepAliveWhileIdle()
                     let copy = TableCopy(source: source, target: target)
-                    while let part = await work.next() {
+                    while let part = await queue.next() {
                         try Task.checkCancellation()
                         progress.started(part)
+                        store.update { $0.copy.parts[part.key] = false }
                         let result: TableCopy.Result
                         do {
-                            result = try await copy.run(part) { progress.advance(part, by: $0) }
+                            result = try await copy.run(part, clearing: clearing.contains(part.key)) { progress.advance(part, by: $0) }
                         } catch let error as PostgresError {
                             throw MigrationError(
                                 .restore, "copying \(part.label) failed: \(error)",
-                                fix: "see the server's message; nothing was committed for this part")
+                                fix: "nothing was committed for this part; once the cause is fixed, rerun the same command "
+                                    + "with --resume to carry on from the parts already copied")
                         }
+                        store.update { $0.copy.parts[part.key] = true }
                         if let finished = progress.finished(part, rows: result.rows) {
                             events.info(.restore, finished.message, finished.detail)
                             for build in buildsByTable[part.table.name] ?? [] { await indexWork.append(build) }
@@ -163,6 +198,60 @@ struct NativeCopy {
         let summary = progress.summary
         events.info(.restore, summary.message, summary.detail)
         return tolerated
+    }
+
+    /// What a resumed copy still has to do. Committed parts are skipped (and
+    /// said so). A part that was started may have committed unrecorded: a whole
+    /// table is truncated in its load anyway, a key range is deleted first
+    /// (`clearing`), and a table split by blocks is emptied and copied again
+    /// in full, because block ranges of two snapshots cannot be mixed.
+    private func remainingWork(_ parts: [CopyPart]) async throws -> (work: [CopyPart], finished: [CopyTable], clearing: Set<String>) {
+        let recorded = store.current.copy.parts
+        var work: [CopyPart] = []
+        var finished: [CopyTable] = []
+        var clearing: Set<String> = []
+        var emptied: [CopyTable] = []
+        for (table, tableParts) in Dictionary(grouping: parts, by: \.table).sorted(by: { $0.key.name.description < $1.key.name.description }) {
+            let pending = tableParts.filter { recorded[$0.key] != true }
+            if pending.isEmpty {
+                finished.append(table)
+                events.info(
+                    .restore, "skipped \(table.name): copied by the interrupted run",
+                    ["table": .string(table.name.description), "skipped": .bool(true)])
+            } else if tableParts.contains(where: \.isBlockRange) {
+                emptied.append(table)
+                work += tableParts
+            } else {
+                work += pending
+                clearing.formUnion(pending.filter { recorded[$0.key] == false }.map(\.key))
+            }
+        }
+        if !emptied.isEmpty {
+            let target = try await target.connect(label: "resume", stage: .restore)
+            defer { Task { await target.close() } }
+            for table in emptied {
+                events.info(.restore, "copying \(table.name) again in full: it is split by blocks, which cannot be resumed part by part")
+                try await target.execute("TRUNCATE ONLY \(table.name)")
+            }
+            let keys = Set(emptied.flatMap { table in parts.filter { $0.table == table }.map(\.key) })
+            store.update { state in for key in keys { state.copy.parts[key] = nil } }
+        }
+        return (CopyPlan.ordered(work), finished, clearing)
+    }
+
+    /// The builds whose index or constraint the interrupted run has not made yet.
+    private func unbuilt(_ builds: [IndexBuild]) async throws -> [IndexBuild] {
+        let target = try await target.connect(label: "resume", stage: .restore)
+        defer { Task { await target.close() } }
+        let existing = Set(
+            try await target.query(
+                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'i'"
+            ).rows.map { QualifiedName(schema: $0[0]!, name: $0[1]!) })
+        return builds.filter { build in
+            guard existing.contains(QualifiedName(schema: build.table.schema, name: build.name)) else { return true }
+            events.info(.restore, "skipped \(SQL.identifier(build.name)) on \(build.table): built by the interrupted run")
+            return false
+        }
     }
 
     /// One index worker: builds each index (or constraint) it is handed, on its own target session.

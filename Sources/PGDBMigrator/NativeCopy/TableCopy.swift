@@ -18,11 +18,17 @@ struct TableCopy {
         var bytes: Int
     }
 
-    /// Copies `part`; `progress` hears about every batch (bytes).
-    func run(_ part: CopyPart, progress: @Sendable (Int) -> Void) async throws -> Result {
+    /// Copies `part`; `progress` hears about every batch (bytes). `clearing`
+    /// first deletes the part's key range, for a part an interrupted run may
+    /// have committed without recording it.
+    func run(_ part: CopyPart, clearing: Bool = false, progress: @Sendable (Int) -> Void) async throws -> Result {
         try await target.execute("BEGIN")
         do {
-            if part.isWholeTable { try await target.execute("TRUNCATE ONLY \(part.table.name)") }
+            if part.isWholeTable {
+                try await target.execute("TRUNCATE ONLY \(part.table.name)")
+            } else if clearing, let range = part.range {
+                try await target.execute("DELETE FROM ONLY \(part.table.name) WHERE \(range.condition)")
+            }
             try await source.beginCopyOut(part.copyOutSQL)
             try await target.beginCopyIn(
                 "COPY \(part.table.copyTarget) FROM STDIN" + (part.isWholeTable ? " WITH (FREEZE)" : ""))

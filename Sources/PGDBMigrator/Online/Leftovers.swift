@@ -2,20 +2,30 @@ import PostgresClient
 
 /// What an online run has created or changed so far, so that an abort can
 /// say exactly what it leaves behind and how to resume or clean up.
+///
+/// Each change is also written to the run state, so that `--resume` after a
+/// crash knows what this run made.
 final class Leftovers: Sendable {
-    struct State: Sendable {
-        var publicationCreated = false
-        var slotCreated = false
-        var subscriptionCreated = false
-        var frozenDatabase: String?
-    }
+    typealias State = RunState.OnlineState
 
     private let state = Mutex(State())
+    private let store = Mutex<RunStateStore?>(nil)
 
     var snapshot: State { state.withLock { $0 } }
 
+    /// Starts from what `store` recorded, and records every change there.
+    func record(in store: RunStateStore) {
+        self.store.withLock { $0 = store }
+        let recorded = store.current.online
+        state.withLock { $0 = recorded }
+    }
+
     func set<Value>(_ field: WritableKeyPath<State, Value> & Sendable, _ value: Value) {
-        state.withLock { $0[keyPath: field] = value }
+        let current = state.withLock {
+            $0[keyPath: field] = value
+            return $0
+        }
+        store.withLock { $0 }?.update { $0.online = current }
     }
 
     /// One line per object left in place, with the command that removes it.

@@ -24,99 +24,179 @@ struct OnlineMigration {
         defer { slotGuard?.cancel() }
         do {
             events.info(.validate, "checking source and target")
-            if settings.forceClean { try await ForceClean(config: config, events: events).run() }
-            var publicationExists = false
-            let report = try await Preflight(config: config, events: events).run { source, target in
-                publicationExists = try await OnlinePreflight(config: config, events: events)
-                    .run(source: source, target: target).publicationExists
+            let store = try RunStateStore.open(for: config)
+            leftovers.record(in: store)
+            let recorded = store.current
+            if config.resume && recorded.online.subscriptionCreated {
+                slotGuard = startSlotGuard()
+                return try await reattach(store: store, started: started)
             }
-
-            // PrepareSnapshot: the publication first (pgoutput reads it as of each change), then the slot.
-            let source = try await sourceEndpoint.connect(label: "source-control", stage: .prepareSnapshot)
-            let publication = Publication(name: settings.publication, filter: config.filter)
-            if publicationExists {
-                events.info(.prepareSnapshot, "using the existing publication \(SQL.identifier(settings.publication))")
-            } else {
-                try await publication.create(on: source)
-                leftovers.set(\.publicationCreated, true)
-                events.info(.prepareSnapshot, "created publication \(SQL.identifier(settings.publication))")
+            var migration = self
+            if config.resume && recorded.online.slotCreated {
+                // The exported snapshot lived in the killed process: the copy cannot go on from it.
+                events.warning(
+                    .validate,
+                    "resuming: the interrupted run died during the copy, and its snapshot died with it; the copy starts again "
+                        + "from a new replication slot (the old slot is dropped, the target database made again)")
+                let source = try await sourceEndpoint.connect()
+                _ = try await ReplicationSlot.drop(named: settings.slotName, on: source)
+                await source.close()
+                leftovers.set(\.slotCreated, false)
+                store.update { $0.copy = RunState.CopyState() }
+                migration.config.dropTargetFirst = true
+            } else if config.resume && recorded.copy.targetTouched {
+                migration.config.dropTargetFirst = true
             }
-            events.info(
-                .prepareSnapshot,
-                "creating replication slot \(SQL.identifier(settings.slotName)); this waits for transactions already writing on the source to finish")
-            let newSlot = try await ReplicationSlot.create(named: settings.slotName, on: config.source)
-            slot = newSlot
-            leftovers.set(\.slotCreated, true)
-            slotGuard = Task { [config, events] in
-                await SlotGuard(
-                    source: config.source, slotName: config.online.slotName, limit: config.online.maxRetainedWALBytes,
-                    interval: config.online.pollInterval, events: events
-                ).watch()
-            }
-            events.info(
-                .prepareSnapshot,
-                "created replication slot \(SQL.identifier(settings.slotName)) at \(newSlot.consistentPoint) with snapshot \(newSlot.snapshotName)",
-                ["slot": .string(settings.slotName), "consistent_lsn": .string(newSlot.consistentPoint.description),
-                 "snapshot": .string(newSlot.snapshotName)])
-
-            // Dump and restore as of the slot's snapshot.
-            let copy = DatabaseCopy(config: config, report: report, events: events)
-            let warnings = try await copy.run(snapshot: newSlot.snapshotName) { await newSlot.releaseSnapshot() }
-
-            // StreamApply: the target's own apply worker takes over from the slot.
-            let target = try await targetEndpoint.connect(label: "target-control", stage: .streamApply)
-            let subscription = Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication)
-            try await subscription.create(on: target, connectingTo: settings.subscriptionSource ?? config.source)
-            leftovers.set(\.subscriptionCreated, true)
-            events.info(
-                .streamApply, "subscription \(SQL.identifier(settings.subscriptionName)) created; the target is streaming changes",
-                ["subscription": .string(settings.subscriptionName)])
-            // Statistics are refreshed beside the stream: a slow or blocked ANALYZE must not hold up the heartbeat or a cutover.
-            // A failed ANALYZE (say the target restarted meanwhile) costs statistics, not data: a warning.
-            // Its events are Analyze events that do not move the phase: the run is streaming meanwhile.
-            let backgroundCopy = DatabaseCopy(config: config, report: report, events: events.background)
-            async let analyzed: Void = {
-                do {
-                    try await backgroundCopy.analyze()
-                } catch is CancellationError {
-                } catch {
-                    events.background.warning(.analyze, "ANALYZE of the target failed (\(error)); run it on the target after cutover")
-                }
-            }()
-
-            let monitor = ResilientMonitor(
-                LagMonitor(source: source, target: target, slotName: settings.slotName, subscriptionName: settings.subscriptionName),
-                config: config, events: events)
-            try await heartbeat(monitor)
-
-            events.info(.cutover, "cutover requested")
-            let result = try await Cutover(config: config, events: events, monitor: monitor, leftovers: leftovers).run()
-            await analyzed
-            let duration = ContinuousClock.now - started
-            var detail: [String: EventValue] = [
-                "barrier_lsn": .string(result.barrier.description), "seconds": .double(duration.seconds),
-                "sequences_failed": .int(result.sequences.failures.count),
-            ]
-            if let frozen = leftovers.snapshot.frozenDatabase {
-                detail["undo_freeze"] = .string(SourceFreeze(database: frozen).undoSQL)
-            }
-            events.info(
-                .complete,
-                "migration complete: every transaction committed on the source before \(result.barrier) is on the target"
-                    + (leftovers.snapshot.frozenDatabase.map { "; the source database stays read-only, undo with: \(SourceFreeze(database: $0).undoSQL)" } ?? ""),
-                detail)
-            let (lastSource, lastTarget) = await monitor.connections
-            await lastSource.close()
-            await lastTarget.close()
-            return MigrationOutcome(
-                mode: .online, cutoverTriggered: true, warnings: warnings, duration: duration,
-                barrierLSN: result.barrier, sequenceFailures: result.sequences.failures)
+            migration.config.resume = false  // from here on, a fresh copy
+            return try await migration.copyAndStream(store: store, started: started, slot: &slot, slotGuard: &slotGuard)
         } catch {
             await slot?.releaseSnapshot()
             let error = events.cancellation(ifCancelled: error)
             await leaveResumable()
             throw error
         }
+    }
+
+    private func copyAndStream(
+        store: RunStateStore, started: ContinuousClock.Instant, slot: inout ReplicationSlot?, slotGuard: inout Task<Void, Never>?
+    ) async throws -> MigrationOutcome {
+        if settings.forceClean { try await ForceClean(config: config, events: events).run() }
+        var publicationExists = false
+        let report = try await Preflight(config: config, events: events).run { source, target in
+            publicationExists = try await OnlinePreflight(config: config, events: events)
+                .run(source: source, target: target).publicationExists
+        }
+
+        // PrepareSnapshot: the publication first (pgoutput reads it as of each change), then the slot.
+        let source = try await sourceEndpoint.connect(label: "source-control", stage: .prepareSnapshot)
+        let publication = Publication(name: settings.publication, filter: config.filter)
+        if publicationExists {
+            events.info(.prepareSnapshot, "using the existing publication \(SQL.identifier(settings.publication))")
+        } else {
+            try await publication.create(on: source)
+            leftovers.set(\.publicationCreated, true)
+            events.info(.prepareSnapshot, "created publication \(SQL.identifier(settings.publication))")
+        }
+        events.info(
+            .prepareSnapshot,
+            "creating replication slot \(SQL.identifier(settings.slotName)); this waits for transactions already writing on the source to finish")
+        let newSlot = try await ReplicationSlot.create(named: settings.slotName, on: config.source)
+        slot = newSlot
+        leftovers.set(\.slotCreated, true)
+        slotGuard = startSlotGuard()
+        events.info(
+            .prepareSnapshot,
+            "created replication slot \(SQL.identifier(settings.slotName)) at \(newSlot.consistentPoint) with snapshot \(newSlot.snapshotName)",
+            ["slot": .string(settings.slotName), "consistent_lsn": .string(newSlot.consistentPoint.description),
+             "snapshot": .string(newSlot.snapshotName)])
+
+        // The copy, as of the slot's snapshot.
+        let copy = DatabaseCopy(config: config, report: report, events: events, store: store)
+        let warnings = try await copy.run(snapshot: newSlot.snapshotName) { await newSlot.releaseSnapshot() }
+
+        // StreamApply: the target's own apply worker takes over from the slot.
+        let target = try await targetEndpoint.connect(label: "target-control", stage: .streamApply)
+        try await subscription.create(on: target, connectingTo: settings.subscriptionSource ?? config.source)
+        leftovers.set(\.subscriptionCreated, true)
+        events.info(
+            .streamApply, "subscription \(SQL.identifier(settings.subscriptionName)) created; the target is streaming changes",
+            ["subscription": .string(settings.subscriptionName)])
+        return try await streamAndCutOver(
+            source: source, target: target, report: report, store: store, started: started, warnings: warnings)
+    }
+
+    /// `--resume` of a run that died while streaming: the slot kept every
+    /// change since, so enabling the subscription again carries on where it stopped.
+    private func reattach(store: RunStateStore, started: ContinuousClock.Instant) async throws -> MigrationOutcome {
+        events.info(
+            .validate, "resuming the interrupted run recorded in \(store.path): it was streaming; re-attaching to its slot and subscription",
+            ["state": .string(store.path)])
+        let report = try await Preflight(config: config, events: events, targetHoldsResumedCopy: true).run()
+        let source = try await sourceEndpoint.connect(label: "source-control", stage: .streamApply)
+        let fix = "start over: \(Cleanup.command(for: config)), then run again with --drop-target-first"
+        guard let reading = try await SlotGuard.read(slot: settings.slotName, on: source) else {
+            throw MigrationError(
+                .streamApply, "the replication slot \(SQL.identifier(settings.slotName)) no longer exists on the source: "
+                    + "the changes since the interrupted run are gone", fix: fix)
+        }
+        guard reading.walStatus != "lost" else {
+            throw MigrationError(
+                .streamApply, "the source invalidated the replication slot \(SQL.identifier(settings.slotName)) "
+                    + "(max_slot_wal_keep_size): the changes since the interrupted run are gone", fix: fix)
+        }
+        let target = try await targetEndpoint.connect(label: "target-control", stage: .streamApply)
+        guard try await subscription.exists(on: target, inDatabase: targetEndpoint.databaseName) else {
+            throw MigrationError(
+                .streamApply, "the subscription \(SQL.identifier(settings.subscriptionName)) no longer exists on the target", fix: fix)
+        }
+        try await subscription.enable(on: target)
+        events.info(
+            .streamApply,
+            "re-attached: subscription \(SQL.identifier(settings.subscriptionName)) enabled, streaming from slot \(SQL.identifier(settings.slotName)), "
+                + "which holds \(formatBytes(Int(reading.retainedBytes))) of WAL",
+            ["subscription": .string(settings.subscriptionName), "retained_wal_bytes": .int(Int(reading.retainedBytes))])
+        return try await streamAndCutOver(source: source, target: target, report: report, store: store, started: started, warnings: [])
+    }
+
+    private var subscription: Subscription {
+        Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication)
+    }
+
+    private func startSlotGuard() -> Task<Void, Never> {
+        Task { [config, events] in
+            await SlotGuard(
+                source: config.source, slotName: config.online.slotName, limit: config.online.maxRetainedWALBytes,
+                interval: config.online.pollInterval, events: events
+            ).watch()
+        }
+    }
+
+    /// StreamApply → Lag … → Cutover → Complete, shared by a fresh run and a resumed one.
+    private func streamAndCutOver(
+        source: Connection, target: Connection, report: PreflightReport, store: RunStateStore, started: ContinuousClock.Instant,
+        warnings: [String]
+    ) async throws -> MigrationOutcome {
+        // Statistics are refreshed beside the stream: a slow or blocked ANALYZE must not hold up the heartbeat or a cutover.
+        // A failed ANALYZE (say the target restarted meanwhile) costs statistics, not data: a warning.
+        // Its events are Analyze events that do not move the phase: the run is streaming meanwhile.
+        let backgroundCopy = DatabaseCopy(config: config, report: report, events: events.background, store: store)
+        async let analyzed: Void = {
+            do {
+                try await backgroundCopy.analyze()
+            } catch is CancellationError {
+            } catch {
+                events.background.warning(.analyze, "ANALYZE of the target failed (\(error)); run it on the target after cutover")
+            }
+        }()
+
+        let monitor = ResilientMonitor(
+            LagMonitor(source: source, target: target, slotName: settings.slotName, subscriptionName: settings.subscriptionName),
+            config: config, events: events)
+        try await heartbeat(monitor)
+
+        events.info(.cutover, "cutover requested")
+        let result = try await Cutover(config: config, events: events, monitor: monitor, leftovers: leftovers).run()
+        await analyzed
+        store.finish()
+        let duration = ContinuousClock.now - started
+        var detail: [String: EventValue] = [
+            "barrier_lsn": .string(result.barrier.description), "seconds": .double(duration.seconds),
+            "sequences_failed": .int(result.sequences.failures.count),
+        ]
+        if let frozen = leftovers.snapshot.frozenDatabase {
+            detail["undo_freeze"] = .string(SourceFreeze(database: frozen).undoSQL)
+        }
+        events.info(
+            .complete,
+            "migration complete: every transaction committed on the source before \(result.barrier) is on the target"
+                + (leftovers.snapshot.frozenDatabase.map { "; the source database stays read-only, undo with: \(SourceFreeze(database: $0).undoSQL)" } ?? ""),
+            detail)
+        let (lastSource, lastTarget) = await monitor.connections
+        await lastSource.close()
+        await lastTarget.close()
+        return MigrationOutcome(
+            mode: .online, cutoverTriggered: true, warnings: warnings, duration: duration,
+            barrierLSN: result.barrier, sequenceFailures: result.sequences.failures)
     }
 
     /// Lag events every poll interval (faster once within the threshold) until cutover is requested.

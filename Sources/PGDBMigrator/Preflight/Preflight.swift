@@ -22,6 +22,8 @@ struct DatabaseSettings: Sendable {
 struct Preflight {
     var config: MigrationConfig
     var events: EventEmitter
+    /// `--resume` of a copy whose schema is in place: the target is expected to hold it.
+    var targetHoldsResumedCopy = false
 
     var source: Endpoint { Endpoint(role: .source, connectionString: config.source) }
     var target: Endpoint { Endpoint(role: .target, connectionString: config.target) }
@@ -50,7 +52,7 @@ struct Preflight {
             try await checkExtensions(source: sourceConnection, target: targetConnection)
             try await checkRoles(source: sourceConnection, target: targetConnection)
         }
-        if targetExists && !config.dropTargetFirst && config.dumpScope != .dataOnly {
+        if targetExists && !config.dropTargetFirst && config.dumpScope != .dataOnly && !targetHoldsResumedCopy {
             try await checkEmpty(targetConnection)
         }
         try await more(sourceConnection, targetConnection)
@@ -217,6 +219,7 @@ struct Preflight {
             .validate,
             "the target database \(SQL.identifier(target.connectionString.resolvedDatabase ?? "?")) is not empty: "
                 + "\(summary.joined(separator: ", ")) (e.g. \(examples.joined(separator: ", ")))",
-            fix: "pass --drop-target-first to drop and re-create it, or point --target at an empty database")
+            fix: "pass --drop-target-first to drop and re-create it, point --target at an empty database, "
+                + "or, if an interrupted run of this migration filled it, rerun that command with --resume")
     }
 }

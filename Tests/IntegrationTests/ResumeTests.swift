@@ -1,0 +1,252 @@
+import Foundation
+import PGDBMigrator
+import PostgresClient
+import Testing
+
+/// Crashes and faults, with real processes: `kill -9` of the tool at each
+/// stage, a connection cut under it, then `--resume` of the same command.
+@Suite(.serialized, .timeLimit(.minutes(5)))
+struct ResumeTests {
+    /// Six tables of ~2 MB: enough to still be copying when the test strikes through a throttled relay.
+    static func source(tables: Int = 6) async throws -> String {
+        let (source, _) = try await SharedClusters.get()
+        let name = try await source.createDatabase(SharedClusters.uniqueName("resume"))
+        let setup = try await source.connect(database: name)
+        for table in 1...tables {
+            try await setup.execute(
+                """
+                CREATE TABLE t\(table) (id int PRIMARY KEY, v text NOT NULL);
+                INSERT INTO t\(table) SELECT g, repeat(md5((g * \(table))::text), 4) FROM generate_series(1, 12000 + \(table) * 100) g;
+                CREATE INDEX t\(table)_v_idx ON t\(table) (v);
+                """)
+        }
+        await setup.close()
+        return name
+    }
+
+    static func url(port: Int, database: String) -> String {
+        "postgresql://\(TestCluster.superuser):\(percentEncode(TestCluster.superuserPassword))@127.0.0.1:\(port)/\(database)"
+    }
+
+    static func stateDirectory() -> String { NSTemporaryDirectory() + "pgdm-state-\(UUID().uuidString)" }
+
+    /// The tables the events of `stderr` say were copied, and those they say were skipped.
+    static func tables(in stderr: String) -> (copied: Set<String>, skipped: Set<String>) {
+        var copied: Set<String> = [], skipped: Set<String> = []
+        for line in stderr.split(separator: "\n") {
+            if let range = line.range(of: #"copied "public"\."(t\d+)""#, options: .regularExpression) {
+                copied.insert(String(line[range].split(separator: ".").last!.trimmingCharacters(in: ["\""])))
+            }
+            if let range = line.range(of: #"skipped "public"\."(t\d+)""#, options: .regularExpression) {
+                skipped.insert(String(line[range].split(separator: ".").last!.trimmingCharacters(in: ["\""])))
+            }
+        }
+        return (copied, skipped)
+    }
+
+    static func expectEqual(_ sourceDatabase: String, _ targetDatabase: String, materializedViews: Bool = true) async throws {
+        let (source, target) = try await SharedClusters.get()
+        let expected = try await Fingerprint.of(source, database: sourceDatabase, materializedViews: materializedViews)
+        let actual = try await Fingerprint.of(target, database: targetDatabase, materializedViews: materializedViews)
+        #expect(actual == expected, "\(actual.differences(from: expected))")
+    }
+
+    @Test("kill -9 during the offline copy, then --resume: equal, and the finished tables are not copied again")
+    func killDuringOfflineCopy() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await Self.source()
+        let targetDatabase = SharedClusters.uniqueName("resumed")
+        let relay = try TCPRelay(to: target.port, bytesPerSecond: 3_000_000)
+        defer { relay.stop() }
+        let state = Self.stateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        let arguments = [
+            "--source", source.url(database: sourceDatabase), "--target", Self.url(port: relay.port, database: targetDatabase),
+            "--jobs", "1", "--state-dir", state,
+        ]
+        let first = try CLI.start(arguments)
+        #expect(await first.waitForStderr(#"copied "public"."#))
+        first.signal(SIGKILL)
+        let killed = try await first.wait(timeout: 30)
+        #expect(killed.status == 128 + SIGKILL || killed.status == SIGKILL)
+        let before = Self.tables(in: killed.stderr).copied
+        #expect(!before.isEmpty && before.count < 6, "copied before the kill: \(before)")
+
+        relay.bytesPerSecond = nil
+        let resumed = try await CLI.run(arguments + ["--resume"])
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        let after = Self.tables(in: resumed.stderr)
+        #expect(after.skipped == before, "skipped \(after.skipped), copied before the kill \(before)")
+        #expect(after.copied.isDisjoint(with: before), "copied twice: \(after.copied.intersection(before))")
+        #expect(after.copied.union(before).count == 6)
+        #expect(resumed.stderr.contains("resuming the interrupted run"))
+        try await Self.expectEqual(sourceDatabase, targetDatabase)
+        #expect(try await schemaDump(target, database: targetDatabase) == schemaDump(source, database: sourceDatabase))
+        #expect(!FileManager.default.fileExists(atPath: state + "/state.json"), "the state of a completed run is removed")
+
+        // Nothing left to resume, and a changed setting is refused by name.
+        let again = try await CLI.run(arguments + ["--resume"])
+        #expect(again.status != 0 && again.stderr.contains("no interrupted run to resume"))
+    }
+
+    @Test("--resume with a changed setting is refused, naming the setting")
+    func changedSettingsRefused() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await Self.source(tables: 1)
+        let targetDatabase = SharedClusters.uniqueName("refused")
+        let state = Self.stateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        let arguments = ["--source", source.url(database: sourceDatabase), "--target", target.url(database: targetDatabase), "--state-dir", state]
+        // A run that fails after recording its settings: its target database is already there and not empty.
+        let admin = try await target.connect()
+        try await admin.execute("CREATE DATABASE \(SQL.identifier(targetDatabase))")
+        let occupied = try await target.connect(database: targetDatabase)
+        try await occupied.execute("CREATE TABLE squatter (id int)")
+        let failed = try await CLI.run(arguments)
+        #expect(failed.status != 0 && failed.stderr.contains("--resume"), "\(failed.stderr)")
+        let refused = try await CLI.run(arguments + ["--resume", "--copy-method", "dump", "--exclude-table", "t9"])
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains("--copy-method was 'native', now 'dump'"), "\(refused.stderr)")
+        #expect(refused.stderr.contains("--exclude-table was not set, now 't9'"), "\(refused.stderr)")
+    }
+
+    @Test("the connection to the source cut during the copy: a clear error, and --resume finishes the job")
+    func sourceConnectionCut() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await Self.source()
+        let targetDatabase = SharedClusters.uniqueName("cut")
+        let relay = try TCPRelay(to: source.port, bytesPerSecond: 3_000_000)
+        defer { relay.stop() }
+        let state = Self.stateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        let arguments = [
+            "--source", Self.url(port: relay.port, database: sourceDatabase), "--target", target.url(database: targetDatabase),
+            "--jobs", "2", "--state-dir", state,
+        ]
+        let first = try CLI.start(arguments)
+        #expect(await first.waitForStderr(#"copied "public"."#))
+        relay.cutAll()
+        let failed = try await first.wait(timeout: 60)
+        #expect(failed.status == 1, "\(failed.stderr)")
+        #expect(failed.stderr.contains("failed"), "\(failed.stderr)")
+        #expect(failed.stderr.contains("--resume"), "the error should name the way forward: \(failed.stderr)")
+        #expect(!failed.stderr.contains(TestCluster.superuserPassword))
+
+        relay.bytesPerSecond = nil
+        let resumed = try await CLI.run(arguments + ["--resume"])
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(!Self.tables(in: resumed.stderr).skipped.isEmpty)
+        try await Self.expectEqual(sourceDatabase, targetDatabase)
+    }
+
+    @Test("a source that kills idle transactions after 300 ms cannot end the snapshot holder mid-copy")
+    func snapshotHolderTimeouts() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await Self.source(tables: 2)
+        let setup = try await source.connect(database: sourceDatabase)
+        // Large objects make the restore before the copy (while the holder sits idle) take a while through the relay.
+        try await setup.execute("SELECT lo_from_bytea(0, convert_to(repeat(md5(g::text), 200), 'UTF8')) FROM generate_series(1, 200) g")
+        try await setup.execute(
+            "ALTER DATABASE \(SQL.identifier(sourceDatabase)) SET idle_in_transaction_session_timeout = '300ms'; "
+                + "ALTER DATABASE \(SQL.identifier(sourceDatabase)) SET statement_timeout = '300ms'")
+        let relay = try TCPRelay(to: target.port, bytesPerSecond: 1_000_000)
+        defer { relay.stop() }
+        let targetDatabase = SharedClusters.uniqueName("timeouts")
+        let result = try await CLI.run([
+            "--source", source.url(database: sourceDatabase), "--target", Self.url(port: relay.port, database: targetDatabase),
+            "--state-dir", Self.stateDirectory(), "--verify", "off",
+        ])
+        #expect(result.status == 0, "\(result.stderr)")
+        try await setup.execute(
+            "ALTER DATABASE \(SQL.identifier(sourceDatabase)) RESET idle_in_transaction_session_timeout; "
+                + "ALTER DATABASE \(SQL.identifier(sourceDatabase)) RESET statement_timeout")
+        try await Self.expectEqual(sourceDatabase, targetDatabase)
+    }
+
+    /// Whether the run's slot (source) and subscription (target) still exist.
+    static func replicationObjects(_ names: OnlineAbortTests.Names) async throws -> (slot: Bool, subscription: Bool) {
+        let (source, target) = try await SharedClusters.get()
+        let sourceAdmin = try await source.connect()
+        let targetAdmin = try await target.connect()
+        let slot = try await sourceAdmin.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [names.slot])
+        let subscription = try await targetAdmin.scalar("SELECT count(*) FROM pg_subscription WHERE subname = $1", [names.subscription])
+        return (slot != "0", subscription != "0")
+    }
+
+    @Test("kill -9 while streaming with writes running, then --resume: it re-attaches, and cutover loses nothing")
+    func killWhileStreaming() async throws {
+        let (source, _) = try await SharedClusters.get()
+        let sourceDatabase = try await OfflineMigrationTests.sampleSource()
+        let targetDatabase = SharedClusters.uniqueName("reattached")
+        let names = OnlineAbortTests.Names()
+        let state = Self.stateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        let workload = WriteWorkload()
+        try await workload.start(source, database: sourceDatabase)
+        let arguments = try await OnlineAbortTests.arguments(sourceDatabase, targetDatabase, names) + ["--state-dir", state]
+        let first = try CLI.start(arguments)
+        #expect(await first.waitForStderr("stage=Lag"))
+        first.signal(SIGKILL)
+        _ = try await first.wait(timeout: 30)
+        try await Task.sleep(for: .seconds(1))  // the application keeps writing while no tool runs
+
+        let second = try CLI.start(arguments + ["--resume"])
+        #expect(await second.waitForStderr("re-attached"))
+        #expect(await second.waitForStderr("stage=Lag"))
+        let committed = await workload.stop()
+        second.signal(SIGINT)
+        let result = try await second.wait(timeout: 120)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(committed > 10, "workload: \(workload.lastError ?? "none")")
+        #expect(!result.stderr.contains("stage=Dump"), "a re-attached run copies nothing again")
+        try await Self.expectEqual(sourceDatabase, targetDatabase, materializedViews: false)
+        #expect(try await Self.replicationObjects(names) == (false, false))
+    }
+
+    @Test("kill -9 during the online copy, then --resume: the copy starts again from a new slot and ends equal")
+    func killDuringOnlineCopy() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await Self.source()
+        let targetDatabase = SharedClusters.uniqueName("recopied")
+        let names = OnlineAbortTests.Names()
+        let state = Self.stateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        let relay = try TCPRelay(to: target.port, bytesPerSecond: 3_000_000)
+        defer { relay.stop() }
+        let writer = try await source.connect(database: sourceDatabase)
+        let writes = Task {
+            var next = 1_000_000
+            while !Task.isCancelled {
+                do { try await writer.execute("INSERT INTO t1 VALUES (\(next), 'written during the run'); UPDATE t2 SET v = v || '!' WHERE id = \(next % 1000 + 1)") } catch { break }
+                next += 1
+                try? await Task.sleep(for: .milliseconds(5))
+            }
+            return next - 1_000_000
+        }
+        let arguments = [
+            "--mode", "online", "--source", source.url(database: sourceDatabase), "--target", Self.url(port: relay.port, database: targetDatabase),
+            "--slot-name", names.slot, "--publication", names.publication, "--subscription-name", names.subscription,
+            "--cutover-poll-secs", "0.5", "--cutover-fast-poll-ms", "100", "--jobs", "2", "--state-dir", state,
+        ]
+        let first = try CLI.start(arguments)
+        #expect(await first.waitForStderr(#"copied "public"."#))
+        first.signal(SIGKILL)
+        _ = try await first.wait(timeout: 30)
+        #expect(try await Self.replicationObjects(names).slot, "the killed run's slot is still there")
+
+        relay.bytesPerSecond = nil
+        let second = try CLI.start(arguments + ["--resume"])
+        #expect(await second.waitForStderr("its snapshot died with it"))
+        #expect(await second.waitForStderr("stage=Lag"))
+        writes.cancel()
+        let written = await writes.value
+        second.signal(SIGINT)
+        let result = try await second.wait(timeout: 120)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(written > 10)
+        try await Self.expectEqual(sourceDatabase, targetDatabase)
+        #expect(try await Self.replicationObjects(names) == (false, false))
+        let publication = try await writer.scalar("SELECT count(*) FROM pg_publication WHERE pubname = $1", [names.publication])
+        #expect(publication == "0", "the publication the first run created is dropped at cutover")
+    }
+}
