@@ -262,6 +262,48 @@ struct OnlineMigrationTests {
         #expect(warning?.detail["wal_status"] != nil)
     }
 
+    @Test("a slot the source invalidates (max_slot_wal_keep_size) ends the run with a clear error and the way forward")
+    func slotInvalidated() async throws {
+        let source = try await TestCluster.start(name: "invalidate-source", settings: ["max_slot_wal_keep_size": "1MB"])
+        let target = try await TestCluster.start(name: "invalidate-target")
+        defer {
+            source.stop()
+            target.stop()
+        }
+        let database = try await source.createDatabase("app")
+        let setup = try await source.connect(database: database)
+        try await setup.execute("CREATE TABLE t (id serial PRIMARY KEY, v text); INSERT INTO t (v) SELECT 'row' FROM generate_series(1, 100)")
+        var config = MigrationConfig(
+            mode: .online, source: try source.connectionString(database: database),
+            target: try target.connectionString(database: database), jobs: 1)
+        config.online.pollInterval = .milliseconds(200)
+        config.online.applyFailureGrace = .seconds(120)  // the subscription is disabled on purpose below
+        config.stateDirectory = NSTemporaryDirectory() + "pgdm-state-\(UUID().uuidString)"
+        let events = EventLog()
+        let run = Task { try await Migrator(config: config, onEvent: events.record).run() }
+        while !events.stages.contains(.streamApply) { try await Task.sleep(for: .milliseconds(50)) }
+
+        // The slot stops advancing while the source writes more WAL than it may keep.
+        let targetAdmin = try await target.connect(database: database)
+        try await targetAdmin.execute("ALTER SUBSCRIPTION \(SQL.identifier(config.online.subscriptionName)) DISABLE")
+        for _ in 0..<4 {
+            try await setup.execute("INSERT INTO t (v) SELECT repeat('x', 1000) FROM generate_series(1, 500)")
+            _ = try await setup.scalar("SELECT pg_switch_wal()::text")
+        }
+        try await setup.execute("CHECKPOINT")
+        #expect(try await setup.scalar("SELECT wal_status FROM pg_replication_slots") == "lost")
+
+        let started = Date()
+        do {
+            _ = try await run.value
+            Issue.record("the run went on with a lost slot")
+        } catch let error as MigrationError {
+            #expect(error.message.contains("invalidated replication slot"), "\(error)")
+            #expect(error.fix?.contains("--mode cleanup") == true, "\(error)")
+        }
+        #expect(Date().timeIntervalSince(started) < 30)
+    }
+
     @Test("the target and then the source restart while streaming: the run carries on and cutover loses nothing")
     func serversRestart() async throws {
         let source = try await TestCluster.start(name: "restart-source")

@@ -7,6 +7,8 @@ struct OnlineMigration {
     var cutover: CutoverHandle
     var settings: OnlineSettings { config.online }
     private let leftovers = Leftovers()
+    /// Where the slot guard reports a slot the source has invalidated: that ends the run.
+    private let slotLost = AsyncQueue<MigrationError>()
 
     init(config: MigrationConfig, events: EventEmitter, cutover: CutoverHandle) {
         self.config = config
@@ -17,7 +19,25 @@ struct OnlineMigration {
     var sourceEndpoint: Endpoint { Endpoint(role: .source, connectionString: config.source) }
     var targetEndpoint: Endpoint { Endpoint(role: .target, connectionString: config.target) }
 
+    /// The migration, raced against the slot guard: a slot the source
+    /// invalidates cancels whatever is running (copy, streaming, cutover) and
+    /// ends the run with the guard's error.
     func run() async throws -> MigrationOutcome {
+        try await withThrowingTaskGroup(of: MigrationOutcome?.self) { group in
+            group.addTask { try await runUnguarded() }
+            group.addTask {
+                if let lost = await slotLost.next() { throw lost }
+                return nil
+            }
+            defer { group.cancelAll() }
+            while let result = try await group.next() {
+                if let outcome = result { return outcome }
+            }
+            throw CancellationError()
+        }
+    }
+
+    private func runUnguarded() async throws -> MigrationOutcome {
         let started = ContinuousClock.now
         var slot: ReplicationSlot?
         var slotGuard: Task<Void, Never>?
@@ -143,11 +163,18 @@ struct OnlineMigration {
     }
 
     private func startSlotGuard() -> Task<Void, Never> {
-        Task { [config, events] in
-            await SlotGuard(
+        Task { [config, events, slotLost] in
+            let lost = await SlotGuard(
                 source: config.source, slotName: config.online.slotName, limit: config.online.maxRetainedWALBytes,
                 interval: config.online.pollInterval, events: events
             ).watch()
+            if let lost {
+                await slotLost.append(
+                    MigrationError(
+                        events.currentPhase, lost,
+                        fix: "remove what is left with \(Cleanup.command(for: config)), then start over with --drop-target-first; "
+                            + "to keep it from happening again, raise max_slot_wal_keep_size on the source or make the copy faster"))
+            }
         }
     }
 

@@ -37,8 +37,9 @@ struct SlotGuard {
         return keep > 0 ? UInt64(keep) * 1024 * 1024 / 10 : 10_000_000_000
     }
 
-    /// Runs until cancelled. Never throws for a failed reading: it reports and tries again.
-    func watch() async {
+    /// Runs until cancelled (nil) or the slot is lost (why). Never throws for a
+    /// failed reading: it reports and tries again.
+    func watch() async -> String? {
         var warned = false
         var connection: Connection?
         while !Task.isCancelled {
@@ -56,12 +57,9 @@ struct SlotGuard {
                         "limit_bytes": .int(Int(threshold)),
                     ]
                     if reading.walStatus == "lost" {
-                        events.emit(MigrationEvent(
-                            stage: events.currentPhase, level: .error,
-                            message: "the source invalidated replication slot \(SQL.identifier(slotName)) (max_slot_wal_keep_size): "
-                                + "changes since are gone, this migration cannot finish; clean up and start again with --force-clean",
-                            detail: detail))
-                        return
+                        await connection?.close()
+                        return "the source invalidated replication slot \(SQL.identifier(slotName)) because it held more WAL than "
+                            + "max_slot_wal_keep_size allows: the changes it held are gone, so this migration cannot finish"
                     }
                     if reading.retainedBytes > threshold && !warned {
                         warned = true
@@ -81,5 +79,6 @@ struct SlotGuard {
             try? await Task.sleep(for: interval)
         }
         await connection?.close()
+        return nil
     }
 }

@@ -16,7 +16,7 @@ final class TCPRelay: @unchecked Sendable {
     init(to targetPort: Int, bytesPerSecond: Int? = nil) throws {
         self.targetPort = targetPort
         rate = bytesPerSecond
-        listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var yes: Int32 = 1
         setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
         var address = Self.loopback(port: 0)
@@ -29,6 +29,7 @@ final class TCPRelay: @unchecked Sendable {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(listener, $0, &length) }
         }
         port = Int(UInt16(bigEndian: address.sin_port))
+        self.listener = listener
         Thread.detachNewThread { [self] in acceptLoop() }
     }
 
