@@ -54,6 +54,7 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
             skipAnalyze: copy.skipAnalyze, noOwner: copy.noOwner, noACL: copy.noACL, pgBinDirectory: copy.pgBinDir,
             online: try online.settings(),
             verify: verify.settings(allowRestoreErrors: copy.allowRestoreErrors))
+        settings.maintenanceWorkMem = copy.maintenanceWorkMem.bytes
         settings.resume = copy.resume
         settings.stateDirectory = copy.stateDir
         let config = settings
@@ -156,6 +157,11 @@ struct CopyOptions: ParsableArguments {
         "Copy tables larger than this in parts (native copy), each its own COPY: by ranges of an integer primary key, "
             + "else by block ranges. A size such as 256MB or 1GB; 0 never splits.", valueName: "size"))
     var splitTablesLargerThan: ByteSize = ByteSize(bytes: MigrationConfig.defaultSplitBytes)
+
+    @Option(help: ArgumentHelp(
+        "maintenance_work_mem for index builds and post-data on the target (native copy): raised to this, never lowered. "
+            + "Each of --index-jobs builds may use this much of the target's memory.", valueName: "size"))
+    var maintenanceWorkMem: ByteSize = ByteSize(bytes: 512 * 1024 * 1024)
 
     @Flag(help: "Drop and re-create the target database before restoring into it.")
     var dropTargetFirst = false

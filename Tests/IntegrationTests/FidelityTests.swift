@@ -21,7 +21,8 @@ struct FidelityTests {
         let (source, target) = try await SharedClusters.get()
         let sourceDatabase = try await Self.corpus()
         let targetDatabase = SharedClusters.uniqueName("fidelity_copy")
-        let outcome = try await OfflineMigrationTests.migrate(source: sourceDatabase, target: targetDatabase) {
+        let events = EventLog()
+        let outcome = try await OfflineMigrationTests.migrate(source: sourceDatabase, target: targetDatabase, events: events) {
             $0.copyMethod = copyMethod
             $0.splitTablesLargerThan = 16 * 1024  // the larger corpus tables go in parts
         }
@@ -34,6 +35,11 @@ struct FidelityTests {
         let sourceSchema = try await schemaDump(source, database: sourceDatabase)
         let targetSchema = try await schemaDump(target, database: targetDatabase)
         #expect(targetSchema == sourceSchema)
+        if copyMethod == .native {
+            // Both servers run one major version: every table of the corpus travels in binary COPY.
+            let formats = events.all.compactMap { $0.detail["format"] }
+            #expect(!formats.isEmpty && formats.allSatisfy { $0 == .string("binary") }, "\(formats)")
+        }
     }
 
     /// Each shape, changed while streaming.

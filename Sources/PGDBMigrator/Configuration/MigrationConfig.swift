@@ -44,6 +44,9 @@ public struct MigrationConfig: Sendable {
     public var indexJobs: Int
     /// Tables larger than this (bytes on disk) are copied in parts, each its own COPY (native copy).
     public var splitTablesLargerThan: Int
+    /// `maintenance_work_mem` of the native copy's index builds and post-data pass on the target
+    /// (raised to this, never lowered); each of `indexJobs` builds may use this much server memory.
+    public var maintenanceWorkMem: Int = 512 * 1024 * 1024
     /// Drop and re-create the target database before restoring into it.
     public var dropTargetFirst: Bool
     public var filter: ObjectFilter
@@ -110,7 +113,7 @@ public struct MigrationConfig: Sendable {
     }
 
     /// Tables above this are split into parts for the native copy.
-    public static let defaultSplitBytes = 256 * 1024 * 1024
+    public static let defaultSplitBytes = 1024 * 1024 * 1024
 
     /// The machine's CPU count, clamped to 1…8.
     public static var defaultJobs: Int { min(max(ProcessInfo.processInfo.activeProcessorCount, 1), 8) }

@@ -65,7 +65,8 @@ struct DumpRestore {
     /// `pg_restore -l` list file (lines starting with `;` are skipped).
     /// `skippingExisting` (a pass an interrupted run began) accepts "already exists" errors.
     func restore(
-        section: String, from archive: String, jobs: Int, list: String? = nil, skippingExisting: Bool = false
+        section: String, from archive: String, jobs: Int, list: String? = nil, skippingExisting: Bool = false,
+        serverOptions: String? = nil
     ) async throws -> [String] {
         try Task.checkCancellation()
         let started = ContinuousClock.now
@@ -75,7 +76,12 @@ struct DumpRestore {
         if config.noOwner { arguments.append("--no-owner") }
         if config.noACL { arguments.append("--no-acl") }
         arguments.append(archive)
-        let child = ChildProcess(executable: tools.pgRestore.path, arguments: arguments, environment: target.childEnvironment)
+        var environment = target.childEnvironment
+        if let serverOptions {
+            let inherited = ProcessInfo.processInfo.environment["PGOPTIONS"].map { $0 + " " } ?? ""
+            environment["PGOPTIONS"] = inherited + serverOptions
+        }
+        let child = ChildProcess(executable: tools.pgRestore.path, arguments: arguments, environment: environment)
         let exit = try await child.run()
         let errors = errorLines(exit, scrubbing: config.target)
         var tolerated: [String] = []

@@ -26,6 +26,9 @@ struct CopyTable: Sendable, Hashable, Codable {
     var columns: String
     /// A single-column integer primary key, quoted, for splitting by key ranges.
     var integerKey: String?
+    /// Every column's type (and array element type) has binary send and receive
+    /// functions, so the table can travel in binary COPY between servers of one major version.
+    var binarySafe: Bool = false
 
     /// `COPY` target list: `"t" ("a", "b")`, or just the table when it has no columns.
     var copyTarget: String { columns.isEmpty ? name.description : "\(name) (\(columns))" }
@@ -63,7 +66,13 @@ struct CopyCatalog {
                    (SELECT quote_ident(a.attname) FROM pg_index i
                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
                      WHERE i.indrelid = c.oid AND i.indisprimary AND i.indnkeyatts = 1
-                       AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype))
+                       AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)),
+                   NOT EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                               LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
+                               LEFT JOIN pg_type b ON b.oid = t.typbasetype
+                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                                 AND (t.typsend = 0 OR t.typreceive = 0 OR e.typsend = 0 OR e.typreceive = 0
+                                      OR b.typsend = 0 OR b.typreceive = 0))
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
@@ -75,7 +84,7 @@ struct CopyCatalog {
             guard filter.includes(schema: name.schema, table: name.name) else { return nil }
             return CopyTable(
                 oid: row[0]!, name: name, bytes: Int(row[3]!) ?? 0, blocks: Int(row[4]!) ?? 0, columns: row[5]!,
-                integerKey: row[6])
+                integerKey: row[6], binarySafe: row[7] == "t")
         }
     }
 

@@ -47,7 +47,7 @@ final class CopyProgress: Sendable {
     }
 
     /// Records a finished part; returns the table's line once its last part is in.
-    func finished(_ part: CopyPart, rows: Int) -> Line? {
+    func finished(_ part: CopyPart, rows: Int, binary: Bool) -> Line? {
         state.withLock { state -> Line? in
             let bytes = state.inFlight.removeValue(forKey: part) ?? 0
             guard var table = state.tables[part.table] else { return nil }
@@ -61,10 +61,11 @@ final class CopyProgress: Sendable {
             let rate = seconds > 0 ? Double(table.bytes) / seconds : 0
             return Line(
                 message: "copied \(part.table.name): \(table.rows) rows, \(formatBytes(table.bytes)) in \(formatSeconds(seconds))"
-                    + (rate > 0 ? " (\(formatBytes(Int(rate)))/s)" : "") + (part.count > 1 ? " in \(part.count) parts" : ""),
+                    + (rate > 0 ? " (\(formatBytes(Int(rate)))/s)" : "") + (part.count > 1 ? " in \(part.count) parts" : "")
+                    + (binary ? ", binary" : ""),
                 detail: [
                     "table": .string(part.table.name.description), "rows": .int(table.rows), "bytes": .int(table.bytes),
-                    "seconds": .double(seconds), "parts": .int(part.count),
+                    "seconds": .double(seconds), "parts": .int(part.count), "format": .string(binary ? "binary" : "text"),
                 ])
         }
     }

@@ -103,7 +103,7 @@ struct NativeCopy {
             store.update { $0.copy.postDataStarted = true }
             tolerated += try await dumpRestore.restore(
                 section: "post-data", from: directory.archivePath, jobs: config.indexJobs, list: directory.listPath,
-                skippingExisting: rerun)
+                skippingExisting: rerun, serverOptions: "-c maintenance_work_mem=\(config.maintenanceWorkMem / 1024)kB")
             store.update { $0.copy.postDataDone = true }
             return tolerated
         } catch {
@@ -111,6 +111,9 @@ struct NativeCopy {
             throw error
         }
     }
+
+    /// Binary COPY's format is stable within a major version only.
+    private var binaryAllowed: Bool { report.sourceServerVersion / 10_000 == report.targetServerVersion / 10_000 }
 
     /// Splits the tables above `--split-tables-larger-than`, reading integer key bounds in the snapshot.
     private func plan(_ tables: [CopyTable], on session: Connection) async throws -> [CopyPart] {
@@ -165,7 +168,7 @@ struct NativeCopy {
                     try await source.keepAliveWhileIdle()
                     try await source.importSnapshot(snapshot)
                     try await target.keepAliveWhileIdle()
-                    let copy = TableCopy(source: source, target: target)
+                    let copy = TableCopy(source: source, target: target, binaryAllowed: binaryAllowed)
                     while let part = await queue.next() {
                         try Task.checkCancellation()
                         progress.started(part)
@@ -180,7 +183,7 @@ struct NativeCopy {
                                     + "with --resume to carry on from the parts already copied")
                         }
                         store.update { $0.copy.parts[part.key] = true }
-                        if let finished = progress.finished(part, rows: result.rows) {
+                        if let finished = progress.finished(part, rows: result.rows, binary: result.binary) {
                             events.info(.restore, finished.message, finished.detail)
                             for build in buildsByTable[part.table.name] ?? [] { await indexWork.append(build) }
                         }
@@ -265,6 +268,7 @@ struct NativeCopy {
                 let session = try await self.target.connect(label: "index-\(worker)", stage: .restore)
                 try await session.keepAliveWhileIdle()
                 try await session.execute("SET search_path = ''")
+                try await session.raiseMaintenanceWorkMem(to: config.maintenanceWorkMem)
                 target = session
             }
             let started = ContinuousClock.now
@@ -305,5 +309,19 @@ struct RestoreList {
             else { return line }
             return ";" + line
         }
+    }
+}
+
+extension Connection {
+    /// Index builds sort: more memory keeps the sort out of temporary files.
+    /// Raises the session's `maintenance_work_mem` to `bytes`, never lowers it.
+    func raiseMaintenanceWorkMem(to bytes: Int) async throws {
+        guard bytes > 0 else { return }
+        try await query(
+            """
+            SELECT set_config('maintenance_work_mem', CASE WHEN pg_size_bytes(current_setting('maintenance_work_mem')) < $1::bigint
+                                                          THEN ($1::bigint / 1024)::text || 'kB'
+                                                          ELSE current_setting('maintenance_work_mem') END, false)
+            """, [String(bytes)])
     }
 }

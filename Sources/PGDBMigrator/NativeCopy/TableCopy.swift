@@ -10,12 +10,16 @@ import PostgresClient
 struct TableCopy {
     var source: Connection
     var target: Connection
+    /// Binary COPY (both servers of one major version): no text formatting on the
+    /// source, no parsing on the target; used for tables whose types all allow it.
+    var binaryAllowed = false
     /// Bytes per hop between the servers and this process.
     var batchBytes = 512 * 1024
 
     struct Result: Sendable {
         var rows: Int
         var bytes: Int
+        var binary: Bool
     }
 
     /// Copies `part`; `progress` hears about every batch (bytes). `clearing`
@@ -29,9 +33,11 @@ struct TableCopy {
             } else if clearing, let range = part.range {
                 try await target.execute("DELETE FROM ONLY \(part.table.name) WHERE \(range.condition)")
             }
-            try await source.beginCopyOut(part.copyOutSQL)
+            let binary = binaryAllowed && part.table.binarySafe
+            try await source.beginCopyOut(part.copyOutSQL + (binary ? " WITH (FORMAT binary)" : ""))
+            let options = (binary ? ["FORMAT binary"] : []) + (part.isWholeTable ? ["FREEZE"] : [])
             try await target.beginCopyIn(
-                "COPY \(part.table.copyTarget) FROM STDIN" + (part.isWholeTable ? " WITH (FREEZE)" : ""))
+                "COPY \(part.table.copyTarget) FROM STDIN" + (options.isEmpty ? "" : " WITH (\(options.joined(separator: ", ")))"))
             var bytes = 0
             do {
                 var ahead = Task { [source, batchBytes] in try await source.readCopyBatch(minimumBytes: batchBytes) }
@@ -49,7 +55,7 @@ struct TableCopy {
             }
             let rows = try await target.endCopyIn()
             try await target.execute("COMMIT")
-            return Result(rows: rows, bytes: bytes)
+            return Result(rows: rows, bytes: bytes, binary: binary)
         } catch {
             _ = try? await target.execute("ROLLBACK")
             throw error
