@@ -7,10 +7,25 @@ struct EventRenderer: Sendable {
     var verbose: Bool
 
     private static let lock = NSLock()
+    /// A live progress line is on the terminal, to be overwritten.
+    nonisolated(unsafe) private static var statusShown = false
+    private static let terminal = isatty(STDERR_FILENO) == 1
 
     func render(_ event: MigrationEvent) {
         if json {
             write(JSONLine.encode(event), to: .standardOutput)
+            return
+        }
+        if event.detail["progress"] == .bool(true) {
+            // On a terminal, progress is one live line rewritten in place; in a log, a line each time.
+            if Self.terminal {
+                Self.lock.withLock {
+                    FileHandle.standardError.write(Data("\r\u{1B}[K\(event.message)".utf8))
+                    Self.statusShown = true
+                }
+            } else {
+                write("\(event.level.rawValue.uppercased()) stage=\(event.stage.rawValue) \(event.message)", to: .standardError)
+            }
             return
         }
         var line = "\(event.level.rawValue.uppercased()) stage=\(event.stage.rawValue) \(event.message)"
@@ -60,6 +75,10 @@ struct EventRenderer: Sendable {
     private func write(_ text: String, to handle: FileHandle) {
         Self.lock.lock()
         defer { Self.lock.unlock() }
+        if Self.statusShown && handle.fileDescriptor == STDERR_FILENO {
+            handle.write(Data("\r\u{1B}[K".utf8))  // the live line gives way to the next event
+            Self.statusShown = false
+        }
         handle.write(Data((text + "\n").utf8))
     }
 }

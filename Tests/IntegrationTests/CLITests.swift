@@ -180,6 +180,30 @@ struct CLITests {
         #expect(!FileManager.default.fileExists(atPath: dumpPath), "dump directory left behind")
     }
 
+    @Test("on a terminal, copy progress is one live line rewritten in place; in a log, plain lines")
+    func liveProgress() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await OfflineMigrationTests.sampleSource()
+        let environment = [
+            "PG_DBMIGRATOR_SOURCE": source.url(database: sourceDatabase),
+            "PG_DBMIGRATOR_TARGET": target.url(database: SharedClusters.uniqueName("live")),
+        ]
+        // script(1) gives the tool a pseudo-terminal and copies what it shows to our pipe.
+        let onTerminal = try await TestCluster.run(
+            "/usr/bin/script", ["-qefc", "\(try CLI.binary()) --verify off", "/dev/null"], environment: environment)
+        #expect(onTerminal.status == 0, "\(onTerminal.output)")
+        #expect(onTerminal.output.contains("\r\u{1B}[Kcopy progress: "), "\(onTerminal.output)")
+        #expect(onTerminal.output.contains("\r\u{1B}[KINFO stage=Restore"), "the next event replaces the live line")
+
+        let inLog = try await CLI.run(["--verify", "off"], environment: [
+            "PG_DBMIGRATOR_SOURCE": source.url(database: sourceDatabase),
+            "PG_DBMIGRATOR_TARGET": target.url(database: SharedClusters.uniqueName("log")),
+        ])
+        #expect(inLog.status == 0)
+        #expect(inLog.stderr.contains("INFO stage=Restore copy progress: "))
+        #expect(!inLog.stderr.contains("\u{1B}["))
+    }
+
     @Test("--help lists every flag with its help text")
     func help() async throws {
         let result = try await CLI.run(["--help"])

@@ -102,11 +102,11 @@ final class CopyProgress: Sendable {
             detail: ["tables": .int(tables), "bytes": .int(bytes), "seconds": .double(seconds), "bytes_per_second": .double(rate)])
     }
 
-    /// Emits ``current`` every `interval` until cancelled.
+    /// Emits ``current`` at once, then every `interval` until cancelled.
     func report(every interval: Duration, to events: EventEmitter) async {
-        while (try? await Task.sleep(for: interval)) != nil {
+        repeat {
             let line = current
             events.info(.restore, line.message, line.detail)
-        }
+        } while (try? await Task.sleep(for: interval)) != nil
     }
 }
