@@ -108,6 +108,15 @@ struct ResumeTests {
         #expect(refused.status != 0)
         #expect(refused.stderr.contains("--copy-method was 'native', now 'dump'"), "\(refused.stderr)")
         #expect(refused.stderr.contains("--exclude-table was not set, now 't9'"), "\(refused.stderr)")
+
+        // --mode cleanup lists the recorded progress (dry run), then removes it.
+        let stateFile = state + "/state.json"
+        let dryRun = try await CLI.run(arguments + ["--mode", "cleanup", "--dry-run"])
+        #expect(dryRun.status == 0 && dryRun.stderr.contains("would remove the recorded progress"), "\(dryRun.stderr)")
+        #expect(FileManager.default.fileExists(atPath: stateFile))
+        let cleanup = try await CLI.run(arguments + ["--mode", "cleanup"])
+        #expect(cleanup.status == 0 && cleanup.stderr.contains("removed the recorded progress"), "\(cleanup.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: stateFile))
     }
 
     @Test("the connection to the source cut during the copy: a clear error, and --resume finishes the job")

@@ -27,6 +27,7 @@ struct CLI {
         private let lock = NSLock()
         private var stdoutData = Data()
         private var stderrData = Data()
+        private var openPipes = 2
 
         init(arguments: [String], environment: [String: String], ignoreSIGINT: Bool, program: String) throws {
             process = Process()
@@ -47,15 +48,18 @@ struct CLI {
             process.standardOutput = stdoutPipe
             process.standardError = stderrPipe
             process.standardInput = FileHandle.nullDevice
-            stdoutPipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-                let data = handle.availableData
-                self?.append(data, toStdout: true)
-            }
-            stderrPipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-                let data = handle.availableData
-                self?.append(data, toStdout: false)
-            }
             try process.run()
+            // The child has its own copies of the write ends: without closing ours, EOF never comes.
+            try? stdoutPipe.fileHandleForWriting.close()
+            try? stderrPipe.fileHandleForWriting.close()
+            // One thread per pipe reads until EOF: no data is lost or reordered around exit.
+            for (pipe, toStdout) in [(stdoutPipe, true), (stderrPipe, false)] {
+                Thread.detachNewThread { [self] in
+                    let handle = pipe.fileHandleForReading
+                    while case let data = handle.availableData, !data.isEmpty { append(data, toStdout: toStdout) }
+                    lock.withLock { openPipes -= 1 }
+                }
+            }
         }
 
         private func append(_ data: Data, toStdout: Bool) {
@@ -96,11 +100,11 @@ struct CLI {
                 }
                 try await Task.sleep(for: .milliseconds(20))
             }
-            // Drain what the pipes still hold.
-            stdoutPipe.fileHandleForReading.readabilityHandler = nil
-            stderrPipe.fileHandleForReading.readabilityHandler = nil
-            append(stdoutPipe.fileHandleForReading.readDataToEndOfFile(), toStdout: true)
-            append(stderrPipe.fileHandleForReading.readDataToEndOfFile(), toStdout: false)
+            // Let the readers reach EOF; a grandchild left running (after kill -9) may hold the pipes open, so not forever.
+            let drained = Date().addingTimeInterval(3)
+            while lock.withLock({ openPipes > 0 }) && Date() < drained {
+                try await Task.sleep(for: .milliseconds(10))
+            }
             return lock.withLock {
                 Result(
                     status: process.terminationStatus, stdout: String(decoding: stdoutData, as: UTF8.self),

@@ -16,6 +16,7 @@ final class TCPRelay: @unchecked Sendable {
     init(to targetPort: Int, bytesPerSecond: Int? = nil) throws {
         self.targetPort = targetPort
         rate = bytesPerSecond
+        signal(SIGPIPE, SIG_IGN)  // a write to a connection the other side dropped must fail, not end the test process
         let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var yes: Int32 = 1
         setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
@@ -98,7 +99,7 @@ final class TCPRelay: @unchecked Sendable {
             if count <= 0 { break }
             var sent = 0
             while sent < count {
-                let written = buffer[sent..<count].withUnsafeBytes { write(output, $0.baseAddress, $0.count) }
+                let written = buffer[sent..<count].withUnsafeBytes { send(output, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
                 if written <= 0 { break }
                 sent += written
             }
