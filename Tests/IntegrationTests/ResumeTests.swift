@@ -258,4 +258,40 @@ struct ResumeTests {
         let publication = try await writer.scalar("SELECT count(*) FROM pg_publication WHERE pubname = $1", [names.publication])
         #expect(publication == "0", "the publication the first run created is dropped at cutover")
     }
+
+    @Test("kill -9 during the cutover's teardown, after the barrier was applied: --resume only finishes the teardown")
+    func killDuringTeardown() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await Self.source(tables: 2)
+        let targetDatabase = SharedClusters.uniqueName("teardown")
+        let names = OnlineAbortTests.Names()
+        let state = Self.stateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        let arguments = try await OnlineAbortTests.arguments(sourceDatabase, targetDatabase, names) + ["--state-dir", state]
+        let first = try CLI.start(arguments)
+        #expect(await first.waitForStderr("stage=Lag"))
+        let writer = try await source.connect(database: sourceDatabase)
+        try await writer.execute("INSERT INTO t1 VALUES (999999, 'after the copy')")
+        // Holding a lock on the publication stalls its DROP, the teardown's last step.
+        let blocker = try await source.connect(database: sourceDatabase)
+        try await blocker.execute("BEGIN; ALTER PUBLICATION \(SQL.identifier(names.publication)) SET (publish = 'insert, update, delete, truncate')")
+        first.signal(SIGINT)
+        #expect(await first.waitForStderr("dropped replication slot"))
+        try await Task.sleep(for: .milliseconds(300))
+        first.signal(SIGKILL)
+        let killed = try await first.wait(timeout: 30)
+        #expect(!killed.stderr.contains("stage=Complete"))
+        try await blocker.execute("ROLLBACK")
+
+        let resumed = try await CLI.run(arguments + ["--resume"])
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(resumed.stderr.contains("removing the replication objects it left"))
+        #expect(resumed.stderr.contains("dropped publication"))
+        #expect(!resumed.stderr.contains("stage=Dump") && !resumed.stderr.contains("stage=Lag"))
+        try await Self.expectEqual(sourceDatabase, targetDatabase)
+        #expect(try await Self.replicationObjects(names) == (false, false))
+        let publication = try await writer.scalar("SELECT count(*) FROM pg_publication WHERE pubname = $1", [names.publication])
+        #expect(publication == "0")
+        _ = target
+    }
 }

@@ -57,7 +57,9 @@ struct Cutover {
             events.info(.cutover, "synced \(sequences.synced) sequence(s)", ["sequences": .int(sequences.synced)])
         }
 
-        try await removeReplicationObjects(source: source, target: target)
+        // From here a killed run has nothing left to apply: --resume only finishes the teardown.
+        leftovers.set(\.cutoverBarrier, barrier.description)
+        try await ReplicationTeardown(config: config, events: events, leftovers: leftovers).run(source: source, target: target)
         return Result(barrier: barrier, sequences: sequences)
     }
 
@@ -87,8 +89,17 @@ struct Cutover {
             try await Task.sleep(for: settings.fastPollInterval)
         }
     }
+}
 
-    private func removeReplicationObjects(source: Connection, target: Connection) async throws {
+/// The last step of a cutover: the subscription, the slot and an auto-created
+/// publication dropped (or kept, as told), each recorded as it goes.
+struct ReplicationTeardown {
+    var config: MigrationConfig
+    var events: EventEmitter
+    var leftovers: Leftovers
+    var settings: OnlineSettings { config.online }
+
+    func run(source: Connection, target: Connection) async throws {
         let subscription = Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication)
         if settings.keepSubscription {
             if settings.keepSlot {

@@ -47,6 +47,9 @@ struct OnlineMigration {
             let store = try RunStateStore.open(for: config)
             leftovers.record(in: store)
             let recorded = store.current
+            if config.resume, let barrier = recorded.online.cutoverBarrier.flatMap(LSN.init) {
+                return try await finishCutover(at: barrier, store: store, started: started)
+            }
             if config.resume && recorded.online.subscriptionCreated {
                 slotGuard = startSlotGuard()
                 return try await reattach(store: store, started: started)
@@ -156,6 +159,26 @@ struct OnlineMigration {
                 + "which holds \(formatBytes(Int(reading.retainedBytes))) of WAL",
             ["subscription": .string(settings.subscriptionName), "retained_wal_bytes": .int(Int(reading.retainedBytes))])
         return try await streamAndCutOver(source: source, target: target, report: report, store: store, started: started, warnings: [])
+    }
+
+    /// `--resume` of a run killed after its cutover had applied everything up
+    /// to the barrier and synced sequences: only the teardown is left.
+    private func finishCutover(at barrier: LSN, store: RunStateStore, started: ContinuousClock.Instant) async throws -> MigrationOutcome {
+        events.info(
+            .cutover,
+            "resuming: the interrupted run's cutover had applied everything up to barrier \(barrier) and synced the sequences; "
+                + "removing the replication objects it left", ["barrier_lsn": .string(barrier.description)])
+        let source = try await sourceEndpoint.connect(label: "source-control", stage: .cutover)
+        let target = try await targetEndpoint.connect(label: "target-control", stage: .cutover)
+        try await ReplicationTeardown(config: config, events: events, leftovers: leftovers).run(source: source, target: target)
+        await source.close()
+        await target.close()
+        store.finish()
+        let duration = ContinuousClock.now - started
+        events.info(
+            .complete, "migration complete: every transaction committed on the source before \(barrier) is on the target",
+            ["barrier_lsn": .string(barrier.description), "seconds": .double(duration.seconds)])
+        return MigrationOutcome(mode: .online, cutoverTriggered: true, warnings: [], duration: duration, barrierLSN: barrier)
     }
 
     private var subscription: Subscription {

@@ -37,6 +37,8 @@ struct RunState: Codable, Sendable {
         var slotCreated = false
         var subscriptionCreated = false
         var frozenDatabase: String?
+        /// The cutover's barrier, once the target applied up to it and sequences were synced.
+        var cutoverBarrier: String?
     }
 
     /// The settings of `config` that must not change between a run and its resumption.
