@@ -23,6 +23,10 @@ struct NativeCopyTests {
             INSERT INTO heap_only SELECT g % 5000, repeat(md5((g % 5000)::text), 3) FROM generate_series(1, 60000) g;
             CREATE TABLE small (id int PRIMARY KEY);
             INSERT INTO small VALUES (1), (2), (3);
+            -- Types whose binary form carries server-specific OIDs: copied as text, or they would fail or change.
+            CREATE TYPE mood AS ENUM ('calm', 'busy');
+            CREATE TABLE refs (id int PRIMARY KEY, r regclass, ty regtype, moods mood[]);
+            INSERT INTO refs VALUES (1, 'keyed', 'mood', '{calm,busy}'), (2, 'heap_only', 'int4', NULL);
             """)
         await setup.close()
 
@@ -75,6 +79,31 @@ struct NativeCopyTests {
         #expect((parts("\"public\".\"keyed\"") ?? 0) > 1)
         #expect((parts("\"public\".\"heap_only\"") ?? 0) > 1)
         #expect(parts("\"public\".\"small\"") == 1)
+        #expect(copied.first { $0.detail["table"] == .string("\"public\".\"refs\"") }?.detail["format"] == .string("text"))
+        #expect(copied.first { $0.detail["table"] == .string("\"public\".\"small\"") }?.detail["format"] == .string("binary"))
         #expect(events.all.contains { $0.message.hasPrefix("built \"keyed_n_idx\"") })
+    }
+
+    @Test("text COPY does not depend on the servers' DateStyle, IntervalStyle or float output settings")
+    func textFormatsPinned() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await source.createDatabase(SharedClusters.uniqueName("styles"))
+        let setup = try await source.connect(database: sourceDatabase)
+        try await setup.execute(
+            """
+            CREATE TYPE kind AS ENUM ('a', 'b');  -- forces text COPY for the table
+            CREATE TABLE dated (id int PRIMARY KEY, k kind, d date, ts timestamp, i interval, f float8);
+            INSERT INTO dated VALUES (1, 'a', '2020-01-02', '2020-01-02 03:04:05.678', '1 day 02:03:04', 0.1 + 0.2),
+                                     (2, 'b', '1999-12-31', '1999-12-31 23:59:59', '-3 months', 1e-300);
+            ALTER DATABASE \(SQL.identifier(sourceDatabase)) SET datestyle = 'SQL, DMY';
+            ALTER DATABASE \(SQL.identifier(sourceDatabase)) SET intervalstyle = 'sql_standard';
+            ALTER DATABASE \(SQL.identifier(sourceDatabase)) SET extra_float_digits = -3;
+            """)
+        let targetDatabase = SharedClusters.uniqueName("styles_copy")
+        let outcome = try await OfflineMigrationTests.migrate(source: sourceDatabase, target: targetDatabase) { $0.copyMethod = .native }
+        #expect(outcome.verifyReport?.matches == true, "\(outcome.verifyReport?.problems ?? [])")
+        let expected = try await Fingerprint.of(source, database: sourceDatabase)
+        let actual = try await Fingerprint.of(target, database: targetDatabase)
+        #expect(actual == expected, "\(actual.differences(from: expected))")
     }
 }

@@ -68,8 +68,9 @@ import Testing
             "3403; 2606 16499 FK CONSTRAINT public history history_aid_fkey postgres",
             "3404; 1259 16430 INDEX public other_idx postgres",
             "3405; 0 0 COMMENT - INDEX accounts_bid_idx postgres",
+            "3406; 2606 16420 CONSTRAINT public t t_check postgres",
         ]
-        let filtered = RestoreList(lines: lines).excluding(["16420", "16412", "16499"])
+        let filtered = RestoreList(lines: lines).excluding(["INDEX 16420", "CONSTRAINT 16412", "CONSTRAINT 16499", "INDEX 16430x"])
         #expect(filtered == [
             ";",
             ";3401; 1259 16420 INDEX public accounts_bid_idx postgres",
@@ -77,6 +78,7 @@ import Testing
             "3403; 2606 16499 FK CONSTRAINT public history history_aid_fkey postgres",
             "3404; 1259 16430 INDEX public other_idx postgres",
             "3405; 0 0 COMMENT - INDEX accounts_bid_idx postgres",
+            "3406; 2606 16420 CONSTRAINT public t t_check postgres",
         ])
     }
 }

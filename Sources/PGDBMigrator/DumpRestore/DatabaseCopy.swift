@@ -30,17 +30,17 @@ struct DatabaseCopy {
             await afterDump()
             return try await restore(from: directory, with: copy)
         }
-        let directory = try DumpDirectory.create(at: config.dumpPath)
+        let directory = try DumpDirectory.create(at: config.dumpPath, reclaiming: config.resume)
         var keep = false
         defer { if !keep { directory.remove() } }
-        store.update { $0.copy = RunState.CopyState(dumpPath: directory.root) }
+        try store.update { $0.copy = RunState.CopyState(dumpPath: directory.root) }
         var detail: [String: EventValue] = ["jobs": .int(config.jobs), "path": .string(directory.root)]
         if let snapshot { detail["snapshot"] = .string(snapshot) }
         events.info(.dump, "dumping the source with pg_dump", detail)
         let dumpStarted = ContinuousClock.now
         try await copy.dump(into: directory, snapshot: snapshot)
         await afterDump()
-        store.update { $0.copy.dumpComplete = true }
+        try store.update { $0.copy.dumpComplete = true }
         let dumpSeconds = (ContinuousClock.now - dumpStarted).seconds
         let bytes = directory.size
         events.info(
@@ -56,7 +56,7 @@ struct DatabaseCopy {
     }
 
     private func restore(from directory: DumpDirectory, with copy: DumpRestore) async throws -> [String] {
-        store.update { $0.copy.targetTouched = true }
+        try store.update { $0.copy.targetTouched = true }
         try await prepareTarget()
         events.info(.restore, "restoring into the target with pg_restore", ["jobs": .int(config.jobs)])
         let tolerated = try await copy.restore(from: directory)

@@ -12,13 +12,22 @@ struct DumpDirectory: Sendable {
     /// Where a filtered `pg_restore --list` goes.
     var listPath: String { (root as NSString).appendingPathComponent("post-data.list") }
 
+    /// What we write inside a dump directory.
+    private static let ownFiles: Set<String> = ["dump", "schema.dump", "post-data.list", "post-data.list.tmp"]
+
     /// Creates `requested` (which must not exist or be empty), or a fresh one under `$TMPDIR`.
-    static func create(at requested: String?) throws -> DumpDirectory {
+    /// `reclaiming` (a resumed run) first empties a `requested` directory that holds only what
+    /// an interrupted run of ours wrote there.
+    static func create(at requested: String?, reclaiming: Bool = false) throws -> DumpDirectory {
         let manager = FileManager.default
         if let requested {
             var isDirectory: ObjCBool = false
             if manager.fileExists(atPath: requested, isDirectory: &isDirectory) {
-                let contents = (try? manager.contentsOfDirectory(atPath: requested)) ?? []
+                var contents = (try? manager.contentsOfDirectory(atPath: requested)) ?? []
+                if reclaiming && isDirectory.boolValue && Set(contents).isSubset(of: ownFiles) {
+                    for file in contents { try? manager.removeItem(atPath: (requested as NSString).appendingPathComponent(file)) }
+                    contents = (try? manager.contentsOfDirectory(atPath: requested)) ?? []
+                }
                 guard isDirectory.boolValue, contents.isEmpty else {
                     throw MigrationError(
                         .dump, "--dump-path \(requested) already exists and is not an empty directory",

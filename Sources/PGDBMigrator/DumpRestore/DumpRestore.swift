@@ -26,8 +26,11 @@ struct DumpRestore {
     /// values, large objects, extension configuration tables, materialized
     /// view contents): the tables in `excludingDataOf` are left out by exact name.
     func dumpSchema(into directory: DumpDirectory, snapshot: String, excludingDataOf tables: [QualifiedName]) async throws {
+        // Our catalog session holds the tables' locks: a DDL statement queued behind it would hold
+        // pg_dump's locks forever, and nobody would see a deadlock. Fail after a minute instead.
         let arguments =
-            ["--format=custom", "--file=\(directory.archivePath)"] + tables.map { "--exclude-table-data=\($0.exactPattern)" }
+            ["--format=custom", "--file=\(directory.archivePath)", "--lock-wait-timeout=60000"]
+            + tables.map { "--exclude-table-data=\($0.exactPattern)" }
         try await runPgDump(arguments, snapshot: snapshot)
     }
 
@@ -85,7 +88,7 @@ struct DumpRestore {
         let exit = try await child.run()
         let errors = errorLines(exit, scrubbing: config.target)
         var tolerated: [String] = []
-        if !exit.succeeded && skippingExisting && exit.code == 1 && !errors.isEmpty && errors.allSatisfy({ $0.contains("already exists") }) {
+        if !exit.succeeded && skippingExisting && exit.code == 1 && !errors.isEmpty && errors.allSatisfy({ $0.contains("already exists") || $0.contains("is already member of publication") }) {
             events.info(
                 .restore, "\(errors.count) object(s) of the \(section) section were already made by the interrupted run; skipped",
                 ["section": .string(section), "existing": .list(errors)])

@@ -26,8 +26,9 @@ struct CopyTable: Sendable, Hashable, Codable {
     var columns: String
     /// A single-column integer primary key, quoted, for splitting by key ranges.
     var integerKey: String?
-    /// Every column's type (and array element type) has binary send and receive
-    /// functions, so the table can travel in binary COPY between servers of one major version.
+    /// Every column is of a built-in type (under its domains; or an array of one) with
+    /// binary I/O that carries no object identifiers, so the table can travel in
+    /// binary COPY between servers of one major version.
     var binarySafe: Bool = false
 
     /// `COPY` target list: `"t" ("a", "b")`, or just the table when it has no columns.
@@ -43,6 +44,8 @@ struct IndexBuild: Sendable, Hashable {
     /// The `pg_restore --list` entry this replaces: the index's pg_class oid,
     /// or the constraint's pg_constraint oid.
     var catalogOID: String
+    /// `INDEX` or `CONSTRAINT`: the entry's type, checked with the oid.
+    var entryType: String
     /// What to run, in order, on the target.
     var statements: [String]
 }
@@ -67,12 +70,20 @@ struct CopyCatalog {
                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
                      WHERE i.indrelid = c.oid AND i.indisprimary AND i.indnkeyatts = 1
                        AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)),
-                   NOT EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-                               LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
-                               LEFT JOIN pg_type b ON b.oid = t.typbasetype
+                   NOT EXISTS (SELECT 1 FROM pg_attribute a
+                               JOIN pg_type t ON t.oid = a.atttypid
+                               LEFT JOIN pg_type d ON d.oid = t.typbasetype
+                               -- the type under up to two domains
+                               JOIN pg_type b ON b.oid = CASE WHEN t.typtype <> 'd' THEN t.oid
+                                                              WHEN d.typtype <> 'd' THEN d.oid ELSE d.typbasetype END
+                               LEFT JOIN pg_type e ON e.oid = b.typelem AND b.typcategory = 'A'
                                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-                                 AND (t.typsend = 0 OR t.typreceive = 0 OR e.typsend = 0 OR e.typreceive = 0
-                                      OR b.typsend = 0 OR b.typreceive = 0))
+                                 AND (b.typsend = 0 OR b.typreceive = 0
+                                      -- user types (enums, composites, extension types, and arrays of them) carry
+                                      -- server-specific OIDs in binary; reg* types are raw OIDs
+                                      OR b.oid >= 16384 OR e.oid >= 16384
+                                      OR (b.typnamespace = 'pg_catalog'::regnamespace AND b.typname LIKE 'reg%')
+                                      OR (e.typnamespace = 'pg_catalog'::regnamespace AND e.typname LIKE 'reg%')))
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
@@ -105,6 +116,10 @@ struct CopyCatalog {
                                          AND con.contype IN ('p', 'u', 'x')
             WHERE i.indrelid = ANY($1::oid[]) AND i.indisvalid AND i.indislive
               AND ic.reltablespace = 0 AND NOT ic.relispartition
+              -- pg_dump's INDEX entry carries these too: such indexes are left to pg_restore
+              AND NOT EXISTS (SELECT 1 FROM pg_attribute ia WHERE ia.attrelid = i.indexrelid AND ia.attstattarget > 0)
+              AND NOT EXISTS (SELECT 1 FROM pg_depend x WHERE x.classid = 'pg_class'::regclass AND x.objid = i.indexrelid
+                                                          AND x.deptype = 'x')
             ORDER BY i.indrelid, ic.relname
             """, [oids]
         ).rows.map { row in
@@ -118,7 +133,9 @@ struct CopyCatalog {
             }
             if row[6] == "t" { statements.append("ALTER TABLE ONLY \(table) REPLICA IDENTITY USING INDEX \(index)") }
             if row[7] == "t" { statements.append("ALTER TABLE \(table) CLUSTER ON \(index)") }
-            return IndexBuild(table: table, name: row[1]!, catalogOID: row[4] ?? row[2]!, statements: statements)
+            return IndexBuild(
+                table: table, name: row[1]!, catalogOID: row[4] ?? row[2]!, entryType: row[4] == nil ? "INDEX" : "CONSTRAINT",
+                statements: statements)
         }
     }
 }

@@ -23,7 +23,7 @@ struct NativeCopy {
         snapshot given: String?, prepareTarget: () async throws -> Void, releaseSnapshot: () async -> Void
     ) async throws -> [String] {
         let dumpRestore = DumpRestore(config: config, tools: report.tools, events: events)
-        let directory = try DumpDirectory.create(at: config.dumpPath)
+        let directory = try DumpDirectory.create(at: config.dumpPath, reclaiming: config.resume)
         defer { directory.remove() }
         events.info(
             .dump,
@@ -62,8 +62,10 @@ struct NativeCopy {
             let builds = try await catalog.indexBuilds(of: tables, on: session)
             // A resumed copy keeps the interrupted run's parts, so no range is copied twice or missed.
             let recorded = store.current.copy
-            let resuming = config.resume && recorded.targetPrepared && recorded.plan != nil
-            let parts = resuming ? recorded.plan! : try await plan(tables, on: session)
+            let recordedPlan = config.resume && recorded.targetPrepared ? store.plan : nil
+            let resuming = recordedPlan != nil
+            let parts: [CopyPart]
+            if let recordedPlan { parts = recordedPlan } else { parts = try await plan(tables, on: session) }
             try Task.checkCancellation()
 
             events.info(
@@ -76,35 +78,34 @@ struct NativeCopy {
 
             var tolerated: [String] = []
             if resuming {
-                let done = recorded.parts.values.filter { $0 }.count
+                let done = store.parts.values.filter { $0 }.count
                 events.info(
                     .restore, "resuming the interrupted run recorded in \(store.path): \(done) of \(parts.count) part(s) were copied",
                     ["parts_done": .int(done), "parts": .int(parts.count), "state": .string(store.path)])
             } else {
-                store.update { $0.copy = RunState.CopyState(targetTouched: true) }
+                store.forgetCopy()
+                try store.update { $0.copy = RunState.CopyState(targetTouched: true) }
                 try await prepareTarget()
                 tolerated += try await dumpRestore.restore(section: "pre-data", from: directory.archivePath, jobs: 1)
                 // Sequence values, large objects and extension configuration rows: small, and pg_dump knows them best.
                 tolerated += try await dumpRestore.restore(section: "data", from: directory.archivePath, jobs: config.jobs)
-                store.update {
-                    $0.copy.targetPrepared = true
-                    $0.copy.plan = parts
-                }
+                try store.recordPlan(parts)
+                try store.update { $0.copy.targetPrepared = true }
             }
             tolerated += try await copyData(parts, builds: builds, snapshot: snapshot, resuming: resuming)
             await release()
 
             guard !(resuming && recorded.postDataDone) else { return tolerated }
             let contents = try await dumpRestore.tableOfContents(of: directory.archivePath, writingTo: directory.listPath)
-            let list = RestoreList(lines: contents).excluding(Set(builds.map(\.catalogOID)))
+            let list = RestoreList(lines: contents).excluding(Set(builds.map { "\($0.entryType) \($0.catalogOID)" }))
             try list.joined(separator: "\n").write(toFile: directory.listPath, atomically: true, encoding: .utf8)
             // A post-data pass the interrupted run began is run again; what it already made is skipped.
             let rerun = resuming && recorded.postDataStarted
-            store.update { $0.copy.postDataStarted = true }
+            try store.update { $0.copy.postDataStarted = true }
             tolerated += try await dumpRestore.restore(
                 section: "post-data", from: directory.archivePath, jobs: config.indexJobs, list: directory.listPath,
                 skippingExisting: rerun, serverOptions: "-c maintenance_work_mem=\(config.maintenanceWorkMem / 1024)kB")
-            store.update { $0.copy.postDataDone = true }
+            try store.update { $0.copy.postDataDone = true }
             return tolerated
         } catch {
             await release()
@@ -125,7 +126,10 @@ struct NativeCopy {
                 let row = try await session.query("SELECT min(\(key))::text, max(\(key))::text FROM ONLY \(table.name)").rows[0]
                 if let low = row[0].flatMap({ Int64($0) }), let high = row[1].flatMap({ Int64($0) }) { bounds = (low, high) }
             }
-            parts += plan.parts(of: table, keyBounds: bounds)
+            // Without TID range scans (before PostgreSQL 14) every block part would read the whole table.
+            let splittable = bounds != nil || report.sourceServerVersion >= 140_000
+            parts += splittable
+                ? plan.parts(of: table, keyBounds: bounds) : [CopyPart(table: table, index: 0, count: 1, range: nil, bytes: table.bytes)]
         }
         return CopyPlan.ordered(parts)
     }
@@ -163,16 +167,29 @@ struct NativeCopy {
                         }
                     }
                     let source = try await source.connect(label: "copy-out-\(worker)", stage: .restore)
+                    defer { Task { await source.close() } }
                     let target = try await target.connect(label: "copy-in-\(worker)", stage: .restore)
-                    defer { Task { await source.close(); await target.close() } }
-                    try await source.keepAliveWhileIdle()
+                    defer { Task { await target.close() } }
+                    for session in [source, target] {
+                        try await session.keepAliveWhileIdle()
+                        try await session.pinTextFormats(encoding: report.sourceDatabase.encoding)
+                    }
                     try await source.importSnapshot(snapshot)
-                    try await target.keepAliveWhileIdle()
                     let copy = TableCopy(source: source, target: target, binaryAllowed: binaryAllowed)
                     while let part = await queue.next() {
                         try Task.checkCancellation()
+                        // A DDL statement queued behind the catalog session's lock would hold this COPY,
+                        // and the DDL would wait for us: fail at once instead (as pg_dump's workers do).
+                        do {
+                            try await source.execute("LOCK TABLE ONLY \(part.table.name) IN ACCESS SHARE MODE NOWAIT")
+                        } catch let error as PostgresError {
+                            throw MigrationError(
+                                .restore, "cannot lock \(part.table.name) on the source without waiting: \(error.message)",
+                                fix: "another session is waiting to change that table (DDL); let it finish or stop it, "
+                                    + "then rerun the same command with --resume")
+                        }
                         progress.started(part)
-                        store.update { $0.copy.parts[part.key] = false }
+                        try store.record(.started, part: part.key)
                         let result: TableCopy.Result
                         do {
                             result = try await copy.run(part, clearing: clearing.contains(part.key)) { progress.advance(part, by: $0) }
@@ -182,7 +199,7 @@ struct NativeCopy {
                                 fix: "nothing was committed for this part; once the cause is fixed, rerun the same command "
                                     + "with --resume to carry on from the parts already copied")
                         }
-                        store.update { $0.copy.parts[part.key] = true }
+                        try store.record(.committed, part: part.key)
                         if let finished = progress.finished(part, rows: result.rows, binary: result.binary) {
                             events.info(.restore, finished.message, finished.detail)
                             for build in buildsByTable[part.table.name] ?? [] { await indexWork.append(build) }
@@ -209,7 +226,7 @@ struct NativeCopy {
     /// (`clearing`), and a table split by blocks is emptied and copied again
     /// in full, because block ranges of two snapshots cannot be mixed.
     private func remainingWork(_ parts: [CopyPart]) async throws -> (work: [CopyPart], finished: [CopyTable], clearing: Set<String>) {
-        let recorded = store.current.copy.parts
+        let recorded = store.parts
         var work: [CopyPart] = []
         var finished: [CopyTable] = []
         var clearing: Set<String> = []
@@ -237,7 +254,7 @@ struct NativeCopy {
                 try await target.execute("TRUNCATE ONLY \(table.name)")
             }
             let keys = Set(emptied.flatMap { table in parts.filter { $0.table == table }.map(\.key) })
-            store.update { state in for key in keys { state.copy.parts[key] = nil } }
+            for key in keys { try store.record(.reset, part: key) }
         }
         return (CopyPlan.ordered(work), finished, clearing)
     }
@@ -267,13 +284,14 @@ struct NativeCopy {
             if target == nil {
                 let session = try await self.target.connect(label: "index-\(worker)", stage: .restore)
                 try await session.keepAliveWhileIdle()
-                try await session.execute("SET search_path = ''")
+                try await session.execute("SET search_path = ''; SET default_tablespace = ''")
                 try await session.raiseMaintenanceWorkMem(to: config.maintenanceWorkMem)
                 target = session
             }
             let started = ContinuousClock.now
             do {
-                for statement in build.statements { try await target!.execute(statement) }
+                // One transaction: a kill never leaves an index without its replica identity or CLUSTER mark.
+                try await target!.execute((["BEGIN"] + build.statements + ["COMMIT"]).joined(separator: "; "))
             } catch let error as PostgresError {
                 let message = "building \(SQL.identifier(build.name)) on \(build.table) failed: \(error)"
                 guard config.allowRestoreErrors else {
@@ -301,18 +319,30 @@ struct NativeCopy {
 struct RestoreList {
     var lines: [String]
 
-    func excluding(_ catalogOIDs: Set<String>) -> [String] {
+    /// `built` holds `INDEX <pg_class oid>` and `CONSTRAINT <pg_constraint oid>`:
+    /// the type and the catalog (1259 pg_class, 2606 pg_constraint) are checked
+    /// with the oid, which alone may repeat across catalogs.
+    func excluding(_ built: Set<String>) -> [String] {
         lines.map { line in
             let fields = line.split(separator: " ", maxSplits: 4)
-            guard fields.count >= 4, fields[0].hasSuffix(";"), ["INDEX", "CONSTRAINT"].contains(fields[3]),
-                catalogOIDs.contains(String(fields[2]))
-            else { return line }
+            guard fields.count >= 4, fields[0].hasSuffix(";") else { return line }
+            let catalog = fields[3] == "INDEX" ? "1259" : fields[3] == "CONSTRAINT" ? "2606" : nil
+            guard let catalog, fields[1] == catalog, built.contains("\(fields[3]) \(fields[2])") else { return line }
             return ";" + line
         }
     }
 }
 
 extension Connection {
+    /// Text COPY is read and written in the session's formats: both ends use
+    /// the same unambiguous ones (pg_dump's), whatever the servers' defaults,
+    /// and the source database's encoding, which the target converts from.
+    func pinTextFormats(encoding: String) async throws {
+        try await execute(
+            "SET datestyle = ISO; SET intervalstyle = postgres; SET extra_float_digits = 3; "
+                + "SET client_encoding = \(SQL.literal(encoding))")
+    }
+
     /// Index builds sort: more memory keeps the sort out of temporary files.
     /// Raises the session's `maintenance_work_mem` to `bytes`, never lowers it.
     func raiseMaintenanceWorkMem(to bytes: Int) async throws {

@@ -20,12 +20,14 @@ final class Leftovers: Sendable {
         state.withLock { $0 = recorded }
     }
 
+    /// Records the change at once (in order: under the lock). The replication objects are
+    /// also found by name on `--resume`, so a state that cannot be written is not fatal here.
     func set<Value>(_ field: WritableKeyPath<State, Value> & Sendable, _ value: Value) {
-        let current = state.withLock {
-            $0[keyPath: field] = value
-            return $0
+        let store = self.store.withLock { $0 }
+        state.withLock { state in
+            state[keyPath: field] = value
+            try? store?.update { $0.online = state }
         }
-        store.withLock { $0 }?.update { $0.online = current }
     }
 
     /// One line per object left in place, with the command that removes it.

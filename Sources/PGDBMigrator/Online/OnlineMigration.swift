@@ -55,20 +55,26 @@ struct OnlineMigration {
                 return try await reattach(store: store, started: started)
             }
             var migration = self
-            if config.resume && recorded.online.slotCreated {
-                // The exported snapshot lived in the killed process: the copy cannot go on from it.
-                events.warning(
-                    .validate,
-                    "resuming: the interrupted run died during the copy, and its snapshot died with it; the copy starts again "
-                        + "from a new replication slot (the old slot is dropped, the target database made again)")
+            if config.resume {
+                // The exported snapshot lived in the killed process: a copy cannot go on from it. A slot or
+                // subscription of our names is the interrupted run's (it may have died before recording one).
+                let removedSubscription = try await Subscription.remove(for: config)
                 let source = try await sourceEndpoint.connect()
-                _ = try await ReplicationSlot.drop(named: settings.slotName, on: source)
+                let droppedSlot = try await ReplicationSlot.drop(named: settings.slotName, on: source)
                 await source.close()
+                if droppedSlot || removedSubscription || recorded.copy.targetTouched {
+                    events.warning(
+                        .validate,
+                        "resuming: the interrupted run died during the copy, and its snapshot died with it; the copy starts again "
+                            + "from a new replication slot (the old slot is dropped, the target database made again)")
+                    migration.config.dropTargetFirst = true
+                }
                 leftovers.set(\.slotCreated, false)
-                store.update { $0.copy = RunState.CopyState() }
-                migration.config.dropTargetFirst = true
-            } else if config.resume && recorded.copy.targetTouched {
-                migration.config.dropTargetFirst = true
+                leftovers.set(\.subscriptionCreated, false)
+                // A --dump-path the killed run left full is ours to empty (the copy below creates it again).
+                if let path = config.dumpPath { try DumpDirectory.create(at: path, reclaiming: true).remove() }
+                store.forgetCopy()
+                try store.update { $0.copy = RunState.CopyState() }
             }
             migration.config.resume = false  // from here on, a fresh copy
             return try await migration.copyAndStream(store: store, started: started, slot: &slot, slotGuard: &slotGuard)
@@ -152,6 +158,12 @@ struct OnlineMigration {
             throw MigrationError(
                 .streamApply, "the subscription \(SQL.identifier(settings.subscriptionName)) no longer exists on the target", fix: fix)
         }
+        if let frozen = leftovers.snapshot.frozenDatabase {
+            // The interrupted cutover froze the source and never finished: writes resume until the next cutover.
+            try await SourceFreeze(database: frozen).unfreeze(on: source)
+            leftovers.set(\.frozenDatabase, nil)
+            events.warning(.streamApply, "the interrupted cutover had made the source database \(SQL.identifier(frozen)) read-only; it accepts writes again")
+        }
         try await subscription.enable(on: target)
         events.info(
             .streamApply,
@@ -175,9 +187,12 @@ struct OnlineMigration {
         await target.close()
         store.finish()
         let duration = ContinuousClock.now - started
+        let undo = leftovers.snapshot.frozenDatabase.map { SourceFreeze(database: $0).undoSQL }
         events.info(
-            .complete, "migration complete: every transaction committed on the source before \(barrier) is on the target",
-            ["barrier_lsn": .string(barrier.description), "seconds": .double(duration.seconds)])
+            .complete, "migration complete: every transaction committed on the source before \(barrier) is on the target"
+                + (undo.map { "; the source database stays read-only, undo with: \($0)" } ?? ""),
+            ["barrier_lsn": .string(barrier.description), "seconds": .double(duration.seconds)]
+                .merging(undo.map { ["undo_freeze": EventValue.string($0)] } ?? [:]) { a, _ in a })
         return MigrationOutcome(mode: .online, cutoverTriggered: true, warnings: [], duration: duration, barrierLSN: barrier)
     }
 

@@ -21,10 +21,6 @@ struct RunState: Codable, Sendable {
         var targetTouched = false
         /// The target database holds the schema (pre-data) and pg_dump's small data: from here the copy is resumable.
         var targetPrepared = false
-        /// The parts, as first planned: a resumed copy keeps the same ranges.
-        var plan: [CopyPart]?
-        /// Part key → whether its COPY was committed (`true`) or only started (`false`).
-        var parts: [String: Bool] = [:]
         var postDataStarted = false
         var postDataDone = false
         /// The dump method: a finished dump that a resumed run restores again instead of dumping.
@@ -75,30 +71,91 @@ struct RunState: Codable, Sendable {
 }
 
 /// The run state on disk, shared by everything that records progress.
-/// Every change is written at once: to a temporary file, flushed, then
-/// renamed over the old one, so a crash leaves the old state or the new one.
+///
+/// `state.json` is small and rewritten on each change: to a temporary file,
+/// flushed, then renamed over the old one, so a crash leaves the old state or
+/// the new one. The copy's plan is written once (`plan.json`), and each part
+/// started or committed is a line appended to `parts.log` and flushed, so
+/// recording progress costs the same for the ten-thousandth table as for the first.
 final class RunStateStore: Sendable {
     let path: String
+    private let directory: String
     private let state: Mutex<RunState>
+    private let log = Mutex(())
 
     private init(path: String, state: RunState) {
         self.path = path
+        directory = (path as NSString).deletingLastPathComponent
         self.state = Mutex(state)
     }
 
     var current: RunState { state.withLock { $0 } }
 
-    /// Changes the state and writes it before returning.
-    func update(_ change: (inout RunState) -> Void) {
-        state.withLock { state in
+    /// Changes the state and writes it before returning; throws when it cannot be
+    /// written, because progress that is not recorded could be copied twice.
+    func update(_ change: (inout RunState) -> Void) throws {
+        try state.withLock { state in
             change(&state)
-            Self.write(state, to: path)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try Self.write(try encoder.encode(state), to: path)
         }
+    }
+
+    private var planPath: String { (directory as NSString).appendingPathComponent("plan.json") }
+    private var partsPath: String { (directory as NSString).appendingPathComponent("parts.log") }
+
+    /// Starts recording a copy of `parts`: the plan, and an empty log.
+    func recordPlan(_ parts: [CopyPart]) throws {
+        try Self.write(try JSONEncoder().encode(parts), to: planPath)
+        try Self.write(Data(), to: partsPath)
+    }
+
+    /// The recorded plan, if a copy was planned.
+    var plan: [CopyPart]? {
+        FileManager.default.contents(atPath: planPath).flatMap { try? JSONDecoder().decode([CopyPart].self, from: $0) }
+    }
+
+    enum PartEvent: String {
+        case started, committed, reset
+    }
+
+    func record(_ event: PartEvent, part key: String) throws {
+        try log.withLock { _ in
+            let fd = Foundation.open(partsPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+            guard fd >= 0 else { throw Self.writeError(partsPath) }
+            defer { close(fd) }
+            let line = Array("\(event.rawValue) \(key)\n".utf8)
+            guard Foundation.write(fd, line, line.count) == line.count, fsync(fd) == 0 else { throw Self.writeError(partsPath) }
+        }
+    }
+
+    /// Part key → committed (`true`) or only started (`false`), from the log.
+    var parts: [String: Bool] {
+        guard let text = try? String(contentsOfFile: partsPath, encoding: .utf8) else { return [:] }
+        var parts: [String: Bool] = [:]
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: " ", maxSplits: 1).map(String.init)
+            guard fields.count == 2, let event = PartEvent(rawValue: fields[0]) else { continue }  // a torn last line
+            switch event {
+            case .started: parts[fields[1]] = parts[fields[1]] ?? false
+            case .committed: parts[fields[1]] = true
+            case .reset: parts[fields[1]] = nil
+            }
+        }
+        return parts
+    }
+
+    /// Forgets a copy's plan and parts (a copy that starts over).
+    func forgetCopy() {
+        try? FileManager.default.removeItem(atPath: planPath)
+        try? FileManager.default.removeItem(atPath: partsPath)
     }
 
     /// The run is complete: its state is removed, so a later `--resume` finds nothing to do.
     func finish() {
         state.withLock { $0.completed = true }
+        forgetCopy()
         try? FileManager.default.removeItem(atPath: path)
     }
 
@@ -133,7 +190,8 @@ final class RunStateStore: Sendable {
         }
         guard config.resume else {
             let store = RunStateStore(path: path, state: RunState(settings: settings))
-            store.update { _ in }
+            store.forgetCopy()
+            try store.update { _ in }
             return store
         }
         guard let data = FileManager.default.contents(atPath: path) else {
@@ -162,17 +220,20 @@ final class RunStateStore: Sendable {
         return RunStateStore(path: path, state: recorded)
     }
 
-    private static func write(_ state: RunState, to path: String) {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        guard let data = try? encoder.encode(state) else { return }
+    /// Writes `data` to `path` durably: a temporary file, flushed, renamed over it.
+    private static func write(_ data: Data, to path: String) throws {
         let temporary = path + ".tmp"
         let fd = Foundation.open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        guard fd >= 0 else { return }
-        let written = data.withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
-        fsync(fd)
+        guard fd >= 0 else { throw writeError(temporary) }
+        let written = data.withUnsafeBytes { data.isEmpty ? 0 : Foundation.write(fd, $0.baseAddress, $0.count) }
+        let flushed = fsync(fd) == 0
         close(fd)
-        guard written == data.count else { return }
-        rename(temporary, path)
+        guard written == data.count, flushed, rename(temporary, path) == 0 else { throw writeError(path) }
+    }
+
+    private static func writeError(_ path: String) -> MigrationError {
+        MigrationError(
+            .validate, "cannot record progress in \(path): \(String(cString: strerror(errno)))",
+            fix: "free space there or pass --state-dir with a writable directory; progress that is not recorded could be copied twice")
     }
 }

@@ -9,12 +9,17 @@ struct ExportedSnapshot: Sendable {
 
     static func export(from source: Endpoint) async throws -> ExportedSnapshot {
         let holder = try await source.connect(label: "snapshot", stage: .dump)
-        try await holder.keepAliveWhileIdle()
-        try await holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        guard let name = try await holder.scalar("SELECT pg_export_snapshot()") else {
-            throw MigrationError(.dump, "pg_export_snapshot() returned nothing")
+        do {
+            try await holder.keepAliveWhileIdle()
+            try await holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            guard let name = try await holder.scalar("SELECT pg_export_snapshot()") else {
+                throw MigrationError(.dump, "pg_export_snapshot() returned nothing")
+            }
+            return ExportedSnapshot(name: name, holder: holder)
+        } catch {
+            await holder.close()
+            throw error
         }
-        return ExportedSnapshot(name: name, holder: holder)
     }
 
     private init(name: String, holder: Connection) {
