@@ -16,6 +16,9 @@ struct EventRenderer: Sendable {
             write(JSONLine.encode(event), to: .standardOutput)
             return
         }
+        if event.detail["progress"] == .string("table") {
+            return  // per-table progress is for programs; the overall line below names the parts in flight
+        }
         if event.detail["progress"] == .bool(true) {
             // On a terminal, progress is one live line rewritten in place; in a log, a line each time.
             if Self.terminal {

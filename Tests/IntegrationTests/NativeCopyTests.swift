@@ -106,4 +106,38 @@ struct NativeCopyTests {
         let actual = try await Fingerprint.of(target, database: targetDatabase)
         #expect(actual == expected, "\(actual.differences(from: expected))")
     }
+
+    @Test("--json: a progress event every two seconds, and one per table part in flight; people see the parts folded into one line")
+    func jsonProgress() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await ResumeTests.source()
+        let relay = try TCPRelay(to: target.port, bytesPerSecond: 2_000_000)  // a copy of several seconds
+        defer { relay.stop() }
+        let result = try await CLI.run([
+            "--json", "--verify", "off", "--source", source.url(database: sourceDatabase),
+            "--target", ResumeTests.url(port: relay.port, database: SharedClusters.uniqueName("json_progress")),
+            "--state-dir", ResumeTests.stateDirectory(),
+        ])
+        #expect(result.status == 0, "\(result.stderr)")
+        let objects = try result.stdout.split(separator: "\n").map {
+            try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+        }
+        let details = objects.compactMap { $0["detail"] as? [String: Any] }
+        let overall = details.filter { $0["progress"] as? Bool == true }
+        let perTable = details.filter { $0["progress"] as? String == "table" }
+        #expect(overall.count >= 2, "\(overall)")
+        #expect(overall.contains { ($0["bytes"] as? Int ?? 0) > 0 && $0["eta_seconds"] != nil && $0["bytes_per_second"] != nil })
+        #expect(!perTable.isEmpty)
+        #expect(perTable.allSatisfy { ($0["table"] as? String)?.hasPrefix("\"public\".\"t") == true && $0["bytes"] is Int })
+
+        // For people: the overall line names the parts in flight; the per-part events are not printed.
+        let forPeople = try await CLI.run([
+            "--verify", "off", "--source", source.url(database: sourceDatabase),
+            "--target", ResumeTests.url(port: relay.port, database: SharedClusters.uniqueName("log_progress")),
+            "--state-dir", ResumeTests.stateDirectory(),
+        ])
+        #expect(forPeople.status == 0, "\(forPeople.stderr)")
+        #expect(forPeople.stderr.contains("copy progress: ") && forPeople.stderr.contains("; copying \"public\".\"t"))
+        #expect(!forPeople.stderr.contains("stage=Restore copying \"public\"."), "per-part events are for programs")
+    }
 }

@@ -102,11 +102,27 @@ final class CopyProgress: Sendable {
             detail: ["tables": .int(tables), "bytes": .int(bytes), "seconds": .double(seconds), "bytes_per_second": .double(rate)])
     }
 
-    /// Emits ``current`` at once, then every `interval` until cancelled.
+    /// One line per part being copied, for programs (`"progress": "table"`;
+    /// people see them folded into ``current``).
+    var tables: [Line] {
+        state.withLock { state in
+            state.inFlight.sorted { $0.key.label < $1.key.label }.map { part, bytes in
+                Line(
+                    message: "copying \(part.label): \(formatBytes(bytes)) of about \(formatBytes(part.bytes)) on disk",
+                    detail: [
+                        "progress": .string("table"), "table": .string(part.table.name.description), "part": .int(part.index + 1),
+                        "parts": .int(part.count), "bytes": .int(bytes), "estimated_bytes": .int(part.bytes),
+                    ])
+            }
+        }
+    }
+
+    /// Emits ``current`` and ``tables`` at once, then every `interval` until cancelled.
     func report(every interval: Duration, to events: EventEmitter) async {
         repeat {
             let line = current
             events.info(.restore, line.message, line.detail)
+            for table in tables { events.info(.restore, table.message, table.detail) }
         } while (try? await Task.sleep(for: interval)) != nil
     }
 }
