@@ -148,6 +148,37 @@ struct ResumeTests {
         try await Self.expectEqual(sourceDatabase, targetDatabase)
     }
 
+    @Test("DDL queued behind the copy's locks: the run stops at once naming the table, instead of both waiting forever; --resume finishes")
+    func ddlDuringCopy() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await Self.source()
+        let targetDatabase = SharedClusters.uniqueName("ddl")
+        let relay = try TCPRelay(to: target.port, bytesPerSecond: 3_000_000)
+        defer { relay.stop() }
+        let state = Self.stateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        let arguments = [
+            "--source", source.url(database: sourceDatabase), "--target", Self.url(port: relay.port, database: targetDatabase),
+            "--jobs", "1", "--state-dir", state,
+        ]
+        let first = try CLI.start(arguments)
+        #expect(await first.waitForStderr(#"copied "public"."#))
+        // t1, the smallest, is copied last: an ALTER on it now waits for the catalog session's lock.
+        let ddl = try await source.connect(database: sourceDatabase)
+        let altering = Task { _ = try await ddl.execute("BEGIN; ALTER TABLE t1 ADD COLUMN added int") }
+        let failed = try await first.wait(timeout: 60)
+        try await altering.value  // granted once the run's sessions are gone
+        try await ddl.execute("ROLLBACK")
+        #expect(failed.status == 1, "\(failed.stderr)")
+        #expect(failed.stderr.contains(#"cannot lock "public"."t1" on the source without waiting"#), "\(failed.stderr)")
+        #expect(failed.stderr.contains("--resume"))
+
+        relay.bytesPerSecond = nil
+        let resumed = try await CLI.run(arguments + ["--resume"])
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        try await Self.expectEqual(sourceDatabase, targetDatabase)
+    }
+
     @Test("a source that kills idle transactions after 300 ms cannot end the snapshot holder mid-copy")
     func snapshotHolderTimeouts() async throws {
         let (source, target) = try await SharedClusters.get()

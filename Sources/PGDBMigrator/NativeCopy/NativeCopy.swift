@@ -178,21 +178,19 @@ struct NativeCopy {
                     let copy = TableCopy(source: source, target: target, binaryAllowed: binaryAllowed)
                     while let part = await queue.next() {
                         try Task.checkCancellation()
-                        // A DDL statement queued behind the catalog session's lock would hold this COPY,
-                        // and the DDL would wait for us: fail at once instead (as pg_dump's workers do).
+                        let result: TableCopy.Result
                         do {
+                            // A DDL statement queued behind the catalog session's lock would hold this COPY,
+                            // and the DDL would wait for us: fail at once instead (as pg_dump's workers do).
                             try await source.execute("LOCK TABLE ONLY \(part.table.name) IN ACCESS SHARE MODE NOWAIT")
-                        } catch let error as PostgresError {
+                            progress.started(part)
+                            try store.record(.started, part: part.key)
+                            result = try await copy.run(part, clearing: clearing.contains(part.key)) { progress.advance(part, by: $0) }
+                        } catch let error as PostgresError where error.sqlState == "55P03" {  // lock_not_available
                             throw MigrationError(
                                 .restore, "cannot lock \(part.table.name) on the source without waiting: \(error.message)",
                                 fix: "another session is waiting to change that table (DDL); let it finish or stop it, "
                                     + "then rerun the same command with --resume")
-                        }
-                        progress.started(part)
-                        try store.record(.started, part: part.key)
-                        let result: TableCopy.Result
-                        do {
-                            result = try await copy.run(part, clearing: clearing.contains(part.key)) { progress.advance(part, by: $0) }
                         } catch let error as PostgresError {
                             throw MigrationError(
                                 .restore, "copying \(part.label) failed: \(error)",
