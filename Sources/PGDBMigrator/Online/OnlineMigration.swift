@@ -185,15 +185,28 @@ struct OnlineMigration {
         try await ReplicationTeardown(config: config, events: events, leftovers: leftovers).run(source: source, target: target)
         await source.close()
         await target.close()
+        return complete(at: barrier, started: started, store: store, warnings: [], sequenceFailures: nil)
+    }
+
+    /// Complete: the recorded progress is removed and the outcome reported, with
+    /// the SQL that undoes a freeze when the source stays read-only.
+    private func complete(
+        at barrier: LSN, started: ContinuousClock.Instant, store: RunStateStore, warnings: [String], sequenceFailures: [String: String]?
+    ) -> MigrationOutcome {
         store.finish()
         let duration = ContinuousClock.now - started
         let undo = leftovers.snapshot.frozenDatabase.map { SourceFreeze(database: $0).undoSQL }
+        var detail: [String: EventValue] = ["barrier_lsn": .string(barrier.description), "seconds": .double(duration.seconds)]
+        if let sequenceFailures { detail["sequences_failed"] = .int(sequenceFailures.count) }
+        if let undo { detail["undo_freeze"] = .string(undo) }
         events.info(
-            .complete, "migration complete: every transaction committed on the source before \(barrier) is on the target"
+            .complete,
+            "migration complete: every transaction committed on the source before \(barrier) is on the target"
                 + (undo.map { "; the source database stays read-only, undo with: \($0)" } ?? ""),
-            ["barrier_lsn": .string(barrier.description), "seconds": .double(duration.seconds)]
-                .merging(undo.map { ["undo_freeze": EventValue.string($0)] } ?? [:]) { a, _ in a })
-        return MigrationOutcome(mode: .online, cutoverTriggered: true, warnings: [], duration: duration, barrierLSN: barrier)
+            detail)
+        return MigrationOutcome(
+            mode: .online, cutoverTriggered: true, warnings: warnings, duration: duration, barrierLSN: barrier,
+            sequenceFailures: sequenceFailures ?? [:])
     }
 
     private var subscription: Subscription {
@@ -242,26 +255,11 @@ struct OnlineMigration {
         events.info(.cutover, "cutover requested")
         let result = try await Cutover(config: config, events: events, monitor: monitor, leftovers: leftovers).run()
         await analyzed
-        store.finish()
-        let duration = ContinuousClock.now - started
-        var detail: [String: EventValue] = [
-            "barrier_lsn": .string(result.barrier.description), "seconds": .double(duration.seconds),
-            "sequences_failed": .int(result.sequences.failures.count),
-        ]
-        if let frozen = leftovers.snapshot.frozenDatabase {
-            detail["undo_freeze"] = .string(SourceFreeze(database: frozen).undoSQL)
-        }
-        events.info(
-            .complete,
-            "migration complete: every transaction committed on the source before \(result.barrier) is on the target"
-                + (leftovers.snapshot.frozenDatabase.map { "; the source database stays read-only, undo with: \(SourceFreeze(database: $0).undoSQL)" } ?? ""),
-            detail)
         let (lastSource, lastTarget) = await monitor.connections
         await lastSource.close()
         await lastTarget.close()
-        return MigrationOutcome(
-            mode: .online, cutoverTriggered: true, warnings: warnings, duration: duration,
-            barrierLSN: result.barrier, sequenceFailures: result.sequences.failures)
+        return complete(
+            at: result.barrier, started: started, store: store, warnings: warnings, sequenceFailures: result.sequences.failures)
     }
 
     /// Lag events every poll interval (faster once within the threshold) until cutover is requested.
