@@ -57,9 +57,9 @@ struct Cleanup {
         await source.close()
 
         // The recorded progress of the run: with its objects gone, there is nothing left to resume.
-        let state = (RunStateStore.directory(for: config) as NSString).appendingPathComponent("state.json")
+        let state = RunStateStore.statePath(for: config)
         if FileManager.default.fileExists(atPath: state) {
-            if !settings.dryRun { try? FileManager.default.removeItem(atPath: state) }
+            if !settings.dryRun { RunStateStore.discard(for: config) }
             found.append("\(settings.dryRun ? "would remove" : "removed") the recorded progress of the interrupted run (\(state))")
         }
 

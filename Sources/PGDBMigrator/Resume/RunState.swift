@@ -14,7 +14,6 @@ struct RunState: Codable, Sendable {
     var settings: [String: String]
     var copy = CopyState()
     var online = OnlineState()
-    var completed = false
 
     struct CopyState: Codable, Sendable {
         /// The run has begun to create or fill the target database: what is there is ours to redo.
@@ -154,9 +153,18 @@ final class RunStateStore: Sendable {
 
     /// The run is complete: its state is removed, so a later `--resume` finds nothing to do.
     func finish() {
-        state.withLock { $0.completed = true }
         forgetCopy()
         try? FileManager.default.removeItem(atPath: path)
+    }
+
+    /// `state.json` of the run `config` describes.
+    static func statePath(for config: MigrationConfig) -> String {
+        (directory(for: config) as NSString).appendingPathComponent("state.json")
+    }
+
+    /// Removes the recorded progress of the run `config` describes (`--mode cleanup`).
+    static func discard(for config: MigrationConfig) {
+        RunStateStore(path: statePath(for: config), state: RunState(settings: [:])).finish()
     }
 
     /// Where a run's state lives: `--state-dir`, else one directory per target
@@ -178,7 +186,7 @@ final class RunStateStore: Sendable {
     /// with it, it continues the recorded run, refusing a changed configuration.
     static func open(for config: MigrationConfig, stage: Stage = .validate) throws -> RunStateStore {
         let directory = directory(for: config)
-        let path = (directory as NSString).appendingPathComponent("state.json")
+        let path = statePath(for: config)
         let settings = RunState.settings(of: config)
         do {
             try FileManager.default.createDirectory(
@@ -204,11 +212,6 @@ final class RunStateStore: Sendable {
             recorded = try JSONDecoder().decode(RunState.self, from: data)
         } catch {
             throw MigrationError(stage, "--resume: \(path) cannot be read (\(error))", fix: "run without --resume to start over")
-        }
-        guard !recorded.completed else {
-            throw MigrationError(
-                stage, "--resume: the run recorded at \(path) already completed; there is nothing to resume",
-                fix: "run without --resume to migrate again")
         }
         let changes = RunState.changes(from: recorded.settings, to: settings)
         guard changes.isEmpty else {
