@@ -46,6 +46,10 @@ import Testing
         #expect(parts.map(\.range) == [.blocks(from: nil, to: 30), .blocks(from: 30, to: 60), .blocks(from: 60, to: nil)])
         #expect(parts[1].range?.condition == "ctid >= '(30,0)'::tid AND ctid < '(60,0)'::tid")
         #expect(CopyPlan(splitBytes: 100).parts(of: Self.table(bytes: 300, blocks: 1), keyBounds: nil).count == 1)
+        // Before PostgreSQL 14 (no TID range scans) a table without a key is copied whole.
+        let whole = CopyPlan(splitBytes: 100, blockRanges: false).parts(of: Self.table(bytes: 300, blocks: 90), keyBounds: nil)
+        #expect(whole.count == 1 && whole[0].isWholeTable)
+        #expect(CopyPlan(splitBytes: 100, blockRanges: false).parts(of: Self.table(bytes: 300, key: "\"id\""), keyBounds: (1, 900)).count == 3)
     }
 
     @Test("parts are capped, ordered largest first")

@@ -28,7 +28,9 @@ struct DatabaseCopy {
             let directory = DumpDirectory(root: path)
             events.info(.dump, "reusing the dump the interrupted run finished in \(path)", ["path": .string(path)])
             await afterDump()
-            return try await restore(from: directory, with: copy)
+            let tolerated = try await restore(from: directory, with: copy)
+            directory.remove()
+            return tolerated
         }
         let directory = try DumpDirectory.create(at: config.dumpPath, reclaiming: config.resume)
         var keep = false
@@ -59,9 +61,7 @@ struct DatabaseCopy {
         try store.update { $0.copy.targetTouched = true }
         try await prepareTarget()
         events.info(.restore, "restoring into the target with pg_restore", ["jobs": .int(config.jobs)])
-        let tolerated = try await copy.restore(from: directory)
-        directory.remove()
-        return tolerated
+        return try await copy.restore(from: directory)
     }
 
     /// Creates (or re-creates) the target database, and the schemas of tables selected by `--table`.

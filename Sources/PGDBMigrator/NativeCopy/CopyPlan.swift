@@ -27,6 +27,9 @@ struct CopyPart: Sendable, Hashable, Codable {
         }
     }
 
+    /// The whole table as one part.
+    static func whole(_ table: CopyTable) -> CopyPart { CopyPart(table: table, index: 0, count: 1, range: nil, bytes: table.bytes) }
+
     var isWholeTable: Bool { range == nil }
     var isBlockRange: Bool {
         if case .blocks = range { return true }
@@ -49,6 +52,9 @@ struct CopyPart: Sendable, Hashable, Codable {
 struct CopyPlan {
     /// Tables above this many bytes are split.
     var splitBytes: Int
+    /// Tables without an integer key may be split by block ranges: only where TID range
+    /// scans exist (PostgreSQL 14+), else every part would read the whole table.
+    var blockRanges = true
     /// Never more parts than this per table: each part is a COPY with its own scan.
     var maximumParts = 64
 
@@ -59,9 +65,9 @@ struct CopyPlan {
     }
 
     /// The parts of one table; `keyBounds` is the integer key's min and max in
-    /// the snapshot (nil: split by blocks).
+    /// the snapshot (nil: split by blocks, if ``blockRanges``).
     func parts(of table: CopyTable, keyBounds: (min: Int64, max: Int64)?) -> [CopyPart] {
-        let whole = [CopyPart(table: table, index: 0, count: 1, range: nil, bytes: table.bytes)]
+        let whole = [CopyPart.whole(table)]
         var count = partCount(bytes: table.bytes)
         guard count > 1 else { return whole }
         var boundaries: [Int64] = []
@@ -77,7 +83,7 @@ struct CopyPlan {
                     bytes: table.bytes / (boundaries.count + 1))
             }
         }
-        count = min(count, table.blocks)
+        count = blockRanges ? min(count, table.blocks) : 1
         guard count > 1 else { return whole }
         boundaries = (1..<count).map { Int64(table.blocks / count * $0) }
         return ranges(boundaries).enumerated().map { index, range in

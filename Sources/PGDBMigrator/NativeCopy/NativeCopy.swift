@@ -72,9 +72,10 @@ struct NativeCopy {
                 .dump, "dumping the schema with pg_dump (table data is streamed, not dumped)",
                 ["snapshot": .string(snapshot), "path": .string(directory.root)])
             try await dumpRestore.dumpSchema(into: directory, snapshot: snapshot, excludingDataOf: tables.map(\.name))
+            let archiveBytes = directory.size
             events.info(
-                .dump, "dump finished: the schema and the small data pg_dump carries, \(formatBytes(directory.size))",
-                ["bytes": .int(directory.size)])
+                .dump, "dump finished: the schema and the small data pg_dump carries, \(formatBytes(archiveBytes))",
+                ["bytes": .int(archiveBytes)])
 
             var tolerated: [String] = []
             if resuming {
@@ -118,7 +119,7 @@ struct NativeCopy {
 
     /// Splits the tables above `--split-tables-larger-than`, reading integer key bounds in the snapshot.
     private func plan(_ tables: [CopyTable], on session: Connection) async throws -> [CopyPart] {
-        let plan = CopyPlan(splitBytes: config.splitTablesLargerThan)
+        let plan = CopyPlan(splitBytes: config.splitTablesLargerThan, blockRanges: report.sourceServerVersion >= 140_000)
         var parts: [CopyPart] = []
         for table in tables {
             var bounds: (min: Int64, max: Int64)?
@@ -126,10 +127,7 @@ struct NativeCopy {
                 let row = try await session.query("SELECT min(\(key))::text, max(\(key))::text FROM ONLY \(table.name)").rows[0]
                 if let low = row[0].flatMap({ Int64($0) }), let high = row[1].flatMap({ Int64($0) }) { bounds = (low, high) }
             }
-            // Without TID range scans (before PostgreSQL 14) every block part would read the whole table.
-            let splittable = bounds != nil || report.sourceServerVersion >= 140_000
-            parts += splittable
-                ? plan.parts(of: table, keyBounds: bounds) : [CopyPart(table: table, index: 0, count: 1, range: nil, bytes: table.bytes)]
+            parts += plan.parts(of: table, keyBounds: bounds)
         }
         return CopyPlan.ordered(parts)
     }
