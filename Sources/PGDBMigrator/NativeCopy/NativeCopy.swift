@@ -328,26 +328,3 @@ struct RestoreList {
         }
     }
 }
-
-extension Connection {
-    /// Text COPY is read and written in the session's formats: both ends use
-    /// the same unambiguous ones (pg_dump's), whatever the servers' defaults,
-    /// and the source database's encoding, which the target converts from.
-    func pinTextFormats(encoding: String) async throws {
-        try await execute(
-            "SET datestyle = ISO; SET intervalstyle = postgres; SET extra_float_digits = 3; "
-                + "SET client_encoding = \(SQL.literal(encoding))")
-    }
-
-    /// Index builds sort: more memory keeps the sort out of temporary files.
-    /// Raises the session's `maintenance_work_mem` to `bytes`, never lowers it.
-    func raiseMaintenanceWorkMem(to bytes: Int) async throws {
-        guard bytes > 0 else { return }
-        try await query(
-            """
-            SELECT set_config('maintenance_work_mem', CASE WHEN pg_size_bytes(current_setting('maintenance_work_mem')) < $1::bigint
-                                                          THEN ($1::bigint / 1024)::text || 'kB'
-                                                          ELSE current_setting('maintenance_work_mem') END, false)
-            """, [String(bytes)])
-    }
-}

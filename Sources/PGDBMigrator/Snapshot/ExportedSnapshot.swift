@@ -32,22 +32,3 @@ struct ExportedSnapshot: Sendable {
         await holder.close()
     }
 }
-
-extension Connection {
-    /// Server defaults must not end a session that sits idle in a long
-    /// transaction on purpose (a snapshot holder, a copy worker between parts)
-    /// or runs a COPY for hours.
-    func keepAliveWhileIdle() async throws {
-        var settings = ["statement_timeout", "idle_in_transaction_session_timeout", "lock_timeout"]
-        if serverVersion >= 140_000 { settings.append("idle_session_timeout") }
-        try await execute(settings.map { "SET \($0) = 0" }.joined(separator: "; "))
-    }
-
-    /// Joins `snapshot` in a read-only repeatable-read transaction; `SET row_security = off`
-    /// makes a table the role cannot read in full fail instead of copying only the rows it sees.
-    func importSnapshot(_ snapshot: String) async throws {
-        try await execute(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT \(SQL.literal(snapshot)); "
-                + "SET LOCAL row_security = off; SET LOCAL search_path = ''")
-    }
-}

@@ -19,13 +19,6 @@ struct Verifier {
     /// Off at cutover: sequences are synced after verify there.
     var checkSequences = true
 
-    /// Session settings that change how values print; pinned the same on both sides.
-    static let pinnedSettings = """
-        SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';
-        SET extra_float_digits = 3; SET bytea_output = 'hex'; SET lc_monetary = 'C';
-        SET xmloption = 'content'; SET statement_timeout = 0
-        """
-
     func run() async throws -> VerifyReport {
         let started = ContinuousClock.now
         let sourceConnection = try await open(source, role: .source)
@@ -83,7 +76,8 @@ struct Verifier {
 
     private func open(_ connectionString: ConnectionString, role: Endpoint.Role) async throws -> Connection {
         let connection = try await Endpoint(role: role, connectionString: connectionString).connect(label: "verify", stage: .verify)
-        try await connection.execute(Self.pinnedSettings)
+        try await connection.keepAliveWhileIdle()
+        try await connection.pinTextFormats()
         return connection
     }
 
