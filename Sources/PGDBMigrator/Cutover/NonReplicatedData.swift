@@ -10,19 +10,23 @@ struct NonReplicatedData {
 
     func copy(source: Connection, target: Connection) async throws {
         let tables = try await unloggedTables(on: source)
-        for table in tables {
-            try await target.execute("TRUNCATE \(table)")
-            try await source.beginCopyOut("COPY \(table) TO STDOUT")
-            try await target.beginCopyIn("COPY \(table) FROM STDIN")
-            while let batch = try await source.readCopyBatch() { try await target.writeCopyData(batch) }
-            let rows = try await target.endCopyIn()
-            events.info(.cutover, "copied unlogged table \(table) again (\(rows) rows)", ["table": .string(table), "rows": .int(rows)])
+        if !tables.isEmpty {
+            let encoding = try await source.scalar("SHOW server_encoding") ?? "UTF8"
+            for session in [source, target] { try await session.pinTextFormats(encoding: encoding) }
+        }
+        let copy = TableCopy(source: source, target: target)
+        for (name, shown) in tables {
+            let table = CopyTable(oid: "", name: name, bytes: 0, blocks: 0, columns: "", integerKey: nil)
+            let result = try await copy.run(.whole(table)) { _ in }
+            events.info(
+                .cutover, "copied unlogged table \(shown) again (\(result.rows) rows)", ["table": .string(shown), "rows": .int(result.rows)])
         }
         let count = try await copyLargeObjects(source: source, target: target)
         if count > 0 { events.info(.cutover, "copied \(count) large object(s) again", ["large_objects": .int(count)]) }
     }
 
-    private func unloggedTables(on source: Connection) async throws -> [String] {
+    /// Each unlogged table in the filter, and its name as reports show it (`quote_ident`'s form).
+    private func unloggedTables(on source: Connection) async throws -> [(QualifiedName, String)] {
         try await source.query(
             """
             SELECT n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
@@ -31,7 +35,7 @@ struct NonReplicatedData {
               AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
             ORDER BY 3
             """
-        ).rows.filter { filter.includes(schema: $0[0]!, table: $0[1]!) }.map { $0[2]! }
+        ).rows.filter { filter.includes(schema: $0[0]!, table: $0[1]!) }.map { (QualifiedName(schema: $0[0]!, name: $0[1]!), $0[2]!) }
     }
 
     /// Makes the target's large objects equal to the source's: content
