@@ -82,7 +82,9 @@ struct ResumeTests {
         #expect(resumed.stderr.contains("resuming the interrupted run"))
         try await Self.expectEqual(sourceDatabase, targetDatabase)
         #expect(try await schemaDump(target, database: targetDatabase) == schemaDump(source, database: sourceDatabase))
-        #expect(!FileManager.default.fileExists(atPath: state + "/state.json"), "the state of a completed run is removed")
+        for file in ["state.json", "plan.json", "parts.log"] {
+            #expect(!FileManager.default.fileExists(atPath: state + "/" + file), "the state of a completed run is removed: \(file)")
+        }
 
         // Nothing left to resume, and a changed setting is refused by name.
         let again = try await CLI.run(arguments + ["--resume"])
@@ -114,9 +116,11 @@ struct ResumeTests {
         let dryRun = try await CLI.run(arguments + ["--mode", "cleanup", "--dry-run"])
         #expect(dryRun.status == 0 && dryRun.stderr.contains("would remove the recorded progress"), "\(dryRun.stderr)")
         #expect(FileManager.default.fileExists(atPath: stateFile))
+        _ = FileManager.default.createFile(atPath: state + "/parts.log", contents: Data("started 1/0/1\n".utf8))  // as a killed copy leaves it
         let cleanup = try await CLI.run(arguments + ["--mode", "cleanup"])
         #expect(cleanup.status == 0 && cleanup.stderr.contains("removed the recorded progress"), "\(cleanup.stderr)")
         #expect(!FileManager.default.fileExists(atPath: stateFile))
+        #expect(!FileManager.default.fileExists(atPath: state + "/parts.log"))
     }
 
     @Test("the connection to the source cut during the copy: a clear error, and --resume finishes the job")
