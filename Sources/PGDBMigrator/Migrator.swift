@@ -25,7 +25,27 @@ public struct Migrator: Sendable {
         self.events = EventEmitter(handler: onEvent, logger: logger)
     }
 
+    /// Runs the migration. Before anything is touched, the arguments are checked,
+    /// source and target are shown to be two databases, and the run takes its
+    /// state directory and target database for itself (see `RunGuard`).
     public func run() async throws -> MigrationOutcome {
+        let held: RunGuard.Held
+        do {
+            held = try await RunGuard(config: config, events: events).acquire()
+        } catch {
+            throw events.cancellation(ifCancelled: error)
+        }
+        do {
+            let outcome = try await runMode()
+            await held.release()
+            return outcome
+        } catch {
+            await held.release()
+            throw error
+        }
+    }
+
+    private func runMode() async throws -> MigrationOutcome {
         switch config.mode {
         case .offline:
             return try await OfflineMigration(config: config, events: events).run()

@@ -36,16 +36,21 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
     @OptionGroup(title: "Verify") var verify: VerifyOptions
     @OptionGroup(title: "Output") var output: OutputOptions
 
+    /// Every argument is checked here, before anything is touched: a wrong one exits 64.
     func validate() throws {
-        _ = try servers.connectionStrings()
         if servers.mode == .online && copy.dumpScope != .all {
             throw ValidationError("--dump-scope must be 'all' in online mode: the stream needs the schema and the data of the snapshot")
         }
+        do {
+            try makeConfig().validate()
+        } catch let error as MigrationError {
+            throw ValidationError(error.description)
+        }
     }
 
-    func run() async throws {
+    /// The migration the flags describe.
+    func makeConfig() throws -> MigrationConfig {
         let (source, target) = try servers.connectionStrings()
-        ArgumentScrubber.hide([source.password, target.password].compactMap { $0 })
         var settings = MigrationConfig(
             mode: servers.mode, source: source, target: target, jobs: copy.jobs,
             copyMethod: copy.copyMethod, indexJobs: copy.indexJobs, splitTablesLargerThan: copy.splitTablesLargerThan.bytes,
@@ -57,7 +62,14 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
         settings.maintenanceWorkMem = copy.maintenanceWorkMem.bytes
         settings.resume = copy.resume
         settings.stateDirectory = copy.stateDir
-        let config = settings
+        settings.terminateTargetSessions = copy.terminateTargetSessions
+        settings.online.dropForeignSlot = online.dropForeignSlot
+        return settings
+    }
+
+    func run() async throws {
+        let config = try makeConfig()
+        ArgumentScrubber.hide([config.source.password, config.target.password].compactMap { $0 })
 
         let renderer = EventRenderer(json: output.json, verbose: output.verbose)
         var logger = Logger(label: "pg_dbmigrator")
@@ -163,8 +175,13 @@ struct CopyOptions: ParsableArguments {
             + "Each of --index-jobs builds may use this much of the target's memory.", valueName: "size"))
     var maintenanceWorkMem: ByteSize = ByteSize(bytes: 512 * 1024 * 1024)
 
-    @Flag(help: "Drop and re-create the target database before restoring into it.")
+    @Flag(help: ArgumentHelp(
+        "Drop and re-create the target database before restoring into it. It says first what it drops (size, tables, "
+            + "connected sessions), and refuses while other sessions are connected unless --terminate-target-sessions."))
     var dropTargetFirst = false
+
+    @Flag(help: "With --drop-target-first: end the sessions connected to the target database (they are listed first).")
+    var terminateTargetSessions = false
 
     @Flag(help: ArgumentHelp(
         "Continue the interrupted run of this same command from its recorded progress: copied tables and parts are not "
@@ -199,11 +216,6 @@ struct CopyOptions: ParsableArguments {
 
     var noACL: Bool { noAcl }
 
-    func validate() throws {
-        guard (1...64).contains(jobs) else { throw ValidationError("--jobs must be between 1 and 64") }
-        if let indexJobs, !(1...64).contains(indexJobs) { throw ValidationError("--index-jobs must be between 1 and 64") }
-        if resume && dropTargetFirst { throw ValidationError("--resume continues what is in the target; it cannot be combined with --drop-target-first") }
-    }
 }
 
 struct OnlineOptions: ParsableArguments {
@@ -243,8 +255,15 @@ struct OnlineOptions: ParsableArguments {
     @Flag(help: "Fail when --publication does not exist instead of creating it.")
     var noAutoCreatePublication = false
 
-    @Flag(help: "Before starting, drop a leftover subscription and slot of the configured names.")
+    @Flag(help: ArgumentHelp(
+        "Before starting, remove what an interrupted run recorded in the state directory (its subscription, slot and "
+            + "publication, as --mode cleanup does), then start afresh. Never drops objects this tool did not create."))
     var forceClean = false
+
+    @Option(help: ArgumentHelp(
+        "With --mode cleanup: also drop this replication slot although the recorded run did not create it "
+            + "(e.g. one kept by --keep-slot). A slot in use by a consumer is never dropped.", valueName: "slot"))
+    var dropForeignSlot: String?
 
     @Flag(help: "At cutover, make the source database read-only and end its sessions, so nothing is written after the barrier.")
     var freezeSourceAtCutover = false
@@ -270,19 +289,24 @@ struct OnlineOptions: ParsableArguments {
         var settings = OnlineSettings(
             slotName: slotName, publication: publication, subscriptionName: subscriptionName,
             subscriptionSource: subscriptionSourceString, lagThresholdBytes: lagThresholdBytes,
-            pollInterval: .milliseconds(Int(cutoverPollSecs * 1000)), fastPollInterval: .milliseconds(cutoverFastPollMs),
-            cutoverTimeout: .milliseconds(Int(cutoverTimeoutSecs * 1000)), keepSubscription: keepSubscription,
+            pollInterval: Self.duration(seconds: cutoverPollSecs), fastPollInterval: .milliseconds(cutoverFastPollMs),
+            cutoverTimeout: Self.duration(seconds: cutoverTimeoutSecs), keepSubscription: keepSubscription,
             keepSlot: keepSlot, syncSequences: !noSequenceSync, autoCreatePublication: !noAutoCreatePublication,
             forceClean: forceClean, freezeSourceAtCutover: freezeSourceAtCutover, setReplicaIdentityFull: setReplicaIdentityFull)
         settings.dryRun = dryRun
-        settings.maxRetainedWALBytes = maxRetainedWalMb.map { $0 * 1_000_000 }
+        // Out-of-range values become a value the library refuses by name, never a trap.
+        settings.maxRetainedWALBytes = maxRetainedWalMb.map { megabytes in
+            let (bytes, overflow) = megabytes.multipliedReportingOverflow(by: 1_000_000)
+            return overflow ? .max : bytes
+        }
         return settings
     }
 
-    func validate() throws {
-        guard cutoverPollSecs > 0, cutoverFastPollMs > 0, cutoverTimeoutSecs > 0 else {
-            throw ValidationError("--cutover-poll-secs, --cutover-fast-poll-ms and --cutover-timeout-secs must be positive")
-        }
+    /// Seconds from the command line as a duration: NaN, infinities and values past
+    /// a year become a year, which validation then refuses by name.
+    static func duration(seconds: Double) -> Duration {
+        guard seconds.isFinite, seconds < 366 * 24 * 3600 else { return .seconds(366 * 24 * 3600) }
+        return .milliseconds(Int((seconds * 1000).rounded()))
     }
 }
 
@@ -297,15 +321,10 @@ struct VerifyOptions: ParsableArguments {
     var verifySplitMb = 128
 
     func settings(allowRestoreErrors: Bool) -> VerifySettings {
-        VerifySettings(
+        let (bytes, overflow) = verifySplitMb.multipliedReportingOverflow(by: 1_000_000)
+        return VerifySettings(
             mode: verify ?? (allowRestoreErrors ? .warn : .strict), showRows: verifyShowRows,
-            splitBytes: verifySplitMb * 1_000_000)
-    }
-
-    func validate() throws {
-        guard verifyShowRows >= 0, verifySplitMb > 0 else {
-            throw ValidationError("--verify-show-rows must be ≥ 0 and --verify-split-mb > 0")
-        }
+            splitBytes: overflow ? .max : bytes)
     }
 }
 
@@ -359,8 +378,11 @@ struct ByteSize: ExpressibleByArgument, CustomStringConvertible {
         let units: [(String, Int)] = [("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)]
         let text = argument.trimmingCharacters(in: .whitespaces).uppercased()
         let (unit, factor) = units.first { text.hasSuffix($0.0) } ?? ("", 1)
-        guard let number = Double(text.dropLast(unit.count).trimmingCharacters(in: .whitespaces)), number >= 0 else { return nil }
-        bytes = Int(number * Double(factor))
+        guard let number = Double(text.dropLast(unit.count).trimmingCharacters(in: .whitespaces)), number >= 0, number.isFinite
+        else { return nil }
+        // Past what Int holds: a value the library refuses by name, never a trap.
+        let value = number * Double(factor)
+        bytes = value < 0x1p62 ? Int(value) : .max
     }
 
     var description: String {

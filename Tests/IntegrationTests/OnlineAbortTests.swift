@@ -185,7 +185,7 @@ struct OnlineAbortTests {
         let abortCommand = events.all.last { $0.detail["cleanup_command"] != nil }?.detail["cleanup_command"]?.description ?? ""
         #expect(abortCommand.contains("--mode cleanup") && abortCommand.contains("--slot-name '\(config.online.slotName)'"))
         #expect(!abortCommand.contains(TestCluster.superuserPassword))
-        // A source left frozen, as a failed undo would.
+        // A DBA's own read-only setting, which this run did not make: cleanup must leave it.
         let admin = try await source.connect()
         try await admin.execute("ALTER DATABASE \(SQL.identifier(sourceDatabase)) SET default_transaction_read_only = on")
 
@@ -196,7 +196,7 @@ struct OnlineAbortTests {
         _ = try await Migrator(config: cleanup, onEvent: dryEvents.record).run()
         let listed = dryEvents.all.last?.detail["objects"]?.description ?? ""
         #expect(listed.contains("would drop subscription") && listed.contains("would drop replication slot")
-            && listed.contains("would drop publication") && listed.contains("would make the source database"), "\(listed)")
+            && listed.contains("would drop publication") && !listed.contains("would make the source database"), "\(listed)")
         #expect(dryEvents.all.contains { $0.detail["retained_wal_bytes"] != nil })
         var objects = try await OnlineMigrationTests.replicationObjects(config)
         #expect(objects.slot && objects.publication && objects.subscription != nil, "a dry run changes nothing")
@@ -205,8 +205,13 @@ struct OnlineAbortTests {
         _ = try await Migrator(config: cleanup).run()
         objects = try await OnlineMigrationTests.replicationObjects(config)
         #expect(!objects.slot && !objects.publication && objects.subscription == nil)
+        #expect(try await admin.scalar(
+            """
+            SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+            WHERE d.datname = $1 AND 'default_transaction_read_only=on' = ANY (s.setconfig)
+            """, [sourceDatabase]) == "1", "the DBA's read-only setting stays")
+        try await admin.execute("ALTER DATABASE \(SQL.identifier(sourceDatabase)) RESET default_transaction_read_only")
         let writer = try await source.connect(database: sourceDatabase)
-        try await writer.execute("INSERT INTO items VALUES (31337, 'writable')")
 
         // A publication that existed before the run is never dropped.
         try await writer.execute("CREATE PUBLICATION \(SQL.identifier(config.online.publication)) FOR ALL TABLES")

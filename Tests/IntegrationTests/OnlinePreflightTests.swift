@@ -80,7 +80,7 @@ struct OnlinePreflightTests {
         #expect(actual == expected, "\(actual.differences(from: expected))")
     }
 
-    @Test("an existing slot of that name is refused, pointing to --force-clean, which drops it")
+    @Test("a slot of that name this run did not create is refused and left alone; --force-clean removes what an interrupted run left")
     func slotExists() async throws {
         let (source, target) = try await SharedClusters.get()
         let database = try await Self.smallSource()
@@ -88,13 +88,24 @@ struct OnlinePreflightTests {
         let admin = try await source.connect(database: database)
         try await admin.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [config.online.slotName])
 
-        let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
-        #expect(error?.message.contains("already exists") == true)
-        #expect(error?.fix?.contains("--force-clean") == true)
-        #expect(try await admin.scalar("SELECT count(*) FROM pg_publication WHERE pubname = $1", [config.online.publication]) == "0")
+        for forceClean in [false, true] {
+            var attempt = config
+            attempt.online.forceClean = forceClean
+            let error = await #expect(throws: MigrationError.self) { try await Migrator(config: attempt).run() }
+            #expect(error?.message.contains("already exists") == true && error?.message.contains("this run did not create it") == true)
+            #expect(error?.fix?.contains("another --slot-name") == true)
+            #expect(try await admin.scalar("SELECT count(*) FROM pg_publication WHERE pubname = $1", [config.online.publication]) == "0")
+            #expect(try await admin.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) == "1")
+        }
+        try await admin.query("SELECT pg_drop_replication_slot($1)", [config.online.slotName])
 
+        // An interrupted run of our own leaves its slot, subscription and publication: --force-clean removes them and starts over.
+        let (_, interrupted) = try await OnlineMigrationTests.startStreaming(config, events: EventLog())
+        interrupted.cancel()
+        await #expect(throws: MigrationCancelled.self) { try await interrupted.value }
         var forced = config
         forced.online.forceClean = true
+        forced.dropTargetFirst = true
         // The target's apply worker reaches the source another way: over its unix socket.
         forced.online.subscriptionSource = try ConnectionString(
             "host=\(source.socketDirectory) port=\(source.port) user=postgres password=\(TestCluster.superuserPassword) dbname=\(database)")
@@ -106,7 +117,9 @@ struct OnlinePreflightTests {
         try await admin.execute("INSERT INTO items VALUES (777, 'via socket')")
         migrator.cutoverHandle.request()
         _ = try await run.value
-        #expect(events.all.contains { $0.message.contains("--force-clean: dropped replication slot") })
+        let forceCleaned = events.all.filter { $0.message.hasPrefix("--force-clean:") }.map(\.message)
+        #expect(forceCleaned.contains { $0.contains("dropped replication slot") }, "\(forceCleaned)")
+        #expect(forceCleaned.contains { $0.contains("dropped subscription") }, "\(forceCleaned)")
         let expected = try await Fingerprint.of(source, database: database)
         let actual = try await Fingerprint.of(target, database: forced.target.resolvedDatabase!)
         #expect(actual == expected, "\(actual.differences(from: expected))")

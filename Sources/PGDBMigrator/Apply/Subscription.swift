@@ -7,6 +7,8 @@ struct Subscription {
     var name: String
     var slotName: String
     var publication: String
+    /// The run that creates it (its mark), or that looks for what it created.
+    var runID: String?
 
     /// Creates and enables it. `source` is what the target's apply worker
     /// connects with, password included (stored in `pg_subscription`, readable by superusers only).
@@ -14,12 +16,16 @@ struct Subscription {
         let conninfo = source.keywordValue(includingPassword: true)
         // streaming = on: large transactions are applied as they arrive instead of spilled to disk
         // on the source first. binary stays off: it breaks when a type differs between versions.
+        guard let runID else { preconditionFailure("a subscription is created by a run") }
+        // With create_slot = false it may run in a transaction: the subscription never exists without
+        // the mark that tells cleanup and cutover it is this run's.
         let sql = """
             CREATE SUBSCRIPTION \(SQL.identifier(name))
             CONNECTION \(SQL.literal(conninfo))
             PUBLICATION \(SQL.identifier(publication))
             WITH (create_slot = false, slot_name = \(SQL.literal(slotName)), copy_data = false,
-                  enabled = true, streaming = on)
+                  enabled = true, streaming = on);
+            COMMENT ON SUBSCRIPTION \(SQL.identifier(name)) IS \(SQL.literal(OwnershipMark.text(runID: runID)))
             """
         // The statement carries the password: keep it out of the target's server log where
         // we may (superuser settings; ignored otherwise), and out of pg_stat_activity afterwards.
@@ -45,21 +51,42 @@ struct Subscription {
             """, [name, database]) != nil
     }
 
-    /// Drops the subscription of `config` if its target database has one, connecting as needed
-    /// (that database may not exist). Returns whether there was one; with `dryRun`, drops nothing.
-    static func remove(for config: MigrationConfig, dryRun: Bool = false) async throws -> Bool {
+    /// Who created the subscription of this name in the connection's database, by its mark; nil when
+    /// there is none. (pg_subscription is shared by the cluster, but a subscription's comment is kept
+    /// in its own database's pg_description: only a session there can read it.)
+    func owner(on target: Connection) async throws -> OwnershipMark.Owner? {
+        guard let row = try await target.query(
+            """
+            SELECT obj_description(s.oid, 'pg_subscription') FROM pg_subscription s
+            WHERE s.subname = $1 AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+            """, [name]
+        ).rows.first else { return nil }
+        return OwnershipMark.owner(ofObjectCommented: row[0], runID: runID)
+    }
+
+    /// Drops the subscription of `config` if its target database has one and this run
+    /// (`runID`) created it, connecting as needed (that database may not exist).
+    /// Returns who owns the one found (nil: none); with `dryRun`, drops nothing.
+    static func remove(for config: MigrationConfig, runID: String?, dryRun: Bool = false) async throws -> OwnershipMark.Owner? {
         let settings = config.online
-        let subscription = Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication)
+        let subscription = Subscription(
+            name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication, runID: runID)
         let endpoint = Endpoint(role: .target, connectionString: config.target)
         let admin = try await endpoint.connect(database: TargetDatabase.maintenanceDatabase(for: endpoint.databaseName))
         let exists = try await subscription.exists(on: admin, inDatabase: endpoint.databaseName)
         await admin.close()
-        if exists && !dryRun {
-            let target = try await endpoint.connect()
-            try await subscription.drop(on: target)
-            await target.close()
-        }
-        return exists
+        guard exists else { return nil }
+        let target = try await endpoint.connect()
+        let owner = try await subscription.owner(on: target)
+        if owner == .thisRun && !dryRun { try await subscription.drop(on: target) }
+        await target.close()
+        return owner
+    }
+
+    /// What an operator runs to remove it by hand.
+    var removalSQL: String {
+        "ALTER SUBSCRIPTION \(SQL.identifier(name)) DISABLE; ALTER SUBSCRIPTION \(SQL.identifier(name)) SET (slot_name = NONE); "
+            + "DROP SUBSCRIPTION \(SQL.identifier(name))"
     }
 
     func enable(on target: Connection) async throws {

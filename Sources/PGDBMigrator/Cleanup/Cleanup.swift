@@ -1,11 +1,17 @@
 import Foundation
 import PostgresClient
 
-/// `--mode cleanup`: finds what an online run left — the subscription on the
-/// target, the slot (and the WAL it holds) and our publication on the source,
-/// a source database frozen at cutover — and drops or undoes each, saying so.
-/// `--dry-run` only lists. A publication without our mark existed before the
-/// run and is never dropped.
+/// `--mode cleanup`: removes what an interrupted run left — the subscription
+/// on the target, the slot (and the WAL it holds) and the publication on the
+/// source, a source database it froze — and its recorded progress, saying so
+/// for each. `--dry-run` only lists.
+///
+/// Only what the recorded run created is dropped or undone: a publication or
+/// subscription must carry that run's mark, a slot must be recorded in its
+/// state, a freeze must be recorded as its own. Anything else of the same name
+/// is listed with what it is, and left alone; `--drop-foreign-slot NAME` drops
+/// a slot the run did not create (one kept by `--keep-slot`, say), but never
+/// one a consumer is attached to.
 struct Cleanup {
     var config: MigrationConfig
     var events: EventEmitter
@@ -13,48 +19,8 @@ struct Cleanup {
 
     func run() async throws -> MigrationOutcome {
         let started = ContinuousClock.now
-        var found: [String] = []
-        let verb = settings.dryRun ? "would drop" : "dropped"
-
-        if try await Subscription.remove(for: config, dryRun: settings.dryRun) {
-            found.append("\(verb) subscription \(SQL.identifier(settings.subscriptionName)) on the target")
-        }
-
-        let source = try await Endpoint(role: .source, connectionString: config.source).connect()
-        // A frozen source database starts our session read-only too; this session must be able to write.
-        try await source.execute("SET default_transaction_read_only = off")
-        if let slot = try await source.query(
-            """
-            SELECT wal_status, pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)),
-                   pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint::text
-            FROM pg_replication_slots WHERE slot_name = $1
-            """, [settings.slotName]
-        ).rows.first {
-            if !settings.dryRun { try await ReplicationSlot.drop(named: settings.slotName, on: source) }
-            found.append("\(verb) replication slot \(SQL.identifier(settings.slotName)) on the source (holding \(slot[1] ?? "?") of WAL, status \(slot[0] ?? "?"))")
-            events.info(.cleanup, "replication slot \(SQL.identifier(settings.slotName)) holds \(slot[1] ?? "?") of WAL",
-                        ["retained_wal_bytes": .int(Int(slot[2] ?? "0") ?? 0)])
-        }
-        let publication = Publication(name: settings.publication, filter: config.filter)
-        if try await publication.exists(on: source) {
-            if try await publication.isOurs(on: source) {
-                if !settings.dryRun { try await publication.drop(on: source) }
-                found.append("\(verb) publication \(SQL.identifier(settings.publication)) on the source")
-            } else {
-                events.info(.cleanup, "kept publication \(SQL.identifier(settings.publication)): it existed before pg_dbmigrator ran")
-            }
-        }
-        let sourceDatabase = Endpoint(role: .source, connectionString: config.source).databaseName
-        let frozen = try await source.scalar(
-            """
-            SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
-            WHERE d.datname = $1 AND s.setrole = 0 AND 'default_transaction_read_only=on' = ANY (s.setconfig)
-            """, [sourceDatabase]) != nil
-        if frozen {
-            if !settings.dryRun { try await SourceFreeze(database: sourceDatabase).unfreeze(on: source) }
-            found.append("\(settings.dryRun ? "would make" : "made") the source database \(SQL.identifier(sourceDatabase)) writable again")
-        }
-        await source.close()
+        let recorded = try RunStateStore.recorded(for: config)
+        var found = try await removeLeftovers(of: recorded, dryRun: settings.dryRun)
 
         // The recorded progress of the run: with its objects gone, there is nothing left to resume.
         let state = RunStateStore.statePath(for: config)
@@ -69,6 +35,103 @@ struct Cleanup {
         return MigrationOutcome(mode: .cleanup, cutoverTriggered: false, warnings: [], duration: ContinuousClock.now - started)
     }
 
+    /// Drops (or, with `dryRun`, lists) what the run `recorded` created, and lists
+    /// what it leaves alone. Shared by `--mode cleanup` and `--force-clean`.
+    func removeLeftovers(of recorded: RunState?, dryRun: Bool) async throws -> [String] {
+        if let recorded, recorded.settings["--mode"] == MigrationConfig.Mode.online.rawValue {
+            let given = RunState.settings(of: { var online = config; online.mode = .online; return online }())
+            let differing = ["--slot-name", "--publication", "--subscription-name"].filter { recorded.settings[$0] != given[$0] }
+            guard differing.isEmpty else {
+                throw MigrationError(
+                    .cleanup,
+                    "the run recorded in \(RunStateStore.statePath(for: config)) used other names ("
+                        + differing.map { "\($0) \(recorded.settings[$0] ?? "")" }.joined(separator: ", ")
+                        + "); nothing was changed",
+                    fix: "clean up with that run's names: \(Cleanup.command(recordedIn: recorded, config: config))")
+            }
+        }
+        var found: [String] = []
+        let verb = dryRun ? "would drop" : "dropped"
+        let runID = recorded?.runID
+
+        switch try await Subscription.remove(for: config, runID: runID, dryRun: dryRun) {
+        case .thisRun:
+            found.append("\(verb) subscription \(SQL.identifier(settings.subscriptionName)) on the target")
+        case let owner?:
+            let subscription = Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication)
+            kept("subscription \(SQL.identifier(settings.subscriptionName)) on the target", owner.reason, removal: subscription.removalSQL)
+        case nil:
+            break
+        }
+
+        let source = try await Endpoint(role: .source, connectionString: config.source).connect()
+        // A frozen source database starts our session read-only too; this session must be able to write.
+        try await source.execute("SET default_transaction_read_only = off")
+        let ours = recorded?.ownsSlot(named: settings.slotName) ?? false
+        if let line = try await removeSlot(named: settings.slotName, ours: ours, on: source, dryRun: dryRun) { found.append(line) }
+        if let foreign = settings.dropForeignSlot, foreign != settings.slotName,
+            let line = try await removeSlot(named: foreign, ours: false, on: source, dryRun: dryRun)
+        {
+            found.append(line)
+        }
+
+        let publication = Publication(name: settings.publication, filter: config.filter, runID: runID)
+        switch try await publication.owner(on: source) {
+        case .thisRun:
+            if !dryRun { try await publication.drop(on: source) }
+            found.append("\(verb) publication \(SQL.identifier(settings.publication)) on the source")
+        case let owner?:
+            kept("publication \(SQL.identifier(settings.publication)) on the source", owner.reason,
+                 removal: "DROP PUBLICATION \(SQL.identifier(settings.publication))")
+        case nil:
+            break
+        }
+
+        // Only a freeze the recorded run made is undone: a read-only setting someone else made stays.
+        let sourceDatabase = Endpoint(role: .source, connectionString: config.source).databaseName
+        if let frozen = recorded?.online.frozenDatabase, frozen == sourceDatabase {
+            let freeze = SourceFreeze(database: frozen)
+            if try await freeze.isInPlace(on: source) {
+                if !dryRun { try await freeze.unfreeze(on: source) }
+                found.append("\(dryRun ? "would make" : "made") the source database \(SQL.identifier(frozen)) writable again")
+            }
+        }
+        await source.close()
+        return found
+    }
+
+    /// Drops the slot `name` if it is ours, or named by `--drop-foreign-slot` and
+    /// not in use; otherwise says what it is and leaves it. Returns the line for what was done.
+    private func removeSlot(named name: String, ours: Bool, on source: Connection, dryRun: Bool) async throws -> String? {
+        guard let slot = try await ReplicationSlot.describe(named: name, on: source) else {
+            if settings.dropForeignSlot == name { events.info(.cleanup, "no replication slot \(SQL.identifier(name)) on the source") }
+            return nil
+        }
+        events.info(.cleanup, "replication slot \(SQL.identifier(name)): \(slot.summary)",
+                    ["slot": .string(name), "retained_wal_bytes": .int(slot.retainedBytes)])
+        let foreignButNamed = settings.dropForeignSlot == name
+        guard ours || foreignButNamed else {
+            kept("replication slot \(SQL.identifier(name)) on the source (\(slot.summary))",
+                 "the recorded run did not create it",
+                 removal: slot.activePID == nil ? "pass --drop-foreign-slot \(name) if you are sure no one needs it" : nil)
+            return nil
+        }
+        if foreignButNamed && !ours, let pid = slot.activePID {
+            kept("replication slot \(SQL.identifier(name)) on the source (\(slot.summary))",
+                 "a consumer is attached to it (walsender pid \(pid)); a slot in use is never dropped", removal: nil)
+            return nil
+        }
+        if !dryRun { try await ReplicationSlot.drop(named: name, on: source) }
+        return "\(dryRun ? "would drop" : "dropped") replication slot \(SQL.identifier(name)) on the source "
+            + "(holding \(slot.retainedWAL) of WAL, status \(slot.walStatus))"
+    }
+
+    private func kept(_ what: String, _ reason: String, removal: String?) {
+        events.warning(
+            .cleanup, "kept \(what): \(reason)" + (removal.map { "; to remove it: \($0)" } ?? ""),
+            ["kept": .string(what)])
+    }
+
     /// The exact command that cleans up after a run of `config`, for abort messages.
     static func command(for config: MigrationConfig) -> String {
         let settings = config.online
@@ -76,6 +139,15 @@ struct Cleanup {
             + " --slot-name \(shellQuote(settings.slotName)) --publication \(shellQuote(settings.publication))"
             + " --subscription-name \(shellQuote(settings.subscriptionName))"
             + (config.stateDirectory.map { " --state-dir \(shellQuote($0))" } ?? "")
+    }
+
+    /// The cleanup command for the run recorded in `state`, with the names that run used.
+    static func command(recordedIn state: RunState, config: MigrationConfig) -> String {
+        var recorded = config
+        recorded.online.slotName = state.settings["--slot-name"] ?? config.online.slotName
+        recorded.online.publication = state.settings["--publication"] ?? config.online.publication
+        recorded.online.subscriptionName = state.settings["--subscription-name"] ?? config.online.subscriptionName
+        return command(for: recorded)
     }
 
     private static func shellQuote(_ text: String) -> String {

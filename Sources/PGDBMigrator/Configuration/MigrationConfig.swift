@@ -47,8 +47,12 @@ public struct MigrationConfig: Sendable {
     /// `maintenance_work_mem` of the native copy's index builds and post-data pass on the target
     /// (raised to this, never lowered); each of `indexJobs` builds may use this much server memory.
     public var maintenanceWorkMem: Int = 512 * 1024 * 1024
-    /// Drop and re-create the target database before restoring into it.
+    /// Drop and re-create the target database before restoring into it. Refused for
+    /// `postgres`, `template0`, `template1` and the source itself, and while other
+    /// sessions are connected unless ``terminateTargetSessions``.
     public var dropTargetFirst: Bool
+    /// With ``dropTargetFirst``: end the sessions connected to the target database (they are listed first).
+    public var terminateTargetSessions: Bool = false
     public var filter: ObjectFilter
     /// Treat `pg_restore` errors as warnings (listed) instead of failing the run.
     public var allowRestoreErrors: Bool
@@ -142,8 +146,12 @@ public struct OnlineSettings: Sendable {
     public var syncSequences: Bool
     /// Fail instead of creating the publication when it does not exist.
     public var autoCreatePublication: Bool
-    /// Drop a leftover subscription and slot of the configured names before starting.
+    /// Before starting, remove what the interrupted run recorded in the state directory
+    /// created (as `--mode cleanup` does), then start afresh.
     public var forceClean: Bool
+    /// `--mode cleanup`: also drop this slot although the recorded run did not create it
+    /// (one kept by `--keep-slot`, say). A slot with a consumer attached is never dropped.
+    public var dropForeignSlot: String? = nil
     /// Warn when the slot holds more WAL than this; nil: 10% of `max_slot_wal_keep_size`, or 10 GB when that is unlimited.
     public var maxRetainedWALBytes: UInt64? = nil
     /// `--mode cleanup` lists what it would drop and drops nothing.

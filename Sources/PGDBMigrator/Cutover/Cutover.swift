@@ -19,10 +19,14 @@ struct Cutover {
         let (source, target) = await monitor.connections
         if settings.freezeSourceAtCutover {
             let freeze = SourceFreeze(database: Endpoint(role: .source, connectionString: config.source).databaseName)
-            let ended = try await freeze.freeze(on: source)
-            leftovers.set(\.frozenDatabase, freeze.database)
+            let (ended, alreadyReadOnly) = try await freeze.freeze(on: source) {
+                try leftovers.setDurably(\.frozenDatabase, freeze.database)
+            }
             events.info(
-                .cutover, "source database \(SQL.identifier(freeze.database)) is now read-only; ended \(ended) session(s)",
+                .cutover,
+                "source database \(SQL.identifier(freeze.database)) is now read-only"
+                    + (alreadyReadOnly ? " (it already was by its own settings, which this run will leave as they are)" : "")
+                    + "; ended \(ended) session(s)",
                 ["sessions_ended": .int(ended)])
         }
 
@@ -101,7 +105,10 @@ struct ReplicationTeardown {
 
     func run(source: Connection, target: Connection) async throws {
         let subscription = Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication)
-        if settings.keepSubscription {
+        let created = leftovers.snapshot
+        if !created.subscriptionCreated {
+            // A resumed teardown that had already dropped it.
+        } else if settings.keepSubscription {
             if settings.keepSlot {
                 try await subscription.disable(on: target)
             } else {
@@ -110,11 +117,13 @@ struct ReplicationTeardown {
             events.info(.cutover, "kept subscription \(SQL.identifier(settings.subscriptionName)) on the target, disabled")
         } else {
             try await subscription.drop(on: target)
+            leftovers.set(\.subscriptionCreated, false)
             events.info(.cutover, "dropped subscription \(SQL.identifier(settings.subscriptionName)) on the target")
         }
-        leftovers.set(\.subscriptionCreated, settings.keepSubscription)
 
-        if settings.keepSlot {
+        if !created.slotCreated {
+            // Already dropped by the interrupted teardown this one resumes.
+        } else if settings.keepSlot {
             events.info(.cutover, "kept replication slot \(SQL.identifier(settings.slotName)) on the source (it retains WAL until dropped)")
         } else {
             try await ReplicationSlot.drop(named: settings.slotName, on: source)

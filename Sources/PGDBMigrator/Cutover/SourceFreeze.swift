@@ -6,6 +6,9 @@ import PostgresClient
 /// sessions on the database are ended: applications reconnect read-only.
 /// A session that explicitly sets `transaction_read_only = off` could still
 /// write; the freeze is a guard-rail for applications, not a security boundary.
+///
+/// Only a freeze this run made is ever undone: a database that was already
+/// read-only (a DBA's own setting) is left as it was.
 struct SourceFreeze {
     var database: String
 
@@ -15,9 +18,25 @@ struct SourceFreeze {
         "SET default_transaction_read_only = off; ALTER DATABASE \(SQL.identifier(database)) RESET default_transaction_read_only"
     }
 
-    /// Returns how many sessions were ended.
-    func freeze(on source: Connection) async throws -> Int {
-        try await source.execute("ALTER DATABASE \(SQL.identifier(database)) SET default_transaction_read_only = on")
+    /// Whether the database's own settings make it read-only (ours, or someone else's).
+    func isInPlace(on source: Connection) async throws -> Bool {
+        try await source.scalar(
+            """
+            SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+            WHERE d.datname = $1 AND s.setrole = 0 AND 'default_transaction_read_only=on' = ANY (s.setconfig)
+            """, [database]) != nil
+    }
+
+    /// Makes the database read-only (unless it already was) and ends its other
+    /// sessions. `record` runs before the setting changes, so that a run killed
+    /// right after still knows the freeze is its own to undo; it is not called
+    /// when the database was read-only already. Returns how many sessions were ended.
+    func freeze(on source: Connection, record: () throws -> Void) async throws -> (sessionsEnded: Int, alreadyReadOnly: Bool) {
+        let alreadyReadOnly = try await isInPlace(on: source)
+        if !alreadyReadOnly {
+            try record()
+            try await source.execute("ALTER DATABASE \(SQL.identifier(database)) SET default_transaction_read_only = on")
+        }
         let frozenAt = try await source.scalar("SELECT clock_timestamp()::text")
         let ended = try await source.scalar(
             """
@@ -35,7 +54,7 @@ struct SourceFreeze {
             if left == "0" { break }
             try await Task.sleep(for: .milliseconds(50))
         }
-        return Int(ended ?? "0") ?? 0
+        return (Int(ended ?? "0") ?? 0, alreadyReadOnly)
     }
 
     func unfreeze(on source: Connection) async throws {

@@ -67,7 +67,8 @@ struct DatabaseCopy {
     /// Creates (or re-creates) the target database, and the schemas of tables selected by `--table`.
     private func prepareTarget() async throws {
         try await TargetDatabase(target: Endpoint(role: .target, connectionString: config.target), events: events).prepare(
-            exists: report.targetDatabaseExists, dropFirst: config.dropTargetFirst, like: report.sourceDatabase)
+            exists: report.targetDatabaseExists, dropFirst: config.dropTargetFirst,
+            terminatingSessions: config.terminateTargetSessions, like: report.sourceDatabase)
         if !config.filter.tables.isEmpty && config.dumpScope != .dataOnly {
             try await createSchemasOfSelectedTables()
         }

@@ -1,20 +1,18 @@
-import PostgresClient
+import Foundation
 
-/// `--force-clean`: before starting, drop a subscription (target) and a
-/// slot (source) of the configured names left by an earlier run.
+/// `--force-clean`: before a fresh start, remove what the interrupted run
+/// recorded in the state directory created — its subscription, slot and
+/// publication, a freeze it made — exactly as `--mode cleanup` does, and its
+/// recorded progress. Objects of the same names that run did not create are
+/// left alone; Validate then refuses to reuse them, naming them.
 struct ForceClean {
     var config: MigrationConfig
     var events: EventEmitter
 
     func run() async throws {
-        let settings = config.online
-        if try await Subscription.remove(for: config) {
-            events.warning(.validate, "--force-clean: dropped subscription \(SQL.identifier(settings.subscriptionName)) on the target")
-        }
-        let source = try await Endpoint(role: .source, connectionString: config.source).connect()
-        if try await ReplicationSlot.drop(named: settings.slotName, on: source) {
-            events.warning(.validate, "--force-clean: dropped replication slot \(SQL.identifier(settings.slotName)) on the source")
-        }
-        await source.close()
+        guard let recorded = try RunStateStore.recorded(for: config) else { return }
+        let removed = try await Cleanup(config: config, events: events).removeLeftovers(of: recorded, dryRun: false)
+        for line in removed { events.warning(.validate, "--force-clean: \(line)") }
+        RunStateStore.discard(for: config)
     }
 }

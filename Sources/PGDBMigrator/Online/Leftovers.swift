@@ -30,6 +30,18 @@ final class Leftovers: Sendable {
         }
     }
 
+    /// Records the change and throws when it cannot be written: for a change that
+    /// only the run state can later prove was ours (a freeze), recorded before it is made.
+    func setDurably<Value>(_ field: WritableKeyPath<State, Value> & Sendable, _ value: Value) throws {
+        let store = self.store.withLock { $0 }
+        try state.withLock { state in
+            var changed = state
+            changed[keyPath: field] = value
+            try store?.update { $0.online = changed }
+            state = changed
+        }
+    }
+
     /// One line per object left in place, with the command that removes it.
     func describe(_ settings: OnlineSettings) -> [String] {
         let current = snapshot

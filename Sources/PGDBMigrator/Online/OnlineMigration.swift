@@ -44,6 +44,7 @@ struct OnlineMigration {
         defer { slotGuard?.cancel() }
         do {
             events.info(.validate, "checking source and target")
+            if settings.forceClean { try await ForceClean(config: config, events: events).run() }
             let store = try RunStateStore.open(for: config)
             leftovers.record(in: store)
             let recorded = store.current
@@ -56,12 +57,16 @@ struct OnlineMigration {
             }
             var migration = self
             if config.resume {
-                // The exported snapshot lived in the killed process: a copy cannot go on from it. A slot or
-                // subscription of our names is the interrupted run's (it may have died before recording one).
-                let removedSubscription = try await Subscription.remove(for: config)
-                let source = try await sourceEndpoint.connect()
-                let droppedSlot = try await ReplicationSlot.drop(named: settings.slotName, on: source)
-                await source.close()
+                // The exported snapshot lived in the killed process: a copy cannot go on from it. The slot and
+                // subscription the interrupted run created go (a subscription carries its mark even when the run
+                // died before recording it); a slot of that name it did not record is refused by Validate below.
+                let removedSubscription = try await Subscription.remove(for: config, runID: recorded.runID) == .thisRun
+                var droppedSlot = false
+                if recorded.ownsSlot(named: settings.slotName) {
+                    let source = try await sourceEndpoint.connect()
+                    droppedSlot = try await ReplicationSlot.drop(named: settings.slotName, on: source)
+                    await source.close()
+                }
                 if droppedSlot || removedSubscription || recorded.copy.targetTouched {
                     events.warning(
                         .validate,
@@ -89,16 +94,15 @@ struct OnlineMigration {
     private func copyAndStream(
         store: RunStateStore, started: ContinuousClock.Instant, slot: inout ReplicationSlot?, slotGuard: inout Task<Void, Never>?
     ) async throws -> MigrationOutcome {
-        if settings.forceClean { try await ForceClean(config: config, events: events).run() }
         var publicationExists = false
         let report = try await Preflight(config: config, events: events).run { source, target in
-            publicationExists = try await OnlinePreflight(config: config, events: events)
+            publicationExists = try await OnlinePreflight(config: config, events: events, runID: store.current.runID)
                 .run(source: source, target: target).publicationExists
         }
 
         // PrepareSnapshot: the publication first (pgoutput reads it as of each change), then the slot.
         let source = try await sourceEndpoint.connect(label: "source-control", stage: .prepareSnapshot)
-        let publication = Publication(name: settings.publication, filter: config.filter)
+        let publication = Publication(name: settings.publication, filter: config.filter, runID: store.current.runID)
         if publicationExists {
             events.info(.prepareSnapshot, "using the existing publication \(SQL.identifier(settings.publication))")
         } else {
@@ -125,7 +129,7 @@ struct OnlineMigration {
 
         // StreamApply: the target's own apply worker takes over from the slot.
         let target = try await targetEndpoint.connect(label: "target-control", stage: .streamApply)
-        try await subscription.create(on: target, connectingTo: settings.subscriptionSource ?? config.source)
+        try await subscription(runID: store.current.runID).create(on: target, connectingTo: settings.subscriptionSource ?? config.source)
         leftovers.set(\.subscriptionCreated, true)
         events.info(
             .streamApply, "subscription \(SQL.identifier(settings.subscriptionName)) created; the target is streaming changes",
@@ -154,7 +158,7 @@ struct OnlineMigration {
                     + "(max_slot_wal_keep_size): the changes since the interrupted run are gone", fix: fix)
         }
         let target = try await targetEndpoint.connect(label: "target-control", stage: .streamApply)
-        guard try await subscription.exists(on: target, inDatabase: targetEndpoint.databaseName) else {
+        guard try await subscription().exists(on: target, inDatabase: targetEndpoint.databaseName) else {
             throw MigrationError(
                 .streamApply, "the subscription \(SQL.identifier(settings.subscriptionName)) no longer exists on the target", fix: fix)
         }
@@ -164,7 +168,7 @@ struct OnlineMigration {
             leftovers.set(\.frozenDatabase, nil)
             events.warning(.streamApply, "the interrupted cutover had made the source database \(SQL.identifier(frozen)) read-only; it accepts writes again")
         }
-        try await subscription.enable(on: target)
+        try await subscription().enable(on: target)
         events.info(
             .streamApply,
             "re-attached: subscription \(SQL.identifier(settings.subscriptionName)) enabled, streaming from slot \(SQL.identifier(settings.slotName)), "
@@ -199,18 +203,29 @@ struct OnlineMigration {
         var detail: [String: EventValue] = ["barrier_lsn": .string(barrier.description), "seconds": .double(duration.seconds)]
         if let sequenceFailures { detail["sequences_failed"] = .int(sequenceFailures.count) }
         if let undo { detail["undo_freeze"] = .string(undo) }
+        // Kept on purpose, and from now on no run's to drop: removing them is the operator's explicit act.
+        var kept: [String] = []
+        if settings.keepSubscription {
+            kept.append("subscription \(SQL.identifier(settings.subscriptionName)) on the target (disabled; remove with: \(subscription().removalSQL))")
+        }
+        if settings.keepSlot {
+            kept.append("replication slot \(SQL.identifier(settings.slotName)) on the source (it retains WAL until dropped; remove with: "
+                + "\(Cleanup.command(for: config)) --drop-foreign-slot \(settings.slotName))")
+        }
+        if !kept.isEmpty { detail["kept"] = .list(kept) }
         events.info(
             .complete,
             "migration complete: every transaction committed on the source before \(barrier) is on the target"
-                + (undo.map { "; the source database stays read-only, undo with: \($0)" } ?? ""),
+                + (undo.map { "; the source database stays read-only, undo with: \($0)" } ?? "")
+                + (kept.isEmpty ? "" : "; kept as asked: " + kept.joined(separator: "; ")),
             detail)
         return MigrationOutcome(
             mode: .online, cutoverTriggered: true, warnings: warnings, duration: duration, barrierLSN: barrier,
             sequenceFailures: sequenceFailures ?? [:])
     }
 
-    private var subscription: Subscription {
-        Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication)
+    private func subscription(runID: String? = nil) -> Subscription {
+        Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication, runID: runID)
     }
 
     private func startSlotGuard() -> Task<Void, Never> {

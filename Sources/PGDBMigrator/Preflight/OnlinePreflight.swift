@@ -5,6 +5,8 @@ import PostgresClient
 struct OnlinePreflight {
     var config: MigrationConfig
     var events: EventEmitter
+    /// This run's, to tell a publication it created (a resumed copy reuses it) from another run's.
+    var runID: String
     var settings: OnlineSettings { config.online }
 
     /// Returns whether the publication already exists (so we must never drop it).
@@ -12,8 +14,17 @@ struct OnlinePreflight {
         try await checkSourceSettings(source)
         try await checkTarget(target)
 
-        let publication = Publication(name: settings.publication, filter: config.filter)
-        let publicationExists = try await publication.exists(on: source)
+        let publication = Publication(name: settings.publication, filter: config.filter, runID: runID)
+        let owner = try await publication.owner(on: source)
+        if owner == .anotherRun {
+            // That run drops it at its cutover: streaming through it would end with it.
+            throw MigrationError(
+                .validate,
+                "the publication \(SQL.identifier(settings.publication)) on the source belongs to another pg_dbmigrator run "
+                    + "(its comment says so), which drops it at its cutover",
+                fix: "pass --publication with a name of this run's own (it is created, and dropped at this run's cutover)")
+        }
+        let publicationExists = owner != nil
         if !publicationExists && !settings.autoCreatePublication {
             throw MigrationError(
                 .validate, "the publication \(SQL.identifier(settings.publication)) does not exist on the source",
@@ -59,10 +70,13 @@ struct OnlinePreflight {
                 fix: "ALTER ROLE \(SQL.identifier(row[4] ?? "?")) REPLICATION on the source")
         }
         if row[5] == "t" {
+            let slot = try await ReplicationSlot.describe(named: settings.slotName, on: source)
             throw MigrationError(
-                .validate, "a replication slot named \(SQL.identifier(settings.slotName)) already exists on the source",
-                fix: "it may be left from an earlier run: pass --force-clean to drop it (and the subscription of that name), "
-                    + "or choose another --slot-name")
+                .validate,
+                "a replication slot named \(SQL.identifier(settings.slotName)) already exists on the source"
+                    + (slot.map { " (\($0.summary))" } ?? "") + "; this run did not create it, so it is left alone",
+                fix: "choose another --slot-name; if an interrupted run of this tool left it, --mode cleanup with that run's "
+                    + "--state-dir removes it (--force-clean does the same before starting)")
         }
     }
 

@@ -55,7 +55,17 @@ struct Preflight {
         if targetExists && !config.dropTargetFirst && config.dumpScope != .dataOnly && !targetHoldsResumedCopy {
             try await checkEmpty(targetConnection)
         }
+        if targetExists && config.dropTargetFirst {
+            try await TargetDatabase(target: target, events: events)
+                .checkDrop(on: targetConnection, terminatingSessions: config.terminateTargetSessions)
+        }
+        if targetExists && config.dumpScope == .dataOnly {
+            try await checkTablesEmpty(targetConnection)
+        }
         try await more(sourceConnection, targetConnection)
+        // Closed now, not whenever they are freed: a session left on the target database would hold up its drop.
+        await sourceConnection.close()
+        await targetConnection.close()
 
         events.info(
             .validate, "source and target ready",
@@ -182,6 +192,31 @@ struct Preflight {
         WHERE r.oid IN (SELECT role FROM owners UNION SELECT role FROM grantees)
         GROUP BY r.rolname ORDER BY 1
         """
+
+    /// `--dump-scope data-only` loads rows into the target's own tables: into a
+    /// table that holds rows already, that would duplicate them (or fail half-way
+    /// on a key), so any such table is refused, by name.
+    private func checkTablesEmpty(_ target: Connection) async throws {
+        let tables = try await target.query(
+            """
+            SELECT n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+            ORDER BY 1, 2
+            """
+        ).rows.filter { config.filter.includes(schema: $0[0]!, table: $0[1]!) }.map { $0[2]! }
+        var holdingRows: [String] = []
+        for table in tables where holdingRows.count < 10 {
+            if try await target.scalar("SELECT 1 FROM ONLY \(table) LIMIT 1") != nil { holdingRows.append(table) }
+        }
+        guard holdingRows.isEmpty else {
+            throw MigrationError(
+                .validate,
+                "--dump-scope data-only loads rows into the target's tables, and these already hold rows: "
+                    + holdingRows.joined(separator: ", ") + (holdingRows.count == 10 ? ", …" : "") + "; nothing was changed",
+                fix: "empty them first (TRUNCATE) if their rows may go, or leave them out with --exclude-table")
+        }
+    }
 
     /// Refuses a target database that already holds user objects: restoring
     /// into it would mix two databases or fail half-way.

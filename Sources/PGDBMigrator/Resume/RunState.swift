@@ -7,9 +7,12 @@ import PostgresClient
 ///
 /// Holds no password: connection strings are recorded without it.
 struct RunState: Codable, Sendable {
-    static let currentVersion = 1
+    static let currentVersion = 2
 
     var version = RunState.currentVersion
+    /// Names this run on the objects it creates (see `OwnershipMark`): what carries
+    /// another run's mark, or none, is not ours to drop.
+    var runID = UUID().uuidString.lowercased()
     /// The settings that decide what is copied and where, as the flags that set them.
     var settings: [String: String]
     var copy = CopyState()
@@ -29,11 +32,26 @@ struct RunState: Codable, Sendable {
 
     struct OnlineState: Codable, Sendable {
         var publicationCreated = false
+        /// The slot of the recorded `--slot-name` is ours: a slot carries no mark, so only this says so.
         var slotCreated = false
         var subscriptionCreated = false
+        /// The source database this run made read-only (it was not before), so undoing it is ours to do.
         var frozenDatabase: String?
         /// The cutover's barrier, once the target applied up to it and sequences were synced.
         var cutoverBarrier: String?
+    }
+
+    /// Whether the run got far enough to leave anything behind: such a state is
+    /// only ever continued (`--resume`) or removed (`--mode cleanup`), never
+    /// overwritten by a new run. A run that failed at Validate left nothing.
+    var hasProgress: Bool {
+        copy.targetTouched || copy.dumpComplete || online.publicationCreated || online.slotCreated
+            || online.subscriptionCreated || online.frozenDatabase != nil || online.cutoverBarrier != nil
+    }
+
+    /// Whether the slot `name` on the source is the one this run created.
+    func ownsSlot(named name: String) -> Bool {
+        online.slotCreated && settings["--slot-name"] == name
     }
 
     /// The settings of `config` that must not change between a run and its resumption.
@@ -182,43 +200,67 @@ final class RunStateStore: Sendable {
         return ((base as NSString).appendingPathComponent("pg_dbmigrator") as NSString).appendingPathComponent(String(key))
     }
 
-    /// Opens the state for this run. Without `--resume` it starts afresh;
-    /// with it, it continues the recorded run, refusing a changed configuration.
-    static func open(for config: MigrationConfig, stage: Stage = .validate) throws -> RunStateStore {
+    /// Creates the state directory (0700) if needed and returns its path.
+    static func prepareDirectory(for config: MigrationConfig) throws -> String {
         let directory = directory(for: config)
-        let path = statePath(for: config)
-        let settings = RunState.settings(of: config)
         do {
             try FileManager.default.createDirectory(
                 atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         } catch {
             throw MigrationError(
-                stage, "cannot create the state directory \(directory): \(error.localizedDescription)",
+                .validate, "cannot create the state directory \(directory): \(error.localizedDescription)",
                 fix: "pass --state-dir with a writable directory")
         }
+        return directory
+    }
+
+    /// The state an earlier run recorded for `config`'s state directory, if any; throws when it cannot be read.
+    static func recorded(for config: MigrationConfig, stage: Stage = .validate) throws -> RunState? {
+        let path = statePath(for: config)
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        do {
+            return try JSONDecoder().decode(RunState.self, from: data)
+        } catch {
+            throw MigrationError(
+                stage, "the recorded run state \(path) cannot be read (\(error))",
+                fix: "look at it; remove the state directory by hand only once you know what that run left behind")
+        }
+    }
+
+    /// Opens the state for this run. Without `--resume` it starts afresh, but
+    /// never over an interrupted run's record (that is refused, naming `--resume`
+    /// and `--mode cleanup`); with it, it continues the recorded run, refusing a
+    /// changed configuration.
+    static func open(for config: MigrationConfig, stage: Stage = .validate) throws -> RunStateStore {
+        let path = statePath(for: config)
+        let settings = RunState.settings(of: config)
+        _ = try prepareDirectory(for: config)
+        let existing = try recorded(for: config, stage: stage)
         guard config.resume else {
+            if let existing, existing.hasProgress {
+                throw MigrationError(
+                    stage,
+                    "an interrupted \(existing.settings["--mode"] ?? "") run is recorded in \(path); "
+                        + "starting afresh would forget what it left behind, so nothing was changed",
+                    fix: "continue it: rerun that command with --resume; or remove what it left: "
+                        + Cleanup.command(recordedIn: existing, config: config))
+            }
             let store = RunStateStore(path: path, state: RunState(settings: settings))
             store.forgetCopy()
             try store.update { _ in }
             return store
         }
-        guard let data = FileManager.default.contents(atPath: path) else {
+        guard let recorded = existing else {
             throw MigrationError(
                 stage, "--resume: there is no interrupted run to resume at \(path)",
                 fix: "run without --resume to start, or pass the --state-dir the interrupted run used")
-        }
-        let recorded: RunState
-        do {
-            recorded = try JSONDecoder().decode(RunState.self, from: data)
-        } catch {
-            throw MigrationError(stage, "--resume: \(path) cannot be read (\(error))", fix: "run without --resume to start over")
         }
         let changes = RunState.changes(from: recorded.settings, to: settings)
         guard changes.isEmpty else {
             throw MigrationError(
                 stage, "--resume refused: the settings differ from the interrupted run's: " + changes.joined(separator: "; "),
-                fix: "rerun with the interrupted run's settings, or start over without --resume "
-                    + "(--drop-target-first; online, after --mode cleanup)")
+                fix: "rerun with the interrupted run's settings; or, to start over, first remove what it left with "
+                    + Cleanup.command(recordedIn: recorded, config: config))
         }
         return RunStateStore(path: path, state: recorded)
     }

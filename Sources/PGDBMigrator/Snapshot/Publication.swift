@@ -5,6 +5,8 @@ import PostgresClient
 struct Publication {
     var name: String
     var filter: ObjectFilter
+    /// The run that creates it (its mark), or that looks for what it created.
+    var runID: String?
 
     func exists(on source: Connection) async throws -> Bool {
         try await source.scalar("SELECT 1 FROM pg_publication WHERE pubname = $1", [name]) != nil
@@ -43,10 +45,13 @@ struct Publication {
                 fix: "check --schema/--table/--exclude-schema/--exclude-table")
         }
         let what = filter.isEmpty ? "FOR ALL TABLES" : "FOR TABLE " + tables.joined(separator: ", ")
+        guard let runID else { preconditionFailure("a publication is created by a run") }
         do {
-            try await source.execute("CREATE PUBLICATION \(SQL.identifier(name)) \(what)")
-            // The mark that lets --mode cleanup tell ours from one that existed before.
-            try await source.execute("COMMENT ON PUBLICATION \(SQL.identifier(name)) IS \(SQL.literal(Self.createdByUs))")
+            // One statement string, one transaction: the publication never exists without the mark
+            // that tells cleanup and cutover it is this run's.
+            try await source.execute(
+                "CREATE PUBLICATION \(SQL.identifier(name)) \(what); "
+                    + "COMMENT ON PUBLICATION \(SQL.identifier(name)) IS \(SQL.literal(OwnershipMark.text(runID: runID)))")
         } catch let error as PostgresError {
             throw MigrationError(
                 .prepareSnapshot, "cannot create the publication \(SQL.identifier(name)) on the source: \(error)",
@@ -56,12 +61,12 @@ struct Publication {
         }
     }
 
-    static let createdByUs = "created by pg_dbmigrator; dropped after cutover"
-
-    /// Whether the publication carries our mark (we created it, so we may drop it).
-    func isOurs(on source: Connection) async throws -> Bool {
-        try await source.scalar(
-            "SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = $1", [name]) == Self.createdByUs
+    /// Who created the publication, by its mark; nil when there is none of that name.
+    func owner(on source: Connection) async throws -> OwnershipMark.Owner? {
+        guard let row = try await source.query(
+            "SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = $1", [name]
+        ).rows.first else { return nil }
+        return OwnershipMark.owner(ofObjectCommented: row[0], runID: runID)
     }
 
     func drop(on source: Connection) async throws {

@@ -56,6 +56,39 @@ actor ReplicationSlot {
         holder = nil
     }
 
+    /// What an operator needs to know about a slot before anyone drops it.
+    struct Description: Sendable {
+        var name: String
+        var plugin: String
+        var database: String
+        /// The walsender reading from it, when a consumer is attached.
+        var activePID: String?
+        var retainedWAL: String
+        var retainedBytes: Int
+        var walStatus: String
+
+        var summary: String {
+            "plugin \(plugin), database \(database), "
+                + (activePID.map { "in use by a consumer (walsender pid \($0))" } ?? "inactive")
+                + ", holding \(retainedWAL) of WAL (status \(walStatus))"
+        }
+    }
+
+    static func describe(named name: String, on source: Connection) async throws -> Description? {
+        guard let row = try await source.query(
+            """
+            SELECT coalesce(plugin, 'physical'), coalesce(database, '-'), active_pid::text,
+                   coalesce(pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)), '0 bytes'),
+                   coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint::text,
+                   coalesce(wal_status, 'unknown')
+            FROM pg_replication_slots WHERE slot_name = $1
+            """, [name]
+        ).rows.first else { return nil }
+        return Description(
+            name: name, plugin: row[0] ?? "?", database: row[1] ?? "?", activePID: row[2], retainedWAL: row[3] ?? "?",
+            retainedBytes: Int(row[4] ?? "0") ?? 0, walStatus: row[5] ?? "?")
+    }
+
     /// Drops a slot on the source, waiting up to `timeout` for a walsender still attached to let go of it.
     /// Returns false when there was no such slot.
     @discardableResult

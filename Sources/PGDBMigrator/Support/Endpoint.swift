@@ -10,8 +10,11 @@ struct Endpoint: Sendable {
     var connectionString: ConnectionString
 
     /// Opens a connection, turning libpq's failure into a message that names the side and the fix.
-    func connect(label: String? = nil, database: String? = nil, stage: Stage = .validate) async throws -> Connection {
-        let options = database.map { connectionString.setting("dbname", to: $0) } ?? connectionString
+    func connect(
+        label: String? = nil, database: String? = nil, applicationName: String? = nil, stage: Stage = .validate
+    ) async throws -> Connection {
+        var options = database.map { connectionString.setting("dbname", to: $0) } ?? connectionString
+        if let applicationName { options = options.setting("application_name", to: applicationName) }
         do {
             return try await Connection.connect(options, label: label ?? role.rawValue)
         } catch let error as PostgresError {

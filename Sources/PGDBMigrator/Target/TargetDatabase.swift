@@ -5,19 +5,67 @@ struct TargetDatabase {
     var target: Endpoint
     var events: EventEmitter
 
+    /// Databases every server needs: never dropped, whatever the flags.
+    static let protectedNames: Set<String> = ["postgres", "template0", "template1"]
+
+    /// Says what `--drop-target-first` is about to destroy — the database's size,
+    /// its tables and the sessions connected to it — before anything is dropped,
+    /// and refuses while other sessions are connected unless told to end them.
+    /// `target` is a session on that database (left out of the list).
+    func checkDrop(on session: Connection, terminatingSessions: Bool) async throws {
+        let name = self.target.databaseName
+        guard !Self.protectedNames.contains(name) else {
+            throw MigrationError(.validate, "\(SQL.identifier(name)) is never dropped: every server needs it",
+                                 fix: "point --target at the database to migrate into")
+        }
+        let size = try await session.query(
+            """
+            SELECT pg_size_pretty(pg_database_size(current_database())),
+                   (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%')
+            """
+        ).rows[0]
+        let sessions = try await session.query(
+            """
+            SELECT pid::text, coalesce(usename, '?'), coalesce(nullif(application_name, ''), '(no application name)'),
+                   coalesce(host(client_addr), 'local socket')
+            FROM pg_stat_activity
+            WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+            ORDER BY backend_start
+            """
+        ).rows.map { "pid \($0[0]!) \($0[1]!) (\($0[2]!)) from \($0[3]!)" }
+        let what = "\(size[0] ?? "?"), \(size[1] ?? "?") table(s)"
+        let connected = sessions.isEmpty ? "no other session connected" : "\(sessions.count) session(s) connected: " + sessions.joined(separator: "; ")
+        guard sessions.isEmpty || terminatingSessions else {
+            throw MigrationError(
+                .validate,
+                "--drop-target-first would drop the target database \(SQL.identifier(name)) (\(what)) while \(connected); nothing was dropped",
+                fix: "stop those sessions, or add --terminate-target-sessions to end them when the database is dropped")
+        }
+        events.warning(
+            .validate, "--drop-target-first: the target database \(SQL.identifier(name)) (\(what)) will be dropped and re-created; "
+                + connected + (sessions.isEmpty ? "" : ", ended when it is dropped (--terminate-target-sessions)"),
+            ["database": .string(name), "size": .string(size[0] ?? "?"), "tables": .int(Int(size[1] ?? "0") ?? 0),
+             "sessions": .list(sessions)])
+    }
+
     /// The database to connect to while `name` itself is being created or dropped.
     static func maintenanceDatabase(for name: String) -> String {
         name == "postgres" ? "template1" : "postgres"
     }
 
     /// Makes sure an empty target database exists: drops it first when asked, creates it when missing.
-    func prepare(exists: Bool, dropFirst: Bool, like settings: DatabaseSettings) async throws {
+    /// `terminatingSessions`: end sessions still connected (they were listed by ``checkDrop(on:terminatingSessions:)``).
+    func prepare(exists: Bool, dropFirst: Bool, terminatingSessions: Bool, like settings: DatabaseSettings) async throws {
         guard !exists || dropFirst else { return }
         let name = target.databaseName
+        precondition(!(exists && Self.protectedNames.contains(name)), "checkDrop refuses to drop \(name)")
         let maintenance = try await target.connect(database: Self.maintenanceDatabase(for: name), stage: .restore)
         if exists {
-            // FORCE (PostgreSQL 13+) ends other sessions instead of failing on them.
-            let force = await maintenance.serverVersion >= 130_000 ? " WITH (FORCE)" : ""
+            // FORCE (PostgreSQL 13+) ends other sessions instead of failing on them; without it, a session
+            // that connected since Validate makes the drop fail (after a 5 s grace), and nothing is dropped.
+            let forceSupported = await maintenance.serverVersion >= 130_000
+            let force = terminatingSessions && forceSupported ? " WITH (FORCE)" : ""
             try await run(maintenance, "DROP DATABASE IF EXISTS \(SQL.identifier(name))\(force)", "drop")
             events.info(.restore, "dropped the target database \(SQL.identifier(name))", ["database": .string(name)])
         }

@@ -1,0 +1,111 @@
+import PostgresClient
+
+extension MigrationConfig {
+    /// Every argument checked before anything is touched: numbers in range, names
+    /// valid for what they name, flags that make sense together. The CLI turns a
+    /// failure into exit status 64; the library throws it from ``Migrator/run()``.
+    public func validate() throws(MigrationError) {
+        func refuse(_ message: String, fix: String? = nil) -> MigrationError { MigrationError(.validate, message, fix: fix) }
+        guard (1...64).contains(jobs), (1...64).contains(indexJobs) else {
+            throw refuse("--jobs and --index-jobs must be between 1 and 64")
+        }
+        guard splitTablesLargerThan >= 0, splitTablesLargerThan <= Self.maximumSplitBytes else {
+            throw refuse("--split-tables-larger-than must be between 0 and 1PB")
+        }
+        guard maintenanceWorkMem >= 1024 * 1024, maintenanceWorkMem <= Self.maximumMaintenanceWorkMem else {
+            throw refuse("--maintenance-work-mem must be between 1MB and 2047GB (PostgreSQL's limit)")
+        }
+        if dumpScope == .dataOnly && dropTargetFirst {
+            throw refuse(
+                "--dump-scope data-only loads rows into the target's existing tables; it cannot be combined with --drop-target-first",
+                fix: "drop --drop-target-first, or copy everything with --dump-scope all")
+        }
+        if resume && dropTargetFirst {
+            throw refuse("--resume continues what is in the target; it cannot be combined with --drop-target-first")
+        }
+        if resume && online.forceClean {
+            throw refuse("--force-clean starts afresh; it cannot be combined with --resume, which continues the interrupted run")
+        }
+        if resume && dumpScope == .dataOnly {
+            throw refuse(
+                "a --dump-scope data-only copy cannot be resumed: it loads whole tables into tables it did not create",
+                fix: "empty the target's tables (TRUNCATE) and run again without --resume")
+        }
+        if let slot = online.dropForeignSlot {
+            guard mode == .cleanup else { throw refuse("--drop-foreign-slot is a --mode cleanup option") }
+            try OnlineSettings.checkSlotName(slot, flag: "--drop-foreign-slot")
+        }
+        if terminateTargetSessions && !dropTargetFirst && !resume {
+            throw refuse("--terminate-target-sessions goes with --drop-target-first (or --resume, which may re-create the target)")
+        }
+        if dropTargetFirst, let database = target.resolvedDatabase, TargetDatabase.protectedNames.contains(database) {
+            throw refuse(
+                "--drop-target-first would drop \(SQL.identifier(database)), which every server needs; it is never dropped",
+                fix: "point --target at the database to migrate into")
+        }
+        try online.validate()
+        try verify.validate()
+    }
+
+    /// Larger than any table; a bound that keeps the byte arithmetic far from overflowing.
+    static let maximumSplitBytes = 1 << 50
+    /// `maintenance_work_mem` is at most `INT_MAX` kilobytes.
+    static let maximumMaintenanceWorkMem = Int(Int32.max) * 1024
+}
+
+extension OnlineSettings {
+    func validate() throws(MigrationError) {
+        try Self.checkSlotName(slotName, flag: "--slot-name")
+        try Self.checkIdentifier(publication, flag: "--publication")
+        try Self.checkIdentifier(subscriptionName, flag: "--subscription-name")
+        for (flag, interval) in [("--cutover-poll-secs", pollInterval), ("--cutover-fast-poll-ms", fastPollInterval),
+                                 ("--cutover-timeout-secs", cutoverTimeout), ("apply failure grace", applyFailureGrace)]
+        where interval <= .zero || interval > Self.longestInterval {
+            throw MigrationError(.validate, "\(flag) must be more than 0 and at most 30 days")
+        }
+        if let limit = maxRetainedWALBytes, limit == 0 || limit > Self.largestWALLimit {
+            throw MigrationError(.validate, "--max-retained-wal-mb must be between 1 and 1000000000 (1 PB)")
+        }
+    }
+
+    static let longestInterval = Duration.seconds(30 * 24 * 3600)
+    static let largestWALLimit: UInt64 = 1_000_000_000 * 1_000_000
+
+    /// PostgreSQL's own rule for slot names (`ReplicationSlotValidateName`):
+    /// lower-case letters, digits and underscores, at most 63 bytes.
+    static func checkSlotName(_ name: String, flag: String) throws(MigrationError) {
+        try checkIdentifier(name, flag: flag)
+        guard name.utf8.allSatisfy({ (0x61...0x7a).contains($0) || (0x30...0x39).contains($0) || $0 == 0x5f }) else {
+            throw MigrationError(
+                .validate, "\(flag) \(SQL.literal(name)) is not a valid replication slot name",
+                fix: "use only lower-case letters, digits and underscores, e.g. \(SQL.literal(suggestedSlotName(name)))")
+        }
+    }
+
+    /// A name PostgreSQL stores as given: not empty, no NUL, at most 63 bytes (longer ones are silently truncated).
+    static func checkIdentifier(_ name: String, flag: String) throws(MigrationError) {
+        guard !name.isEmpty, !name.utf8.contains(0) else {
+            throw MigrationError(.validate, "\(flag) must not be empty")
+        }
+        guard name.utf8.count <= 63 else {
+            throw MigrationError(
+                .validate, "\(flag) is \(name.utf8.count) bytes long; PostgreSQL names hold at most 63 bytes and would cut it short",
+                fix: "choose a shorter name")
+        }
+    }
+
+    private static func suggestedSlotName(_ name: String) -> String {
+        String(name.lowercased().map { $0.isLetter && $0.isASCII || $0.isNumber && $0.isASCII ? $0 : "_" }.prefix(63))
+    }
+}
+
+extension VerifySettings {
+    func validate() throws(MigrationError) {
+        guard showRows >= 0, showRows <= 1_000_000 else {
+            throw MigrationError(.validate, "--verify-show-rows must be between 0 and 1000000")
+        }
+        guard splitBytes > 0, splitBytes <= MigrationConfig.maximumSplitBytes else {
+            throw MigrationError(.validate, "--verify-split-mb must be between 1 and 1000000000")
+        }
+    }
+}
