@@ -35,8 +35,9 @@ struct DestructiveMistakesTests {
 
     static func stateDirectory() -> String { NSTemporaryDirectory() + "pgdm-state-\(UUID().uuidString)" }
 
-    static func run(_ arguments: [String], stateDirectory: String = stateDirectory()) async throws -> CLI.Result {
-        try await CLI.run(arguments + ["--state-dir", stateDirectory])
+    /// Runs the CLI; a refusal comes at once, so a run still going after `timeout` fails the test instead of hanging it.
+    static func run(_ arguments: [String], stateDirectory: String = stateDirectory(), timeout: Double = 120) async throws -> CLI.Result {
+        try await CLI.start(arguments + ["--state-dir", stateDirectory]).wait(timeout: timeout)
     }
 
     // MARK: - The same database
@@ -159,6 +160,15 @@ struct DestructiveMistakesTests {
         let before = try await Untouched.of(target, database: targetDatabase)
         let arguments = ["--source", source.url(database: database), "--target", target.url(database: targetDatabase), "--drop-target-first"]
 
+        // A CDC slot in the target database would go with it.
+        let cdc = SharedClusters.uniqueName("target_cdc")
+        try await app.query("SELECT pg_create_logical_replication_slot($1, 'test_decoding')", [cdc])
+        let withSlot = try await Self.run(arguments + ["--terminate-target-sessions"])
+        #expect(withSlot.status == 1, "\(withSlot.stderr)")
+        #expect(withSlot.stderr.contains("replication slot(s) \(cdc) (test_decoding)"), "\(withSlot.stderr)")
+        #expect(try await app.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [cdc]) == "1")
+        try await app.query("SELECT pg_drop_replication_slot($1)", [cdc])
+
         let refused = try await Self.run(arguments)
         #expect(refused.status == 1, "\(refused.stderr)")
         #expect(refused.stderr.contains("billing-app") && refused.stderr.contains("1 table(s)"), "\(refused.stderr)")
@@ -205,6 +215,30 @@ struct DestructiveMistakesTests {
     }
 
     // MARK: - State that is not ours
+
+    @Test("cleanup refuses a recorded run whose source was another database, and changes nothing")
+    func cleanupChecksTheRecordedSource() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let database = try await OnlinePreflightTests.smallSource()
+        var config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("elsewhere")) {
+            $0.stateDirectory = Self.stateDirectory()
+        }
+        let admin = try await source.connect(database: database)
+        try await admin.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [config.online.slotName])
+        // The record of a run that made a slot of this name on another source database.
+        let store = try RunStateStore.open(for: config)
+        try store.update {
+            $0.online.slotCreated = true
+            $0.online.sourceIdentity = "7000000000000000000/16384"
+        }
+        config.mode = .cleanup
+        let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
+        #expect(error?.message.contains("migrated from another source database") == true, "\(error?.message ?? "")")
+        #expect(try await admin.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) == "1")
+        #expect(FileManager.default.fileExists(atPath: RunStateStore.statePath(for: config)), "the record stays")
+        try await admin.query("SELECT pg_drop_replication_slot($1)", [config.online.slotName])
+        _ = target
+    }
 
     @Test("cleanup leaves a read-only setting it did not make, also after a completed frozen cutover")
     func cleanupKeepsForeignReadOnly() async throws {

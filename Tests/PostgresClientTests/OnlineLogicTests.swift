@@ -61,18 +61,3 @@ import Testing
         #expect(health.observe(errors: nil, workerRunning: true, applied: lsn, caughtUp: true, now: start + .seconds(100)) == .healthy)
     }
 }
-
-@Suite struct ObjectFilterTests {
-    @Test("the migrated set follows pg_dump's pattern rules")
-    func includes() {
-        #expect(ObjectFilter().includes(schema: "public", table: "t"))
-        let filter = ObjectFilter(schemas: ["app*"], excludeTables: ["app1.big_log", "\"Audit Log\".*"])
-        #expect(filter.includes(schema: "app1", table: "orders"))
-        #expect(!filter.includes(schema: "app1", table: "big_log"))
-        #expect(!filter.includes(schema: "public", table: "orders"))
-        #expect(ObjectFilter(tables: ["public.orders"]).includes(schema: "public", table: "orders"))
-        #expect(!ObjectFilter(tables: ["public.orders"]).includes(schema: "public", table: "orders2"))
-        #expect(!ObjectFilter(excludeSchemas: ["\"Audit Log\""]).includes(schema: "Audit Log", table: "events"))
-        #expect(ObjectFilter(excludeSchemas: ["\"Audit Log\""]).includes(schema: "audit log", table: "events"))
-    }
-}

@@ -4,12 +4,19 @@ import Testing
 @Suite struct PatternTests {
     @Test("pg_dump name patterns become the regexes pg_dump itself would use")
     func patterns() {
-        #expect(TableSchemas.regexes(for: "public.orders") == ("^(public)$", "^(orders)$"))
-        #expect(TableSchemas.regexes(for: "Orders") == (nil, "^(orders)$"))
-        #expect(TableSchemas.regexes(for: "\"Audit Log\".\"Events\"") == ("^(Audit Log)$", "^(Events)$"))
-        #expect(TableSchemas.regexes(for: "s*.t?x") == ("^(s.*)$", "^(t.x)$"))
-        #expect(TableSchemas.regexes(for: "\"a.b\".c$") == ("^(a\\.b)$", "^(c\\$)$"))
-        #expect(TableSchemas.regexes(for: "\"q\"\"uote\"") == (nil, "^(q\"uote)$"))
+        func regexes(_ pattern: String) -> (String?, String) { NamePattern(pattern).regexes }
+        #expect(regexes("public.orders") == ("^(public)$", "^(orders)$"))
+        #expect(regexes("Orders") == (nil, "^(orders)$"))
+        #expect(regexes("\"Audit Log\".\"Events\"") == ("^(Audit Log)$", "^(Events)$"))
+        #expect(regexes("s*.t?x") == ("^(s.*)$", "^(t.x)$"))
+        #expect(regexes("\"a.b\".c$") == ("^(a\\.b)$", "^(c\\$)$"))
+        #expect(regexes("\"q\"\"uote\"") == (nil, "^(q\"uote)$"))
+        // Outside quotes, regular expression characters keep their meaning, as pg_dump passes them through...
+        #expect(regexes("public.(t1|gen)") == ("^(public)$", "^((t1|gen))$"))
+        #expect(regexes("t[0-9]+") == (nil, "^(t[0-9]+)$"))
+        // ...except `$`, always literal, and `[]`, an array type's name; inside quotes nothing is special.
+        #expect(regexes("int4[]") == (nil, "^(int4\\[])$"))
+        #expect(regexes("\"t(1)\"") == (nil, "^(t\\(1\\))$"))
     }
 
     @Test("tool versions are read from --version output")

@@ -67,6 +67,14 @@ struct Cleanup {
         let source = try await Endpoint(role: .source, connectionString: config.source).connect()
         // A frozen source database starts our session read-only too; this session must be able to write.
         try await source.execute("SET default_transaction_read_only = off")
+        if let recordedSource = recorded?.online.sourceIdentity, try await SourceIdentity.read(on: source) != recordedSource {
+            await source.close()
+            throw MigrationError(
+                .cleanup,
+                "the run recorded in \(RunStateStore.statePath(for: config)) migrated from another source database than --source "
+                    + "\(config.source.redacted): objects of its names here are not its own; nothing was changed",
+                fix: "clean up with that run's source: \(Cleanup.command(recordedIn: recorded!, config: config))")
+        }
         let ours = recorded?.ownsSlot(named: settings.slotName) ?? false
         if let line = try await removeSlot(named: settings.slotName, ours: ours, on: source, dryRun: dryRun) { found.append(line) }
         if let foreign = settings.dropForeignSlot, foreign != settings.slotName,
@@ -75,7 +83,7 @@ struct Cleanup {
             found.append(line)
         }
 
-        let publication = Publication(name: settings.publication, filter: config.filter, runID: runID)
+        let publication = Publication(name: settings.publication, runID: runID)
         switch try await publication.owner(on: source) {
         case .thisRun:
             if !dryRun { try await publication.drop(on: source) }
@@ -121,7 +129,9 @@ struct Cleanup {
                  "a consumer is attached to it (walsender pid \(pid)); a slot in use is never dropped", removal: nil)
             return nil
         }
-        if !dryRun { try await ReplicationSlot.drop(named: name, on: source) }
+        // Ours: wait for our own subscription's walsender to let go. Anyone else's: one attempt, and a
+        // consumer that attached meanwhile makes the server refuse it.
+        if !dryRun { try await ReplicationSlot.drop(named: name, on: source, timeout: ours ? .seconds(30) : .zero) }
         return "\(dryRun ? "would drop" : "dropped") replication slot \(SQL.identifier(name)) on the source "
             + "(holding \(slot.retainedWAL) of WAL, status \(slot.walStatus))"
     }
@@ -141,9 +151,11 @@ struct Cleanup {
             + (config.stateDirectory.map { " --state-dir \(shellQuote($0))" } ?? "")
     }
 
-    /// The cleanup command for the run recorded in `state`, with the names that run used.
+    /// The cleanup command for the run recorded in `state`, with the servers and names that run used.
     static func command(recordedIn state: RunState, config: MigrationConfig) -> String {
         var recorded = config
+        if let source = state.settings["--source"].flatMap({ try? ConnectionString($0) }) { recorded.source = source }
+        if let target = state.settings["--target"].flatMap({ try? ConnectionString($0) }) { recorded.target = target }
         recorded.online.slotName = state.settings["--slot-name"] ?? config.online.slotName
         recorded.online.publication = state.settings["--publication"] ?? config.online.publication
         recorded.online.subscriptionName = state.settings["--subscription-name"] ?? config.online.subscriptionName

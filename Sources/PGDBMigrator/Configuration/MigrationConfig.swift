@@ -192,7 +192,8 @@ public struct OnlineSettings: Sendable {
 }
 
 /// Which schemas and tables take part, as `pg_dump` patterns
-/// (`-n`, `-N`, `-t`, `-T`: `*` and `?` wildcards, case folded unless double-quoted).
+/// (`-n`, `-N`, `-t`, `-T`: `*` and `?` wildcards, case folded unless double-quoted),
+/// resolved once on the source by ``TableSet`` with `pg_dump`'s own rules.
 public struct ObjectFilter: Sendable, Equatable {
     public var schemas: [String]
     public var excludeSchemas: [String]
@@ -207,10 +208,4 @@ public struct ObjectFilter: Sendable, Equatable {
     }
 
     public var isEmpty: Bool { self == ObjectFilter() }
-
-    /// The `pg_dump` arguments that apply this filter.
-    var pgDumpArguments: [String] {
-        schemas.map { "--schema=\($0)" } + excludeSchemas.map { "--exclude-schema=\($0)" }
-            + tables.map { "--table=\($0)" } + excludeTables.map { "--exclude-table=\($0)" }
-    }
 }

@@ -8,6 +8,8 @@ struct Cutover {
     var events: EventEmitter
     var monitor: ResilientMonitor
     var leftovers: Leftovers
+    /// What the migration carries: what must have been published, verified and sequence-synced.
+    var tables: TableSet
     var settings: OnlineSettings { config.online }
 
     struct Result {
@@ -37,12 +39,25 @@ struct Cutover {
         events.info(.cutover, "waiting for the target to apply up to barrier \(barrier)", ["barrier_lsn": .string(barrier.description)])
         try await waitForApply(past: barrier)
         if settings.freezeSourceAtCutover {
-            try await NonReplicatedData(filter: config.filter, events: events).copy(source: source, target: target)
+            try await NonReplicatedData(tables: tables.tables.filter(tables.unlogged.contains), events: events)
+                .copy(source: source, target: target)
+        }
+
+        // What was copied is what was published: a table taken out of the publication (or a filter or action
+        // added to it) since Validate lost changes, and that is an error, never a Complete.
+        let coverage = try await Publication(name: settings.publication).coverageProblems(of: tables, on: source)
+        guard coverage.isEmpty else {
+            throw MigrationError(
+                .cutover,
+                "the publication \(SQL.identifier(settings.publication)) no longer carries every change of the migrated tables, "
+                    + "so the target may miss some: " + coverage.joined(separator: "; ") + "; nothing was dropped",
+                fix: "the subscription and slot are kept (disabled): compare the tables named, or start over with "
+                    + "\(Cleanup.command(for: config)) and --drop-target-first")
         }
 
         // Both sides are quiet now (the source is frozen): prove it before dropping anything.
         if settings.freezeSourceAtCutover && config.verify.mode != .off {
-            let report = try await VerifyRun(config: config, events: events).verify(checkSequences: false)
+            let report = try await VerifyRun(config: config, events: events, tables: tables).verify(checkSequences: false)
             if !report.matches {
                 throw MigrationError(
                     .cutover, "verify at cutover found differences, so nothing was dropped: "
@@ -53,7 +68,7 @@ struct Cutover {
 
         var sequences = SequenceSync.Result(synced: 0, failures: [:])
         if settings.syncSequences {
-            sequences = try await SequenceSync(filter: config.filter).run(source: source, target: target)
+            sequences = try await SequenceSync(sequences: tables.sequences).run(source: source, target: target)
             for (name, reason) in sequences.failures.sorted(by: { $0.key < $1.key }) {
                 events.emit(MigrationEvent(stage: .cutover, level: .error, message: "could not sync sequence \(name): \(reason)",
                     detail: ["sequence": .string(name)]))
@@ -132,7 +147,7 @@ struct ReplicationTeardown {
         }
 
         if leftovers.snapshot.publicationCreated {
-            try await Publication(name: settings.publication, filter: config.filter).drop(on: source)
+            try await Publication(name: settings.publication).drop(on: source)
             leftovers.set(\.publicationCreated, false)
             events.info(.cutover, "dropped publication \(SQL.identifier(settings.publication)) on the source")
         }

@@ -5,17 +5,18 @@ import PostgresClient
 /// more on the source, so they are copied again, and the target gets them as
 /// of the cutover.
 struct NonReplicatedData {
-    var filter: ObjectFilter
+    /// The migration's unlogged tables.
+    var tables: [QualifiedName]
     var events: EventEmitter
 
     func copy(source: Connection, target: Connection) async throws {
-        let tables = try await unloggedTables(on: source)
         if !tables.isEmpty {
             let encoding = try await source.scalar("SHOW server_encoding") ?? "UTF8"
             for session in [source, target] { try await session.pinTextFormats(encoding: encoding) }
         }
         let copy = TableCopy(source: source, target: target)
-        for (name, shown) in tables {
+        for name in tables {
+            let shown = name.shown
             let table = CopyTable(oid: "", name: name, bytes: 0, blocks: 0, columns: "", integerKey: nil)
             let result = try await copy.run(.whole(table)) { _ in }
             events.info(
@@ -23,19 +24,6 @@ struct NonReplicatedData {
         }
         let count = try await copyLargeObjects(source: source, target: target)
         if count > 0 { events.info(.cutover, "copied \(count) large object(s) again", ["large_objects": .int(count)]) }
-    }
-
-    /// Each unlogged table in the filter, and its name as reports show it (`quote_ident`'s form).
-    private func unloggedTables(on source: Connection) async throws -> [(QualifiedName, String)] {
-        try await source.query(
-            """
-            SELECT n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
-            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind = 'r' AND c.relpersistence = 'u'
-              AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
-            ORDER BY 3
-            """
-        ).rows.filter { filter.includes(schema: $0[0]!, table: $0[1]!) }.map { (QualifiedName(schema: $0[0]!, name: $0[1]!), $0[2]!) }
     }
 
     /// Makes the target's large objects equal to the source's: content

@@ -20,10 +20,12 @@ struct SourceFreeze {
 
     /// Whether the database's own settings make it read-only (ours, or someone else's).
     func isInPlace(on source: Connection) async throws -> Bool {
+        // Stored as typed (on, true, yes, 1, …): read it the way the server does.
         try await source.scalar(
             """
-            SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
-            WHERE d.datname = $1 AND s.setrole = 0 AND 'default_transaction_read_only=on' = ANY (s.setconfig)
+            SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase, unnest(s.setconfig) AS c
+            WHERE d.datname = $1 AND s.setrole = 0 AND split_part(c, '=', 1) = 'default_transaction_read_only'
+              AND substr(c, length('default_transaction_read_only=') + 1)::bool
             """, [database]) != nil
     }
 

@@ -1,4 +1,6 @@
 import Foundation
+import PostgresClient
+
 /// The copy both modes share: Dump → Restore (→ Analyze), optionally
 /// reading an exported snapshot so the copy lines up with a replication slot.
 struct DatabaseCopy {
@@ -21,7 +23,7 @@ struct DatabaseCopy {
     var usesNativeCopy: Bool { config.copyMethod == .native && config.dumpScope == .all }
 
     private func dumpAndRestore(snapshot: String?, afterDump: () async -> Void) async throws -> [String] {
-        let copy = DumpRestore(config: config, tools: report.tools, events: events)
+        let copy = DumpRestore(config: config, tools: report.tools, events: events, tables: report.tables)
         let recorded = store.current.copy
         if config.resume, recorded.dumpComplete, let path = recorded.dumpPath, FileManager.default.fileExists(atPath: path) {
             // A finished dump of an offline run is restored again; online, the stream must start where the dump did, so never.
@@ -72,6 +74,16 @@ struct DatabaseCopy {
         if !config.filter.tables.isEmpty && config.dumpScope != .dataOnly {
             try await createSchemasOfSelectedTables()
         }
+        if report.tables.dumpsSchema("public") && config.dumpScope != .dataOnly {
+            // `--schema public` makes pg_dump emit CREATE SCHEMA public, which every new database already has:
+            // the empty one goes, and the source's comes with its owner and grants. One with objects stays
+            // (RESTRICT), and the restore then says what is in the way.
+            let target = try await Endpoint(role: .target, connectionString: config.target).connect(stage: .restore)
+            do {
+                try await target.execute("DROP SCHEMA IF EXISTS public")
+            } catch let error as PostgresError where error.sqlState == "2BP01" {}
+            await target.close()
+        }
     }
 
     /// Refreshes planner statistics on the target unless told not to.
@@ -86,12 +98,8 @@ struct DatabaseCopy {
     }
 
     private func createSchemasOfSelectedTables() async throws {
-        let tableSchemas = TableSchemas(filter: config.filter)
-        let source = try await Endpoint(role: .source, connectionString: config.source).connect(stage: .restore)
-        let schemas = try await tableSchemas.schemas(on: source)
-        await source.close()
         let target = try await Endpoint(role: .target, connectionString: config.target).connect(stage: .restore)
-        try await tableSchemas.create(schemas, on: target)
+        try await TableSchemas.create(Set(report.tables.relations.map(\.schema)).sorted(), on: target)
         await target.close()
     }
 }

@@ -6,6 +6,8 @@ struct DumpRestore {
     var config: MigrationConfig
     var tools: PostgresTools
     var events: EventEmitter
+    /// What `pg_dump` dumps, by exact name.
+    var tables: TableSet
 
     var source: Endpoint { Endpoint(role: .source, connectionString: config.source) }
     var target: Endpoint { Endpoint(role: .target, connectionString: config.target) }
@@ -35,7 +37,7 @@ struct DumpRestore {
     }
 
     private func runPgDump(_ formatArguments: [String], snapshot: String?) async throws {
-        var arguments = formatArguments + [source.childDatabaseArgument] + config.filter.pgDumpArguments
+        var arguments = formatArguments + [source.childDatabaseArgument] + tables.pgDumpArguments
         if let snapshot { arguments.append("--snapshot=\(snapshot)") }
         let child = ChildProcess(executable: tools.pgDump.path, arguments: arguments, environment: source.childEnvironment)
         let exit = try await child.run()
@@ -99,7 +101,8 @@ struct DumpRestore {
                     .restore,
                     "pg_restore failed in the \(section) section (\(describe(exit))): \(errors.prefix(10).joined(separator: "; "))"
                         + (errors.count > 10 ? "; … and \(errors.count - 10) more" : ""),
-                    fix: "fix the cause on the target and run again with --drop-target-first, "
+                    fix: "fix the cause on the target and rerun with --resume (or remove the run's record with --mode cleanup "
+                        + "and run again with --drop-target-first), "
                         + "or pass --allow-restore-errors if these objects do not matter")
             }
             events.warning(

@@ -8,8 +8,11 @@ enum OwnershipMark {
 
     /// The comment on an object created by run `runID`.
     static func text(runID: String) -> String {
-        "\(prefix) run \(runID); dropped after cutover"
+        runID == legacyRunID ? "\(prefix); dropped after cutover" : "\(prefix) run \(runID); dropped after cutover"
     }
+
+    /// The run id of a state recorded before runs had one: its objects carry the mark of that time.
+    static let legacyRunID = "before-run-ids"
 
     enum Owner: Equatable {
         /// Created by this run.

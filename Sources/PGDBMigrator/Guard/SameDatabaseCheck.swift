@@ -28,10 +28,10 @@ struct SameDatabaseCheck {
         guard try !same.get() else {
             throw MigrationError(
                 .validate,
-                "the source and the target are the same database (\(SQL.identifier(source.databaseName)) on one server): "
+                "the source and the target are the same database (\(SQL.identifier(source.databaseName))): "
                     + "--source \(source.connectionString.redacted) and --target \(target.connectionString.redacted) "
-                    + "reach one database (an advisory lock held through the source connection was refused to the target's); "
-                    + "nothing was changed",
+                    + "reach one database (an advisory lock held through the source connection was refused to the target's, "
+                    + "or one server is a standby of the other); nothing was changed",
                 fix: "check --source and --target (and PG_DBMIGRATOR_SOURCE / PG_DBMIGRATOR_TARGET): "
                     + "the target must be another database, on this server or another")
         }
@@ -41,11 +41,34 @@ struct SameDatabaseCheck {
     private func reachesSameDatabase(holdingLockOn sourceSession: Connection) async throws -> Bool {
         let keys = [String(Self.lockClass), String(Int32.random(in: 1...Int32.max))]
         try await sourceSession.query("SELECT pg_advisory_lock($1::int, $2::int)", keys)
-        // A target database that cannot be reached yet (it does not exist) cannot be the source;
-        // the phases that need it say why it cannot be reached.
-        guard let targetSession = try? await target.connect(label: "same-database check") else { return false }
-        let granted = try? await targetSession.scalar("SELECT pg_try_advisory_lock($1::int, $2::int)", keys)
+        let targetSession: Connection
+        do {
+            targetSession = try await target.connect(label: "same-database check")
+        } catch {
+            // Only a target database that does not exist yet cannot be the source.
+            if try await targetDatabaseIsMissing() { return false }
+            throw error
+        }
+        let granted = try await targetSession.scalar("SELECT pg_try_advisory_lock($1::int, $2::int)", keys) == "t"
+        // Advisory locks are not replicated: a physical standby of the other side serves the same
+        // database from another server. The cluster's identity and the database's oid tell.
+        let sourceInRecovery = try await sourceSession.scalar("SELECT pg_is_in_recovery()") == "t"
+        let targetInRecovery = try await targetSession.scalar("SELECT pg_is_in_recovery()") == "t"
+        let standby = sourceInRecovery || targetInRecovery
+        var sameThroughReplication = false
+        if granted && standby {
+            let (mine, theirs) = (try await SourceIdentity.read(on: sourceSession), try await SourceIdentity.read(on: targetSession))
+            sameThroughReplication = mine == theirs && !mine.hasPrefix("unknown/")
+        }
         await targetSession.close()
-        return granted == "f"
+        return !granted || sameThroughReplication
+    }
+
+    private func targetDatabaseIsMissing() async throws -> Bool {
+        let maintenance = try await target.connect(
+            label: "same-database check", database: TargetDatabase.maintenanceDatabase(for: target.databaseName))
+        let exists = try await maintenance.scalar("SELECT 1 FROM pg_database WHERE datname = $1", [target.databaseName]) != nil
+        await maintenance.close()
+        return !exists
     }
 }

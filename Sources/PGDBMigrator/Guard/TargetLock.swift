@@ -16,7 +16,7 @@ actor TargetLock {
 
     private var session: Connection?
 
-    private init(session: Connection?) { self.session = session }
+    private init(session: Connection) { self.session = session }
 
     static func acquire(target: Endpoint) async throws -> TargetLock {
         let name = target.databaseName
@@ -25,11 +25,9 @@ actor TargetLock {
         do {
             session = try await target.connect(label: "target lock", database: "postgres", applicationName: application)
         } catch {
-            // No maintenance database to hold it in (or no server): the target database itself, if it exists;
-            // a server that cannot be reached at all is reported by the phases that need it.
-            guard let own = try? await target.connect(label: "target lock", applicationName: application) else {
-                return TargetLock(session: nil)
-            }
+            // No postgres database to hold it in: the target database itself, if it exists. Without either,
+            // the run does not start: a run that cannot show it is alone must not write.
+            guard let own = try? await target.connect(label: "target lock", applicationName: application) else { throw error }
             session = own
         }
         try await session.keepAliveWhileIdle()

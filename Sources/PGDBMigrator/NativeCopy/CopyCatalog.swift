@@ -8,6 +8,16 @@ struct QualifiedName: Sendable, Hashable, Codable, CustomStringConvertible {
     /// `"schema"."name"`, for SQL.
     var description: String { SQL.qualified(schema, name) }
 
+    /// `schema.name` as messages show it (quotes only where a name needs them, roughly as `quote_ident`).
+    var shown: String {
+        func part(_ text: String) -> String {
+            let plain = text.first.map { $0 == "_" || ($0.isLetter && $0.isLowercase) } == true
+                && text.allSatisfy { $0 == "_" || $0.isNumber || ($0.isLetter && $0.isLowercase) } && text.allSatisfy(\.isASCII)
+            return plain ? text : SQL.identifier(text)
+        }
+        return part(schema) + "." + part(name)
+    }
+
     /// A `pg_dump` pattern matching exactly this relation: inside double
     /// quotes no character is a wildcard, and `"` is written twice.
     var exactPattern: String { description }
@@ -52,12 +62,11 @@ struct IndexBuild: Sendable, Hashable {
 
 /// What the native copy reads from the source's catalog, in the copy's snapshot.
 ///
-/// Tables are those `pg_dump` would dump data for: ordinary tables and leaf
-/// partitions in the filter, outside system schemas, not owned by an
+/// Tables are the migration's (``TableSet/tables``) that are not owned by an
 /// extension (those `pg_dump` handles with its configuration-table rules, so
 /// they stay in the archive).
 struct CopyCatalog {
-    var filter: ObjectFilter
+    var set: TableSet
 
     func tables(on source: Connection) async throws -> [CopyTable] {
         try await source.query(
@@ -92,7 +101,7 @@ struct CopyCatalog {
             """
         ).rows.compactMap { row in
             let name = QualifiedName(schema: row[1]!, name: row[2]!)
-            guard filter.includes(schema: name.schema, table: name.name) else { return nil }
+            guard set.tables.contains(name) else { return nil }
             return CopyTable(
                 oid: row[0]!, name: name, bytes: Int(row[3]!) ?? 0, blocks: Int(row[4]!) ?? 0, columns: row[5]!,
                 integerKey: row[6], binarySafe: row[7] == "t")

@@ -22,7 +22,7 @@ struct NativeCopy {
     func run(
         snapshot given: String?, prepareTarget: () async throws -> Void, releaseSnapshot: () async -> Void
     ) async throws -> [String] {
-        let dumpRestore = DumpRestore(config: config, tools: report.tools, events: events)
+        let dumpRestore = DumpRestore(config: config, tools: report.tools, events: events, tables: report.tables)
         let directory = try DumpDirectory.create(at: config.dumpPath, reclaiming: config.resume)
         defer { directory.remove() }
         events.info(
@@ -51,7 +51,16 @@ struct NativeCopy {
             try await session.keepAliveWhileIdle()
             try await session.importSnapshot(snapshot)
             try Task.checkCancellation()
-            let catalog = CopyCatalog(filter: config.filter)
+            // The tables Validate resolved must be the snapshot's: a table created, dropped or renamed in
+            // between would be copied without being published, or published without being copied.
+            let resolved = try await TableSet.resolve(config.filter, inSnapshotOn: session, stage: .dump)
+            guard resolved == report.tables else {
+                throw MigrationError(
+                    .dump, "the tables to migrate changed between Validate and the snapshot (a table was created, dropped or "
+                        + "renamed meanwhile): " + report.tables.differences(from: resolved).joined(separator: ", "),
+                    fix: "run again once no schema change is under way on the source")
+            }
+            let catalog = CopyCatalog(set: report.tables)
             let tables = try await catalog.tables(on: session)
             try Task.checkCancellation()
             if !tables.isEmpty {
@@ -293,7 +302,8 @@ struct NativeCopy {
                 guard config.allowRestoreErrors else {
                     throw MigrationError(
                         .restore, message,
-                        fix: "fix the cause on the target and run again with --drop-target-first, "
+                        fix: "fix the cause on the target and rerun with --resume (or remove the run's record with --mode cleanup "
+                            + "and run again with --drop-target-first), "
                             + "or pass --allow-restore-errors if this index does not matter")
                 }
                 events.warning(.restore, message + "; continuing (--allow-restore-errors)")

@@ -95,24 +95,27 @@ struct OnlineMigration {
         store: RunStateStore, started: ContinuousClock.Instant, slot: inout ReplicationSlot?, slotGuard: inout Task<Void, Never>?
     ) async throws -> MigrationOutcome {
         var publicationExists = false
-        let report = try await Preflight(config: config, events: events).run { source, target in
+        let report = try await Preflight(config: config, events: events).run { source, target, tables in
             publicationExists = try await OnlinePreflight(config: config, events: events, runID: store.current.runID)
-                .run(source: source, target: target).publicationExists
+                .run(source: source, target: target, tables: tables)
         }
 
         // PrepareSnapshot: the publication first (pgoutput reads it as of each change), then the slot.
         let source = try await sourceEndpoint.connect(label: "source-control", stage: .prepareSnapshot)
-        let publication = Publication(name: settings.publication, filter: config.filter, runID: store.current.runID)
+        let publication = Publication(name: settings.publication, runID: store.current.runID)
         if publicationExists {
+            // This run's own (a resumed copy, killed before it could record creating it): dropped at cutover.
+            if try await publication.owner(on: source) == .thisRun { leftovers.set(\.publicationCreated, true) }
             events.info(.prepareSnapshot, "using the existing publication \(SQL.identifier(settings.publication))")
         } else {
-            try await publication.create(on: source)
+            try await publication.create(on: source, tables: report.tables)
             leftovers.set(\.publicationCreated, true)
             events.info(.prepareSnapshot, "created publication \(SQL.identifier(settings.publication))")
         }
         events.info(
             .prepareSnapshot,
             "creating replication slot \(SQL.identifier(settings.slotName)); this waits for transactions already writing on the source to finish")
+        try leftovers.setDurably(\.sourceIdentity, try await SourceIdentity.read(on: source))
         let newSlot = try await ReplicationSlot.create(named: settings.slotName, on: config.source)
         slot = newSlot
         leftovers.set(\.slotCreated, true)
@@ -268,7 +271,7 @@ struct OnlineMigration {
         try await heartbeat(monitor)
 
         events.info(.cutover, "cutover requested")
-        let result = try await Cutover(config: config, events: events, monitor: monitor, leftovers: leftovers).run()
+        let result = try await Cutover(config: config, events: events, monitor: monitor, leftovers: leftovers, tables: report.tables).run()
         await analyzed
         let (lastSource, lastTarget) = await monitor.connections
         await lastSource.close()
@@ -345,6 +348,8 @@ struct OnlineMigration {
                 let source = try await sourceEndpoint.connect(label: "abort")
                 try await freeze.unfreeze(on: source)
                 await source.close()
+                // Undone: from now on a read-only setting on that database is not this run's to touch.
+                leftovers.set(\.frozenDatabase, nil)
                 events.info(.cutover, "the source database \(SQL.identifier(frozen)) accepts writes again")
             } catch {
                 events.emit(MigrationEvent(

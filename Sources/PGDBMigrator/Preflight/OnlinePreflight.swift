@@ -10,11 +10,11 @@ struct OnlinePreflight {
     var settings: OnlineSettings { config.online }
 
     /// Returns whether the publication already exists (so we must never drop it).
-    func run(source: Connection, target: Connection) async throws -> (publicationExists: Bool, publishedTables: [String]) {
+    func run(source: Connection, target: Connection, tables: TableSet) async throws -> Bool {
         try await checkSourceSettings(source)
         try await checkTarget(target)
 
-        let publication = Publication(name: settings.publication, filter: config.filter, runID: runID)
+        let publication = Publication(name: settings.publication, runID: runID)
         let owner = try await publication.owner(on: source)
         if owner == .anotherRun {
             // That run drops it at its cutover: streaming through it would end with it.
@@ -31,11 +31,21 @@ struct OnlinePreflight {
                 fix: "create it (CREATE PUBLICATION \(SQL.identifier(settings.publication)) FOR ALL TABLES) "
                     + "or drop --no-auto-create-publication")
         }
-        let tables = publicationExists
-            ? try await publication.publishedTables(on: source) : try await publication.tablesToPublish(on: source)
-        try await checkReplicaIdentity(source, tables: tables, publicationExists: publicationExists)
+        if publicationExists {
+            // An existing publication must carry every change of exactly the migrated tables.
+            let problems = try await publication.coverageProblems(of: tables, on: source)
+            guard problems.isEmpty else {
+                throw MigrationError(
+                    .validate,
+                    "the publication \(SQL.identifier(settings.publication)) does not carry exactly the migrated tables' changes: "
+                        + problems.joined(separator: "; "),
+                    fix: "let this run create its own (pass a --publication name that does not exist), or change the publication "
+                        + "to publish every migrated table, all of insert, update, delete and truncate, without row filters or column lists")
+            }
+        }
+        try await checkReplicaIdentity(source, tables: tables.published)
         try await warnAboutWhatIsNotReplicated(source)
-        return (publicationExists, tables)
+        return publicationExists
     }
 
     private func checkSourceSettings(_ source: Connection) async throws {
@@ -75,8 +85,9 @@ struct OnlinePreflight {
                 .validate,
                 "a replication slot named \(SQL.identifier(settings.slotName)) already exists on the source"
                     + (slot.map { " (\($0.summary))" } ?? "") + "; this run did not create it, so it is left alone",
-                fix: "choose another --slot-name; if an interrupted run of this tool left it, --mode cleanup with that run's "
-                    + "--state-dir removes it (--force-clean does the same before starting)")
+                fix: "choose another --slot-name; if an interrupted run of this tool recorded it, --mode cleanup with that run's "
+                    + "--state-dir removes it (--force-clean does the same before starting); otherwise, if no one needs it, "
+                    + "--mode cleanup --drop-foreign-slot \(settings.slotName)")
         }
     }
 
@@ -108,30 +119,25 @@ struct OnlinePreflight {
         if row[2] == "t" {
             throw MigrationError(
                 .validate, "a subscription named \(SQL.identifier(settings.subscriptionName)) already exists on the target",
-                fix: "pass --force-clean to drop it (and the slot of that name), or choose another --subscription-name")
+                fix: "choose another --subscription-name; if an interrupted run of this tool created it, --mode cleanup with "
+                    + "that run's --state-dir removes it (--force-clean does the same before starting)")
         }
     }
 
     /// Tables without a primary key or replica identity: once published,
     /// UPDATE and DELETE on them fail *on the source*. List them; fix them only when told to.
-    private func checkReplicaIdentity(_ source: Connection, tables: [String], publicationExists: Bool) async throws {
-        let published = Set(tables)
-        let rows = try await source.query(
+    private func checkReplicaIdentity(_ source: Connection, tables: [QualifiedName]) async throws {
+        let lacking = try await source.query(
             """
-            SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname),
-                   (SELECT quote_ident(rn.nspname) || '.' || quote_ident(r.relname)
-                    FROM pg_class r JOIN pg_namespace rn ON rn.oid = r.relnamespace
-                    WHERE r.oid = pg_partition_root(c.oid))
+            SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind = 'r' AND c.relpersistence = 'p'
-              AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+            WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))
               AND (c.relreplident = 'n'
                    OR (c.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
                    OR (c.relreplident = 'i' AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)))
             ORDER BY 1
-            """
-        ).rows
-        let lacking = rows.filter { published.contains($0[0]!) || ($0[1].map(published.contains) ?? false) }.map { $0[0]! }
+            """, [SQL.textArray(tables.map(\.schema)), SQL.textArray(tables.map(\.name))]
+        ).rows.map { $0[0]! }
         guard !lacking.isEmpty else { return }
         if settings.setReplicaIdentityFull {
             for table in lacking {

@@ -8,6 +8,8 @@ struct PreflightReport: Sendable {
     /// False when the target database must be created before restoring.
     var targetDatabaseExists: Bool
     var sourceDatabase: DatabaseSettings
+    /// What the migration carries, resolved once with pg_dump's pattern rules.
+    var tables: TableSet
 }
 
 /// Encoding and locale of the source database, so a target we create sorts and stores text the same way.
@@ -30,7 +32,9 @@ struct Preflight {
 
     /// Runs every check; `more` adds checks of its own with both connections open
     /// (the target one is to the maintenance database when the target database does not exist yet).
-    func run(more: (_ source: Connection, _ target: Connection) async throws -> Void = { _, _ in }) async throws -> PreflightReport {
+    func run(
+        more: (_ source: Connection, _ target: Connection, _ tables: TableSet) async throws -> Void = { _, _, _ in }
+    ) async throws -> PreflightReport {
         let tools = try await PostgresTools.locate(in: config.pgBinDirectory)
         events.info(.validate, "found \(tools.pgDump.versionLine)", ["pg_dump.path": .string(tools.pgDump.path)])
 
@@ -38,6 +42,7 @@ struct Preflight {
         let sourceVersion = await sourceConnection.serverVersion
         try PostgresTools.require(tools.pgDump, atLeast: sourceVersion, server: "source")
         let settings = try await databaseSettings(sourceConnection)
+        let tables = try await TableSet.resolve(config.filter, on: sourceConnection)
 
         let (targetConnection, targetExists) = try await connectTarget()
         let targetVersion = await targetConnection.serverVersion
@@ -60,9 +65,9 @@ struct Preflight {
                 .checkDrop(on: targetConnection, terminatingSessions: config.terminateTargetSessions)
         }
         if targetExists && config.dumpScope == .dataOnly {
-            try await checkTablesEmpty(targetConnection)
+            try await checkTablesEmpty(tables, on: targetConnection)
         }
-        try await more(sourceConnection, targetConnection)
+        try await more(sourceConnection, targetConnection, tables)
         // Closed now, not whenever they are freed: a session left on the target database would hold up its drop.
         await sourceConnection.close()
         await targetConnection.close()
@@ -76,7 +81,7 @@ struct Preflight {
             ])
         return PreflightReport(
             tools: tools, sourceServerVersion: sourceVersion, targetServerVersion: targetVersion,
-            targetDatabaseExists: targetExists, sourceDatabase: settings)
+            targetDatabaseExists: targetExists, sourceDatabase: settings, tables: tables)
     }
 
     // MARK: - Target database
@@ -196,18 +201,11 @@ struct Preflight {
     /// `--dump-scope data-only` loads rows into the target's own tables: into a
     /// table that holds rows already, that would duplicate them (or fail half-way
     /// on a key), so any such table is refused, by name.
-    private func checkTablesEmpty(_ target: Connection) async throws {
-        let tables = try await target.query(
-            """
-            SELECT n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
-            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
-            ORDER BY 1, 2
-            """
-        ).rows.filter { config.filter.includes(schema: $0[0]!, table: $0[1]!) }.map { $0[2]! }
+    private func checkTablesEmpty(_ tables: TableSet, on target: Connection) async throws {
         var holdingRows: [String] = []
-        for table in tables where holdingRows.count < 10 {
-            if try await target.scalar("SELECT 1 FROM ONLY \(table) LIMIT 1") != nil { holdingRows.append(table) }
+        for table in tables.tables where holdingRows.count < 10 {
+            guard try await target.scalar("SELECT to_regclass($1)::text", [table.description]) != nil else { continue }
+            if try await target.scalar("SELECT 1 FROM ONLY \(table) LIMIT 1") != nil { holdingRows.append(table.shown) }
         }
         guard holdingRows.isEmpty else {
             throw MigrationError(

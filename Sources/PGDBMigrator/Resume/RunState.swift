@@ -39,6 +39,9 @@ struct RunState: Codable, Sendable {
         var frozenDatabase: String?
         /// The cutover's barrier, once the target applied up to it and sequences were synced.
         var cutoverBarrier: String?
+        /// The source database the slot and publication were made on (`system_identifier/database oid`):
+        /// cleanup refuses to drop objects of those names on any other.
+        var sourceIdentity: String?
     }
 
     /// Whether the run got far enough to leave anything behind: such a state is
@@ -84,6 +87,20 @@ struct RunState: Codable, Sendable {
             guard was != now else { return nil }
             return "\(flag) was \(was.isEmpty ? "not set" : "'\(was)'"), now \(now.isEmpty ? "not set" : "'\(now)'")"
         }
+    }
+}
+
+extension RunState {
+    private enum CodingKeys: String, CodingKey { case version, runID, settings, copy, online }
+
+    init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        version = try container.decode(Int.self, forKey: .version)
+        // A state written before runs had an id: its objects carry the mark of that time.
+        runID = try container.decodeIfPresent(String.self, forKey: .runID) ?? OwnershipMark.legacyRunID
+        settings = try container.decode([String: String].self, forKey: .settings)
+        copy = try container.decode(CopyState.self, forKey: .copy)
+        online = try container.decode(OnlineState.self, forKey: .online)
     }
 }
 

@@ -30,10 +30,21 @@ struct TargetDatabase {
             SELECT pid::text, coalesce(usename, '?'), coalesce(nullif(application_name, ''), '(no application name)'),
                    coalesce(host(client_addr), 'local socket')
             FROM pg_stat_activity
-            WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+            WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type IN ('client backend', 'walsender')
             ORDER BY backend_start
             """
         ).rows.map { "pid \($0[0]!) \($0[1]!) (\($0[2]!)) from \($0[3]!)" }
+        // DROP DATABASE drops the database's logical slots with it: a CDC pipeline's position would be lost.
+        let slots = try await session.query(
+            "SELECT slot_name || ' (' || plugin || ')' FROM pg_replication_slots WHERE database = current_database() ORDER BY 1"
+        ).rows.compactMap { $0[0] }
+        guard slots.isEmpty else {
+            throw MigrationError(
+                .validate,
+                "--drop-target-first would drop the target database \(SQL.identifier(name)) and with it its replication slot(s) "
+                    + slots.joined(separator: ", ") + "; nothing was dropped",
+                fix: "drop those slots yourself if no one needs them (pg_drop_replication_slot), or point --target elsewhere")
+        }
         let what = "\(size[0] ?? "?"), \(size[1] ?? "?") table(s)"
         let connected = sessions.isEmpty ? "no other session connected" : "\(sessions.count) session(s) connected: " + sessions.joined(separator: "; ")
         guard sessions.isEmpty || terminatingSessions else {

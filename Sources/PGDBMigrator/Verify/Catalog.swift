@@ -12,13 +12,13 @@ enum Catalog {
         var integerKey: String?
     }
 
-    /// Every ordinary table (partitions included, parents excluded: they hold
-    /// no rows) in user schemas that the filter selects.
-    static func tables(on connection: Connection, filter: ObjectFilter) async throws -> [Table] {
+    /// The ordinary tables (partitions included, parents excluded: they hold
+    /// no rows) of `names` that exist on this server; nil `names`: every one in user schemas.
+    static func tables(on connection: Connection, names: [QualifiedName]?) async throws -> [Table] {
         let rows = try await connection.query(
             """
             SELECT n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname),
-                   rn.nspname, r.relname, pg_relation_size(c.oid)::text,
+                   NULL, NULL, pg_relation_size(c.oid)::text,
                    (SELECT string_agg(quote_ident(a.attname), ',' ORDER BY array_position(i.indkey::int2[], a.attnum))
                     FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
                     WHERE i.indrelid = c.oid AND i.indisprimary),
@@ -26,18 +26,13 @@ enum Catalog {
                       ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
                     WHERE i.indrelid = c.oid AND i.indisprimary AND i.indnatts = 1)
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            JOIN pg_class r ON r.oid = coalesce(pg_partition_root(c.oid), c.oid)
-            JOIN pg_namespace rn ON rn.oid = r.relnamespace
             WHERE c.relkind = 'r' AND c.relpersistence <> 't'
               AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+              AND ($1::text[] IS NULL OR (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[])))
             ORDER BY 3
-            """
+            """, [names.map { SQL.textArray($0.map(\.schema)) }, names.map { SQL.textArray($0.map(\.name)) }]
         ).rows
-        return rows.compactMap { row in
-            // A partition follows its root through the filter, as pg_dump's does.
-            guard filter.includes(schema: row[0]!, table: row[1]!) || filter.includes(schema: row[3]!, table: row[4]!) else {
-                return nil
-            }
+        return rows.map { row in
             let keys = row[6].map { $0.split(separator: ",").map(String.init) } ?? []
             let integerKey = ["smallint", "integer", "bigint"].contains(row[7] ?? "") ? keys.first : nil
             return Table(name: row[2]!, bytes: Int(row[5] ?? "0") ?? 0, keyColumns: keys, integerKey: integerKey)
@@ -96,8 +91,10 @@ enum SequenceComparison {
         ORDER BY 3
         """
 
-    static func behind(filter: ObjectFilter, source: Connection, target: Connection) async throws -> [VerifyReport.SequenceResult] {
-        let sequences = try await source.query(listSQL).rows.filter { filter.includes(schema: $0[0]!, table: $0[1]!) }.map { $0[2]! }
+    static func behind(_ wanted: [QualifiedName], source: Connection, target: Connection) async throws -> [VerifyReport.SequenceResult] {
+        let wanted = Set(wanted)
+        let sequences = try await source.query(listSQL).rows
+            .filter { wanted.contains(QualifiedName(schema: $0[0]!, name: $0[1]!)) }.map { $0[2]! }
         var behind: [VerifyReport.SequenceResult] = []
         for name in sequences {
             let sql = "SELECT last_value::text, is_called::text FROM \(name)"

@@ -12,7 +12,8 @@ import PostgresClient
 struct Verifier {
     var source: ConnectionString
     var target: ConnectionString
-    var filter: ObjectFilter
+    /// What is compared: the migration's resolved tables and sequences.
+    var tables: TableSet
     var jobs: Int
     var settings: VerifySettings
     var events: EventEmitter
@@ -23,8 +24,9 @@ struct Verifier {
         let started = ContinuousClock.now
         let sourceConnection = try await open(source, role: .source)
         let targetConnection = try await open(target, role: .target)
-        async let sourceTablesQuery = Catalog.tables(on: sourceConnection, filter: filter)
-        async let targetTablesQuery = Catalog.tables(on: targetConnection, filter: filter)
+        // The migration's tables on both sides; without filters, also every other table the target holds.
+        async let sourceTablesQuery = Catalog.tables(on: sourceConnection, names: tables.tables)
+        async let targetTablesQuery = Catalog.tables(on: targetConnection, names: tables.filter.isEmpty ? nil : tables.tables)
         let (sourceTables, targetTables) = try await (sourceTablesQuery, targetTablesQuery)
 
         var report = VerifyReport()
@@ -38,7 +40,7 @@ struct Verifier {
             of: common.map(\.name), source: sourceConnection, target: targetConnection)
         if checkSequences {
             report.sequencesBehind = try await SequenceComparison.behind(
-                filter: filter, source: sourceConnection, target: targetConnection)
+                tables.sequences, source: sourceConnection, target: targetConnection)
         }
 
         let parts = try await Self.plan(common, splitBytes: settings.splitBytes, source: sourceConnection)

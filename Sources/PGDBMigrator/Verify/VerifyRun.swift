@@ -2,6 +2,8 @@
 struct VerifyRun {
     var config: MigrationConfig
     var events: EventEmitter
+    /// The migration's resolved tables; `--mode verify` resolves them itself.
+    var tables: TableSet? = nil
 
     /// Verify mode: compare and report; a mismatch is not an error here, the
     /// caller reads `outcome.verifyReport.matches` (the CLI exits 1).
@@ -23,10 +25,26 @@ struct VerifyRun {
     /// Runs the comparison and reports its outcome as events.
     func verify(checkSequences: Bool = true, stage: Stage = .verify) async throws -> VerifyReport {
         events.info(.verify, "comparing source and target table by table", ["jobs": .int(config.jobs)])
+        let set: TableSet
+        if let tables {
+            set = tables
+        } else {
+            let source = try await Endpoint(role: .source, connectionString: config.source).connect(label: "verify", stage: stage)
+            set = try await TableSet.resolve(config.filter, on: source, stage: stage)
+            await source.close()
+        }
         let report = try await Verifier(
-            source: config.source, target: config.target, filter: config.filter, jobs: config.jobs,
+            source: config.source, target: config.target, tables: set, jobs: config.jobs,
             settings: config.verify, events: events, checkSequences: checkSequences
         ).run()
+        // The tables verified are the tables migrated: each one compared, or reported missing on the target.
+        let verified = report.tables.count + report.missingOnTarget.count
+        guard verified == set.tables.count else {
+            throw MigrationError(
+                stage, "verify compared \(verified) table(s) but the migration carries \(set.tables.count): "
+                    + "a table was dropped or renamed on the source during the run",
+                fix: "find the table that changed (DDL is not migrated while a migration runs), then verify again")
+        }
         let bytes = report.tables.reduce(0) { $0 + $1.bytes }
         let rate = report.seconds > 0 ? Double(bytes) / 1_000_000 / report.seconds : 0
         events.emit(MigrationEvent(

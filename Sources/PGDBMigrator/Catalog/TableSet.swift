@@ -1,0 +1,222 @@
+import PostgresClient
+
+/// The relations a migration carries, resolved once on the source with
+/// `pg_dump`'s own pattern rules, and the one answer every phase uses:
+/// `pg_dump` receives exactly these names, and the copy, the publication,
+/// verify, the sequence sync and the cutover's second copy of unlogged tables
+/// all take their tables from here. Nothing else matches a pattern.
+///
+/// The rules (`pg_dump`'s `processSQLNamePattern` and table selection):
+/// * outside double quotes letters fold to lower case, `*` is any text, `?`
+///   any character, `.` separates schema from name, and other regular
+///   expression characters keep their meaning (`public.(t1|t2)`); inside
+///   double quotes every character is literal; `$` is always literal;
+/// * an unqualified table pattern matches only relations visible on the
+///   source role's search_path (`pg_table_is_visible`), so `--exclude-table t1`
+///   means the `t1` an unqualified query would see, not every schema's `t1`;
+/// * `--table` selects relations of any kind (tables, partitioned tables,
+///   views, materialized views, sequences, foreign tables); when given,
+///   `--schema` and `--exclude-schema` do not apply; `--exclude-table`
+///   always does;
+/// * a partitioned table selects its own definition, not its partitions (a
+///   partition is selected by its own name or its schema);
+/// * a pattern that matches nothing is an error.
+struct TableSet: Sendable, Equatable {
+    var filter: ObjectFilter
+    /// Every relation selected, of any kind.
+    var relations: Set<QualifiedName>
+    /// Ordinary tables and leaf partitions whose rows travel (unlogged ones included), sorted.
+    var tables: [QualifiedName]
+    /// Those of `tables` that logical replication does not carry.
+    var unlogged: Set<QualifiedName>
+    /// Tables owned by an extension: `pg_dump` carries their rows by its configuration-table rules.
+    var extensionMembers: Set<QualifiedName>
+    /// Sequences selected themselves, owned by a selected relation, or used by a selected table's defaults.
+    var sequences: [QualifiedName]
+    /// Exact names for `pg_dump`: selected schemas, excluded schemas, selected and excluded relations.
+    private var dumpSchemas: [String] = []
+    private var dumpExcludedSchemas: [String] = []
+    private var dumpRelations: [QualifiedName] = []
+    private var dumpExcludedRelations: [QualifiedName] = []
+
+    func contains(_ name: QualifiedName) -> Bool { relations.contains(name) }
+
+    /// Whether `pg_dump` is told to dump `schema` itself (`--schema`), `CREATE SCHEMA` included.
+    func dumpsSchema(_ schema: String) -> Bool { dumpSchemas.contains(schema) }
+
+    /// What differs from `other`, relation by relation, for messages.
+    func differences(from other: TableSet) -> [String] {
+        relations.subtracting(other.relations).map { "\($0.shown) no longer there" }
+            + other.relations.subtracting(relations).map { "\($0.shown) new" }
+    }
+
+    /// The tables whose changes the stream must carry: `tables` less the unlogged ones.
+    var published: [QualifiedName] { tables.filter { !unlogged.contains($0) } }
+
+    /// The `pg_dump` arguments that select exactly this set: every pattern
+    /// replaced by the names it matched, each quoted so no character is a wildcard.
+    var pgDumpArguments: [String] {
+        dumpSchemas.map { "--schema=\(SQL.identifier($0))" }
+            + dumpExcludedSchemas.map { "--exclude-schema=\(SQL.identifier($0))" }
+            + dumpRelations.map { "--table=\($0.exactPattern)" }
+            + dumpExcludedRelations.map { "--exclude-table=\($0.exactPattern)" }
+    }
+
+    /// Resolves `filter` on `source`, whose search_path must be the role's default
+    /// (as `pg_dump` resolves unqualified table patterns; see ``resolve(_:inSnapshotOn:stage:)``).
+    static func resolve(_ filter: ObjectFilter, on source: Connection, stage: Stage = .validate) async throws -> TableSet {
+        var unmatched: [String] = []
+        func schemas(_ patterns: [String], flag: String) async throws -> Set<String> {
+            var found: Set<String> = []
+            for pattern in patterns {
+                let regex = NamePattern(pattern).schemaRegexForSchemaPattern
+                let names = try await source.query("SELECT nspname FROM pg_namespace WHERE nspname ~ $1", [regex]).rows.compactMap { $0[0] }
+                if names.isEmpty { unmatched.append("\(flag) \(pattern)") }
+                found.formUnion(names)
+            }
+            return found
+        }
+        func relations(_ patterns: [String], flag: String) async throws -> Set<QualifiedName> {
+            var found: Set<QualifiedName> = []
+            for pattern in patterns {
+                let (schema, name) = NamePattern(pattern).regexes
+                let rows = try await source.query(
+                    """
+                    SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND c.relname ~ $1
+                      AND CASE WHEN $2::text IS NULL THEN pg_table_is_visible(c.oid) ELSE n.nspname ~ $2 END
+                    """, [name, schema]
+                ).rows.map { QualifiedName(schema: $0[0]!, name: $0[1]!) }
+                if rows.isEmpty { unmatched.append("\(flag) \(pattern)") }
+                found.formUnion(rows)
+            }
+            return found
+        }
+        let includedSchemas = try await schemas(filter.schemas, flag: "--schema")
+        let excludedSchemas = try await schemas(filter.excludeSchemas, flag: "--exclude-schema")
+        let includedRelations = try await relations(filter.tables, flag: "--table")
+        let excludedRelations = try await relations(filter.excludeTables, flag: "--exclude-table")
+        guard unmatched.isEmpty else {
+            throw MigrationError(
+                stage, "these patterns match nothing on the source: " + unmatched.joined(separator: ", "),
+                fix: "check their spelling and schema; patterns follow pg_dump's rules (an unqualified table name matches "
+                    + "only what the source role's search_path shows; quote a name to match it exactly)")
+        }
+
+        var set = TableSet(filter: filter, relations: [], tables: [], unlogged: [], extensionMembers: [], sequences: [])
+        let rows = try await source.query(catalogSQL).rows
+        for row in rows {
+            let name = QualifiedName(schema: row[0]!, name: row[1]!)
+            let selected =
+                filter.tables.isEmpty
+                ? (filter.schemas.isEmpty || includedSchemas.contains(name.schema)) && !excludedSchemas.contains(name.schema)
+                : includedRelations.contains(name)
+            guard selected && !excludedRelations.contains(name) else { continue }
+            set.relations.insert(name)
+            if row[2] == "r" {
+                set.tables.append(name)
+                if row[3] == "u" { set.unlogged.insert(name) }
+                if row[4] == "t" { set.extensionMembers.insert(name) }
+            }
+        }
+        set.sequences = try await source.query(sequencesSQL, [SQL.textArray(set.relations.map(\.description))])
+            .rows.map { QualifiedName(schema: $0[0]!, name: $0[1]!) }
+        set.sequences.removeAll { name in
+            // a sequence excluded by --exclude-table, or in an excluded schema, stays out
+            excludedRelations.contains(name) || (filter.tables.isEmpty && excludedSchemas.contains(name.schema))
+        }
+        set.dumpSchemas = filter.tables.isEmpty ? includedSchemas.sorted() : []
+        set.dumpExcludedSchemas = filter.tables.isEmpty ? excludedSchemas.sorted() : []
+        set.dumpRelations = includedRelations.sorted { $0.description < $1.description }
+        set.dumpExcludedRelations = excludedRelations.sorted { $0.description < $1.description }
+        return set
+    }
+
+    /// Resolves `filter` inside a snapshot-importing transaction (whose search_path
+    /// is empty): the role's default search_path for the resolution, then empty again.
+    static func resolve(_ filter: ObjectFilter, inSnapshotOn session: Connection, stage: Stage) async throws -> TableSet {
+        try await session.execute("SET LOCAL search_path TO DEFAULT")
+        let set = try await resolve(filter, on: session, stage: stage)
+        try await session.execute("SET LOCAL search_path = ''")
+        return set
+    }
+
+    /// Every relation of a kind `pg_dump` selects, in user schemas, not temporary.
+    private static let catalogSQL = """
+        SELECT n.nspname, c.relname, c.relkind::text, c.relpersistence::text,
+               EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND c.relpersistence <> 't'
+          AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+        ORDER BY 1, 2
+        """
+
+    /// The sequences of a set of relations (`$1`, quoted names): selected
+    /// themselves, owned by one of them (serial, identity), or named by a column
+    /// default of one of them.
+    private static let sequencesSQL = """
+        WITH selected AS (SELECT to_regclass(name) AS oid FROM unnest($1::text[]) AS name)
+        SELECT DISTINCT n.nspname, s.relname
+        FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace
+        WHERE s.relkind = 'S' AND (
+            s.oid IN (SELECT oid FROM selected)
+            OR EXISTS (SELECT 1 FROM pg_depend d
+                       WHERE d.classid = 'pg_class'::regclass AND d.objid = s.oid AND d.refclassid = 'pg_class'::regclass
+                         AND d.deptype IN ('a', 'i') AND d.refobjid IN (SELECT oid FROM selected))
+            OR EXISTS (SELECT 1 FROM pg_attrdef ad JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
+                       WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = s.oid AND ad.adrelid IN (SELECT oid FROM selected)))
+        ORDER BY 1, 2
+        """
+}
+
+/// A `psql`/`pg_dump` name pattern turned into the anchored regular
+/// expressions `pg_dump` builds from it (`processSQLNamePattern`).
+struct NamePattern {
+    var pattern: String
+
+    init(_ pattern: String) { self.pattern = pattern }
+
+    /// The schema part (nil when the pattern has none) and the name part.
+    var regexes: (schema: String?, name: String) {
+        let parts = self.parts
+        let anchored = parts.map { "^(\($0))$" }
+        return anchored.count >= 2 ? (anchored[anchored.count - 2], anchored[anchored.count - 1]) : (nil, anchored[0])
+    }
+
+    /// For `--schema`: the whole pattern names a schema (its last part, as pg_dump reads `db.schema`).
+    var schemaRegexForSchemaPattern: String { regexes.name }
+
+    private var parts: [String] {
+        var parts: [String] = []
+        var current = ""
+        var inQuotes = false
+        var characters = Array(pattern)[...]
+        while let character = characters.popFirst() {
+            if character == "\"" {
+                if inQuotes, characters.first == "\"" {
+                    characters.removeFirst()
+                    current += "\""
+                } else {
+                    inQuotes.toggle()
+                }
+            } else if !inQuotes && character == "." {
+                parts.append(current)
+                current = ""
+            } else if !inQuotes && character == "*" {
+                current += ".*"
+            } else if !inQuotes && character == "?" {
+                current += "."
+            } else if character == "$" {
+                current += "\\$"  // always literal: it may appear in identifiers, and the pattern is anchored anyway
+            } else if inQuotes {
+                current += "|*+?()[]{}.^$\\".contains(character) ? "\\\(character)" : String(character)
+            } else if character == "[", characters.first == "]" {
+                current += "\\["  // an array type's name, far likelier than an empty bracket expression
+            } else {
+                current += character.isASCII ? character.lowercased() : String(character)
+            }
+        }
+        parts.append(current)
+        return parts
+    }
+}

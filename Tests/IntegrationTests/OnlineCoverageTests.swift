@@ -1,0 +1,121 @@
+import Foundation
+import PGDBMigrator
+import PostgresClient
+import Testing
+
+/// What is copied is exactly what is streamed, verified and synced: one table
+/// set, resolved with pg_dump's pattern rules, and checked again before Complete.
+@Suite(.serialized, .timeLimit(.minutes(5)))
+struct OnlineCoverageTests {
+    /// `public.t1`, `other.t1` (same name, another schema, not on the search_path), `public.gen`, `public.t2`.
+    static func source() async throws -> String {
+        try await OnlinePreflightTests.smallSource(
+            """
+            CREATE SCHEMA other;
+            CREATE TABLE public.t1 (id int PRIMARY KEY, v text); INSERT INTO public.t1 SELECT g, 'p' FROM generate_series(1, 20) g;
+            CREATE TABLE other.t1 (id int PRIMARY KEY, v text); INSERT INTO other.t1 SELECT g, 'o' FROM generate_series(1, 20) g;
+            CREATE TABLE public.gen (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
+            INSERT INTO public.gen (v) SELECT 'g' FROM generate_series(1, 5);
+            CREATE TABLE public.t2 (id int PRIMARY KEY, v text); INSERT INTO public.t2 VALUES (1, 'x');
+            """)
+    }
+
+    @Test("an unqualified --exclude-table leaves out only the table the search path shows; the other schema's is streamed")
+    func unqualifiedExclusion() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let database = try await Self.source()
+        let targetDatabase = SharedClusters.uniqueName("exclude_t1")
+        let config = try await OnlineMigrationTests.config(source: database, target: targetDatabase) {
+            $0.filter = ObjectFilter(excludeTables: ["t1"])
+        }
+        let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: EventLog())
+        let writer = try await source.connect(database: database)
+        try await writer.execute("UPDATE other.t1 SET v = 'changed while streaming'; INSERT INTO other.t1 VALUES (100, 'new')")
+        migrator.cutoverHandle.request()
+        _ = try await run.value
+
+        let copied = try await Fingerprint.of(target, database: targetDatabase)
+        var expected = try await Fingerprint.of(source, database: database)
+        expected.tables["public.t1"] = nil
+        #expect(copied.tables["other.t1"] == expected.tables["other.t1"], "other.t1's later changes were streamed")
+        #expect(copied.tables == expected.tables, "\(copied.differences(from: expected))")
+    }
+
+    @Test("regular-expression patterns mean what pg_dump makes of them; verify compares what was copied")
+    func regexPattern() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let database = try await Self.source()
+        let targetDatabase = SharedClusters.uniqueName("regex_copy")
+        let arguments = ["--source", source.url(database: database), "--target", target.url(database: targetDatabase),
+                         "--table", "public.(t1|gen)", "--state-dir", DestructiveMistakesTests.stateDirectory()]
+        let result = try await CLI.run(arguments)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stderr.contains("2 table(s) match"), "\(result.stderr)")
+        let copied = try await Fingerprint.of(target, database: targetDatabase)
+        #expect(Set(copied.tables.keys) == ["public.t1", "public.gen"])
+        // The identity sequence of a selected table is part of the set: verify compares it.
+        let verify = try await CLI.run(
+            ["--mode", "verify", "--source", source.url(database: database), "--target", target.url(database: targetDatabase),
+             "--table", "public.(t1|gen)"])
+        #expect(verify.status == 0, "\(verify.stderr)")
+    }
+
+    @Test("a pattern that matches nothing is an error, in every mode that resolves one")
+    func unmatchedPattern() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let database = try await Self.source()
+        let targetDatabase = SharedClusters.uniqueName("typo")
+        for mode in ["offline", "online", "verify"] {
+            let result = try await CLI.run(
+                ["--mode", mode, "--source", source.url(database: database), "--target", target.url(database: targetDatabase),
+                 "--table", "public.typo_tbl", "--state-dir", DestructiveMistakesTests.stateDirectory()])
+            #expect(result.status == 1, "\(mode): \(result.stderr)")
+            #expect(result.stderr.contains("these patterns match nothing on the source: --table public.typo_tbl"), "\(mode): \(result.stderr)")
+        }
+        let admin = try await target.connect()
+        #expect(try await admin.scalar("SELECT count(*) FROM pg_database WHERE datname = $1", [targetDatabase]) == "0")
+    }
+
+    @Test("an existing publication that misses a table, filters rows or skips an action is refused at Validate, naming it")
+    func existingPublicationCoverage() async throws {
+        let (source, _) = try await SharedClusters.get()
+        let database = try await Self.source()
+        let setup = try await source.connect(database: database)
+        let cases: [(publication: String, expect: String)] = [
+            ("FOR TABLE public.t1, public.gen, public.t2, public.items", "it does not publish other.t1"),
+            ("FOR ALL TABLES WITH (publish = 'insert, update')", "it does not publish delete, truncate"),
+            ("FOR TABLE public.t1 WHERE (id > 10), other.t1, public.gen, public.t2, public.items", "it has a row filter on public.t1"),
+        ]
+        for (definition, expect) in cases {
+            let config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("covered"))
+            try await setup.execute("CREATE PUBLICATION \(SQL.identifier(config.online.publication)) \(definition)")
+            let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
+            #expect(error?.stage == .validate)
+            #expect(error?.message.contains(expect) == true, "\(error?.message ?? "")")
+            #expect(try await setup.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) == "0")
+            try await setup.execute("DROP PUBLICATION \(SQL.identifier(config.online.publication))")
+        }
+    }
+
+    @Test("a table taken out of the publication while streaming ends the run with an error at cutover, not Complete")
+    func publicationShrunkMidRun() async throws {
+        let (source, _) = try await SharedClusters.get()
+        let database = try await Self.source()
+        let config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("shrunk")) {
+            $0.filter = ObjectFilter(excludeSchemas: ["other"])
+        }
+        let events = EventLog()
+        let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: events)
+        let writer = try await source.connect(database: database)
+        try await writer.execute("ALTER PUBLICATION \(SQL.identifier(config.online.publication)) DROP TABLE public.t2")
+        try await writer.execute("UPDATE public.t2 SET v = 'lost'")
+        migrator.cutoverHandle.request()
+        let error = await #expect(throws: MigrationError.self) { try await run.value }
+        #expect(error?.stage == .cutover)
+        #expect(error?.message.contains("it does not publish public.t2") == true, "\(error?.message ?? "")")
+        #expect(!events.stages.contains(.complete))
+        let objects = try await OnlineMigrationTests.replicationObjects(config)
+        #expect(objects.slot && objects.subscription == "false", "nothing dropped; the subscription disabled")
+        try await OnlineMigrationTests.removeReplicationObjects(config)
+    }
+}
