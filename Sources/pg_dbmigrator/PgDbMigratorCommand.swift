@@ -63,6 +63,7 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
         settings.resume = copy.resume
         settings.stateDirectory = copy.stateDir
         settings.terminateTargetSessions = copy.terminateTargetSessions
+        settings.lockTimeout = OnlineOptions.duration(seconds: copy.lockTimeoutSecs)
         settings.online.dropForeignSlot = online.dropForeignSlot
         return settings
     }
@@ -182,6 +183,11 @@ struct CopyOptions: ParsableArguments {
 
     @Flag(help: "With --drop-target-first: end the sessions connected to the target database (they are listed first).")
     var terminateTargetSessions = false
+
+    @Option(help: ArgumentHelp(
+        "How long a statement may wait on a lock another session holds before the run gives up, naming that session "
+            + "(pid, user, application, query). Waits are reported every 10 s.", valueName: "seconds"))
+    var lockTimeoutSecs: Double = 300
 
     @Flag(help: ArgumentHelp(
         "Continue the interrupted run of this same command from its recorded progress: copied tables and parts are not "

@@ -241,7 +241,7 @@ CREATE TABLE "Audit Log".events (
   op         text NOT NULL,
   table_name text NOT NULL,
   row_id     bigint,
-  payload    json
+  payload    jsonb  -- FULL identity compares every column: json has no equality, jsonb has
 );
 ALTER TABLE "Audit Log".events REPLICA IDENTITY FULL;
 COMMENT ON TABLE "Audit Log".events IS 'Append-only audit trail (no PK; duplicates allowed)';
@@ -250,7 +250,7 @@ CREATE FUNCTION "Audit Log".log_order_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO "Audit Log".events (op, table_name, row_id, payload)
-  VALUES (TG_OP, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, OLD.id, row_to_json(OLD));
+  VALUES (TG_OP, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, OLD.id, to_jsonb(OLD));
   RETURN NULL;
 END
 $$;

@@ -97,6 +97,30 @@ struct OnlineCoverageTests {
         }
     }
 
+    @Test("a prepared transaction on the source stops a frozen cutover before the barrier, named; nothing is dropped")
+    func preparedTransactionAtFreeze() async throws {
+        let (source, _) = try await SharedClusters.get()
+        let database = try await Self.source()
+        let config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("prepared")) {
+            $0.online.freezeSourceAtCutover = true
+        }
+        let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: EventLog())
+        let writer = try await source.connect(database: database)
+        let gid = SharedClusters.uniqueName("px")
+        try await writer.execute("BEGIN; INSERT INTO public.t2 VALUES (2, 'prepared'); PREPARE TRANSACTION \(SQL.literal(gid))")
+        migrator.cutoverHandle.request()
+        let error = await #expect(throws: MigrationError.self) { try await run.value }
+        // (The freeze ended the writer's session; a prepared transaction outlives it, and would hold up every later slot.)
+        let after = try await source.connect(database: database)
+        try await after.execute("ROLLBACK PREPARED \(SQL.literal(gid))")
+        #expect(error?.message.contains("prepared transactions on the source") == true && error?.message.contains(gid) == true,
+                "\(error?.message ?? "")")
+        // The abort undid the freeze: writes are accepted again, with no trigger left behind.
+        try await after.execute("INSERT INTO public.t2 VALUES (3, 'after the abort')")
+        #expect(try await after.scalar("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgdbmigrator_freeze'") == "0")
+        try await OnlineMigrationTests.removeReplicationObjects(config)
+    }
+
     @Test("a table taken out of the publication while streaming ends the run with an error at cutover, not Complete")
     func publicationShrunkMidRun() async throws {
         let (source, _) = try await SharedClusters.get()

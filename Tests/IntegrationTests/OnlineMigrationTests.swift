@@ -142,6 +142,15 @@ struct OnlineMigrationTests {
         }
         #expect(refused?.sqlState == "25006")
         #expect(events.all.last?.detail["undo_freeze"] != nil)
+        // A session that lifts the read-only default for itself is stopped by the triggers, whatever it sets.
+        let walker = try await source.connect(database: sourceDatabase)
+        try await walker.execute("SET default_transaction_read_only = off; SET session_replication_role = replica")
+        for write in ["INSERT INTO public.documents (id, title) VALUES (998, 'around')", "UPDATE public.documents SET title = 'x'",
+                      "DELETE FROM public.documents", "TRUNCATE public.documents CASCADE"] {
+            let walkedAround = await #expect(throws: PostgresError.self) { try await walker.execute(write) }
+            #expect(walkedAround?.sqlState == "25006" && walkedAround?.message.contains("frozen for a migration cutover") == true,
+                    "\(write): \(walkedAround?.message ?? "")")
+        }
 
         let objects = try await Self.replicationObjects(config)
         #expect(objects.publication, "a publication that existed before must never be dropped")

@@ -80,6 +80,27 @@ struct OnlinePreflightTests {
         #expect(actual == expected, "\(actual.differences(from: expected))")
     }
 
+    @Test("REPLICA IDENTITY FULL on a column type without equality (json, json[], point) is refused with what would work")
+    func fullIdentityWithoutEquality() async throws {
+        let database = try await Self.smallSource(
+            """
+            CREATE TABLE docs (id int NOT NULL, body json, tags json[]); CREATE UNIQUE INDEX docs_id ON docs (id);
+            INSERT INTO docs VALUES (1, '{}', ARRAY['{}'::json]);
+            CREATE TABLE places (label text, spot point); ALTER TABLE places REPLICA IDENTITY FULL;
+            """)
+        var config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("full_copy"))
+        config.online.setReplicaIdentityFull = true  // the fix the tool suggests for docs, which has no primary key
+        try await Self.expectCleanFailure(
+            config, message: "REPLICA IDENTITY FULL cannot work for 2 table(s)", fix: "primary key or a replica identity index")
+        let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
+        let message = error?.message ?? ""
+        #expect(message.contains("body (json)") && message.contains("tags (json[])") && message.contains("spot (point)"), "\(message)")
+        #expect(message.contains("ALTER TABLE public.docs REPLICA IDENTITY USING INDEX \"docs_id\""), "\(message)")
+        let (source, _) = try await SharedClusters.get()
+        let admin = try await source.connect(database: database)
+        #expect(try await admin.scalar("SELECT relreplident::text FROM pg_class WHERE relname = 'docs'") == "d", "nothing was set")
+    }
+
     @Test("a slot of that name this run did not create is refused and left alone; --force-clean removes what an interrupted run left")
     func slotExists() async throws {
         let (source, target) = try await SharedClusters.get()

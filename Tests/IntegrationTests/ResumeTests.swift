@@ -183,6 +183,59 @@ struct ResumeTests {
         try await Self.expectEqual(sourceDatabase, targetDatabase)
     }
 
+    @Test("an unlogged table emptied by a crash of the target is copied again by --resume, never skipped")
+    func unloggedAfterTargetCrash() async throws {
+        let (source, _) = try await SharedClusters.get()
+        let crashing = try await TestCluster.start(name: "crashing-target")
+        defer { crashing.stop() }
+        let sourceDatabase = try await Self.source(tables: 3)
+        let setup = try await source.connect(database: sourceDatabase)
+        // The largest table, so copied first: committed and recorded before the run stops.
+        try await setup.execute(
+            "CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY, v text); "
+                + "INSERT INTO scratch SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 30000) g")
+        let targetDatabase = SharedClusters.uniqueName("unlogged")
+        let relay = try TCPRelay(to: crashing.port, bytesPerSecond: 3_000_000)
+        defer { relay.stop() }
+        let state = Self.stateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        let arguments = [
+            "--source", source.url(database: sourceDatabase), "--target", Self.url(port: relay.port, database: targetDatabase),
+            "--jobs", "1", "--state-dir", state,
+        ]
+        let first = try CLI.start(arguments)
+        #expect(await first.waitForStderr(#"copied "public"."scratch""#))
+        // An ALTER queued behind the copy's lock on the last table stops the run there.
+        let ddl = try await source.connect(database: sourceDatabase)
+        let altering = Task { _ = try await ddl.execute("BEGIN; ALTER TABLE t1 ADD COLUMN added int") }
+        let failed = try await first.wait(timeout: 60)
+        try await altering.value
+        try await ddl.execute("ROLLBACK")
+        #expect(failed.status == 1, "\(failed.stderr)")
+
+        try await crashing.crashAndRestart()
+        let target = try await crashing.connect(database: targetDatabase)
+        #expect(try await target.scalar("SELECT count(*) FROM scratch") == "0", "crash recovery emptied the unlogged table")
+        relay.bytesPerSecond = nil
+
+        // A session on the target holds the table the resumed run must empty: the wait is reported, then given up on.
+        let blocker = try await Connection.connect(
+            try crashing.connectionString(database: targetDatabase).setting("application_name", to: "blocker-app"), label: "blocker")
+        try await blocker.execute("BEGIN; LOCK TABLE scratch IN ACCESS SHARE MODE")
+        let blocked = try await CLI.start(arguments + ["--resume", "--verify", "off", "--lock-timeout-secs", "12"]).wait(timeout: 60)
+        #expect(blocked.status == 1, "\(blocked.stderr)")
+        #expect(blocked.stderr.contains("waiting 10 s for AccessExclusiveLock lock on scratch"), "\(blocked.stderr)")
+        #expect(blocked.stderr.contains("gave up after") && blocked.stderr.contains("blocker-app"), "\(blocked.stderr)")
+        try await blocker.execute("ROLLBACK")
+
+        let resumed = try await CLI.run(arguments + ["--resume", "--verify", "off"])
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(resumed.stderr.contains("copying unlogged table \"public\".\"scratch\" again in full"), "\(resumed.stderr)")
+        let expected = try await Fingerprint.of(source, database: sourceDatabase)
+        let actual = try await Fingerprint.of(crashing, database: targetDatabase)
+        #expect(actual == expected, "\(actual.differences(from: expected))")
+    }
+
     @Test("a source that kills idle transactions after 300 ms cannot end the snapshot holder mid-copy")
     func snapshotHolderTimeouts() async throws {
         let (source, target) = try await SharedClusters.get()

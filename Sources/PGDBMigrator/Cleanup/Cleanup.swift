@@ -97,11 +97,16 @@ struct Cleanup {
 
         // Only a freeze the recorded run made is undone: a read-only setting someone else made stays.
         let sourceDatabase = Endpoint(role: .source, connectionString: config.source).databaseName
-        if let frozen = recorded?.online.frozenDatabase, frozen == sourceDatabase {
-            let freeze = SourceFreeze(database: frozen)
-            if try await freeze.isInPlace(on: source) {
-                if !dryRun { try await freeze.unfreeze(on: source) }
-                found.append("\(dryRun ? "would make" : "made") the source database \(SQL.identifier(frozen)) writable again")
+        if let recorded {
+            let freeze = SourceFreeze(database: sourceDatabase, runID: recorded.runID)
+            let settingInPlace = try await freeze.isInPlace(on: source)
+            let resetSetting = recorded.online.frozenDatabase == sourceDatabase && settingInPlace
+            let triggers = try await source.scalar(
+                "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = $1", [SourceFreeze.schema])
+            let ownTriggers = OwnershipMark.owner(ofObjectCommented: triggers, runID: recorded.runID) == .thisRun
+            if resetSetting || ownTriggers {
+                if !dryRun { try await freeze.unfreeze(on: source, resetSetting: resetSetting) }
+                found.append("\(dryRun ? "would make" : "made") the source database \(SQL.identifier(sourceDatabase)) writable again")
             }
         }
         await source.close()

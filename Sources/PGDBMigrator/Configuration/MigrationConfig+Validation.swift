@@ -43,6 +43,9 @@ extension MigrationConfig {
                 "--drop-target-first would drop \(SQL.identifier(database)), which every server needs; it is never dropped",
                 fix: "point --target at the database to migrate into")
         }
+        guard lockTimeout > .zero, lockTimeout <= OnlineSettings.longestInterval else {
+            throw refuse("--lock-timeout-secs must be more than 0 and at most 30 days")
+        }
         try online.validate()
         try verify.validate()
     }

@@ -53,6 +53,9 @@ public struct MigrationConfig: Sendable {
     public var dropTargetFirst: Bool
     /// With ``dropTargetFirst``: end the sessions connected to the target database (they are listed first).
     public var terminateTargetSessions: Bool = false
+    /// How long a statement may wait on a lock another session holds (reported every 10 s, with who
+    /// holds it) before the run gives up, naming that session.
+    public var lockTimeout: Duration = .seconds(300)
     public var filter: ObjectFilter
     /// Treat `pg_restore` errors as warnings (listed) instead of failing the run.
     public var allowRestoreErrors: Bool

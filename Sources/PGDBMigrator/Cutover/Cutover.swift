@@ -20,13 +20,16 @@ struct Cutover {
     func run() async throws -> Result {
         let (source, target) = await monitor.connections
         if settings.freezeSourceAtCutover {
-            let freeze = SourceFreeze(database: Endpoint(role: .source, connectionString: config.source).databaseName)
-            let (ended, alreadyReadOnly) = try await freeze.freeze(on: source) {
+            let freeze = SourceFreeze(database: Endpoint(role: .source, connectionString: config.source).databaseName, runID: leftovers.runID)
+            let lockWait = LockWait(
+                server: Endpoint(role: .source, connectionString: config.source), events: events, stage: .cutover, timeout: config.lockTimeout)
+            let (ended, alreadyReadOnly) = try await freeze.freeze(on: source, tables: tables.tables, lockWait: lockWait) {
                 try leftovers.setDurably(\.frozenDatabase, freeze.database)
             }
             events.info(
                 .cutover,
-                "source database \(SQL.identifier(freeze.database)) is now read-only"
+                "source database \(SQL.identifier(freeze.database)) is now frozen: read-only for new sessions, and a trigger on "
+                    + "each of the \(tables.tables.count) migrated table(s) rejects writes whatever a session sets"
                     + (alreadyReadOnly ? " (it already was by its own settings, which this run will leave as they are)" : "")
                     + "; ended \(ended) session(s)",
                 ["sessions_ended": .int(ended)])

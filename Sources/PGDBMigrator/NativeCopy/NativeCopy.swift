@@ -183,6 +183,7 @@ struct NativeCopy {
                     }
                     try await source.importSnapshot(snapshot)
                     let copy = TableCopy(source: source, target: target, binaryAllowed: binaryAllowed)
+                    let lockWait = LockWait(server: self.target, events: events, stage: .restore, timeout: config.lockTimeout)
                     while let part = await queue.next() {
                         try Task.checkCancellation()
                         let result: TableCopy.Result
@@ -192,7 +193,10 @@ struct NativeCopy {
                             try await source.execute("LOCK TABLE ONLY \(part.table.name) IN ACCESS SHARE MODE NOWAIT")
                             progress.started(part)
                             try store.record(.started, part: part.key)
-                            result = try await copy.run(part, clearing: clearing.contains(part.key)) { progress.advance(part, by: $0) }
+                            let clear = clearing.contains(part.key)
+                            result = try await lockWait.watching("copying \(part.label) into the target", session: target) {
+                                try await copy.run(part, clearing: clear) { progress.advance(part, by: $0) }
+                            }
                         } catch let error as PostgresError where error.sqlState == "55P03" {  // lock_not_available
                             throw MigrationError(
                                 .restore, "cannot lock \(part.table.name) on the source without waiting: \(error.message)",
@@ -229,7 +233,9 @@ struct NativeCopy {
     /// said so). A part that was started may have committed unrecorded: a whole
     /// table is truncated in its load anyway, a key range is deleted first
     /// (`clearing`), and a table split by blocks is emptied and copied again
-    /// in full, because block ranges of two snapshots cannot be mixed.
+    /// in full, because block ranges of two snapshots cannot be mixed. An
+    /// unlogged table is always copied again in full: a crash of the target
+    /// since (crash recovery empties unlogged tables) leaves no trace in our record.
     private func remainingWork(_ parts: [CopyPart]) async throws -> (work: [CopyPart], finished: [CopyTable], clearing: Set<String>) {
         let recorded = store.parts
         var work: [CopyPart] = []
@@ -238,7 +244,13 @@ struct NativeCopy {
         var emptied: [CopyTable] = []
         for (table, tableParts) in Dictionary(grouping: parts, by: \.table).sorted(by: { $0.key.name.description < $1.key.name.description }) {
             let pending = tableParts.filter { recorded[$0.key] != true }
-            if pending.isEmpty {
+            if report.tables.unlogged.contains(table.name) {
+                events.info(
+                    .restore, "copying unlogged table \(table.name) again in full: a crash of the target empties unlogged tables, "
+                        + "so a resumed copy never trusts them", ["table": .string(table.name.description)])
+                emptied.append(table)
+                work += tableParts
+            } else if pending.isEmpty {
                 finished.append(table)
                 events.info(
                     .restore, "skipped \(table.name): copied by the interrupted run",
@@ -255,8 +267,13 @@ struct NativeCopy {
             let target = try await target.connect(label: "resume", stage: .restore)
             defer { Task { await target.close() } }
             for table in emptied {
-                events.info(.restore, "copying \(table.name) again in full: it is split by blocks, which cannot be resumed part by part")
-                try await target.execute("TRUNCATE ONLY \(table.name)")
+                if !report.tables.unlogged.contains(table.name) {
+                    events.info(.restore, "copying \(table.name) again in full: it is split by blocks, which cannot be resumed part by part")
+                }
+                try await LockWait(server: self.target, events: events, stage: .restore, timeout: config.lockTimeout)
+                    .watching("emptying \(table.name) on the target to copy it again", session: target) {
+                        try await target.execute("TRUNCATE ONLY \(table.name)")
+                    }
             }
             let keys = Set(emptied.flatMap { table in parts.filter { $0.table == table }.map(\.key) })
             for key in keys { try store.record(.reset, part: key) }

@@ -13,6 +13,9 @@ final class Leftovers: Sendable {
 
     var snapshot: State { state.withLock { $0 } }
 
+    /// The run's id, which marks what it creates.
+    var runID: String? { store.withLock { $0?.current.runID } }
+
     /// Starts from what `store` recorded, and records every change there.
     func record(in store: RunStateStore) {
         self.store.withLock { $0 = store }

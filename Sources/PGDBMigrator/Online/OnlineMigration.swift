@@ -165,11 +165,15 @@ struct OnlineMigration {
             throw MigrationError(
                 .streamApply, "the subscription \(SQL.identifier(settings.subscriptionName)) no longer exists on the target", fix: fix)
         }
-        if let frozen = leftovers.snapshot.frozenDatabase {
-            // The interrupted cutover froze the source and never finished: writes resume until the next cutover.
-            try await SourceFreeze(database: frozen).unfreeze(on: source)
-            leftovers.set(\.frozenDatabase, nil)
-            events.warning(.streamApply, "the interrupted cutover had made the source database \(SQL.identifier(frozen)) read-only; it accepts writes again")
+        // The interrupted cutover froze the source and never finished: writes resume until the next cutover.
+        let frozen = leftovers.snapshot.frozenDatabase
+        let freeze = SourceFreeze(database: sourceEndpoint.databaseName, runID: leftovers.runID)
+        let hadTriggers = try await freeze.removeTriggers(on: source)
+        if frozen != nil { try await freeze.unfreeze(on: source, resetSetting: true) }
+        leftovers.set(\.frozenDatabase, nil)
+        if frozen != nil || hadTriggers {
+            events.warning(
+                .streamApply, "the interrupted cutover had frozen the source database \(SQL.identifier(freeze.database)); it accepts writes again")
         }
         try await subscription().enable(on: target)
         events.info(
@@ -202,7 +206,7 @@ struct OnlineMigration {
     ) -> MigrationOutcome {
         store.finish()
         let duration = ContinuousClock.now - started
-        let undo = leftovers.snapshot.frozenDatabase.map { SourceFreeze(database: $0).undoSQL }
+        let undo = settings.freezeSourceAtCutover ? SourceFreeze(database: sourceEndpoint.databaseName).undoSQL : nil
         var detail: [String: EventValue] = ["barrier_lsn": .string(barrier.description), "seconds": .double(duration.seconds)]
         if let sequenceFailures { detail["sequences_failed"] = .int(sequenceFailures.count) }
         if let undo { detail["undo_freeze"] = .string(undo) }
@@ -342,15 +346,16 @@ struct OnlineMigration {
     /// applied), and say what was left and how to resume or clean up.
     private func leaveResumable() async {
         let state = leftovers.snapshot
-        if let frozen = state.frozenDatabase {
-            let freeze = SourceFreeze(database: frozen)
+        if settings.freezeSourceAtCutover || state.frozenDatabase != nil {
+            // Our triggers go (they carry this run's mark); the read-only setting only if this run set it.
+            let freeze = SourceFreeze(database: sourceEndpoint.databaseName, runID: leftovers.runID)
             do {
                 let source = try await sourceEndpoint.connect(label: "abort")
-                try await freeze.unfreeze(on: source)
+                let undone = try await freeze.unfreeze(on: source, resetSetting: state.frozenDatabase != nil)
                 await source.close()
                 // Undone: from now on a read-only setting on that database is not this run's to touch.
                 leftovers.set(\.frozenDatabase, nil)
-                events.info(.cutover, "the source database \(SQL.identifier(frozen)) accepts writes again")
+                if undone { events.info(.cutover, "the source database \(SQL.identifier(freeze.database)) accepts writes again") }
             } catch {
                 events.emit(MigrationEvent(
                     stage: .cutover, level: .error,

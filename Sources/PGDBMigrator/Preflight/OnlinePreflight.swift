@@ -138,6 +138,15 @@ struct OnlinePreflight {
             ORDER BY 1
             """, [SQL.textArray(tables.map(\.schema)), SQL.textArray(tables.map(\.name))]
         ).rows.map { $0[0]! }
+        // FULL, already or about to be set: the apply worker then finds each old row by comparing every column.
+        let full = try await source.query(
+            """
+            SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND c.relreplident = 'f'
+            """, [SQL.textArray(tables.map(\.schema)), SQL.textArray(tables.map(\.name))]
+        ).rows.map { $0[0]! }
+        try await checkFullIdentityComparable(source, tables: full + (settings.setReplicaIdentityFull ? lacking : []))
         guard !lacking.isEmpty else { return }
         if settings.setReplicaIdentityFull {
             for table in lacking {
@@ -155,6 +164,72 @@ struct OnlinePreflight {
             fix: "add a primary key, or ALTER TABLE … REPLICA IDENTITY FULL (or USING INDEX), "
                 + "or pass --set-replica-identity-full to have these set to FULL")
     }
+
+    /// With REPLICA IDENTITY FULL the apply worker finds the old row of an UPDATE
+    /// or DELETE by comparing every column with its type's default equality, and
+    /// stops at the first column whose type has none (`json`, `point`, `xml`, or an
+    /// array, domain or composite of one). Such tables are refused before anything
+    /// is created, with what would work instead.
+    private func checkFullIdentityComparable(_ source: Connection, tables: [String]) async throws {
+        guard !tables.isEmpty else { return }
+        let rows = try await source.query(Self.incomparableColumnsSQL, [SQL.textArray(tables)]).rows
+        guard !rows.isEmpty else { return }
+        var byTable: [String: (columns: [String], index: String?)] = [:]
+        for row in rows {
+            byTable[row[0]!, default: ([], row[3])].columns.append("\(row[1]!) (\(row[2]!))")
+        }
+        let lines = byTable.sorted { $0.key < $1.key }.map { table, found in
+            "\(table): \(found.columns.joined(separator: ", "))"
+                + (found.index.map { " — ALTER TABLE \(table) REPLICA IDENTITY USING INDEX \(SQL.identifier($0)) would work" }
+                    ?? " — add a primary key (or a unique index on NOT NULL columns for REPLICA IDENTITY USING INDEX)")
+        }
+        throw MigrationError(
+            .validate,
+            "REPLICA IDENTITY FULL cannot work for \(byTable.count) table(s): the apply worker compares every column, and these "
+                + "columns' types have no equality operator it can use: " + lines.joined(separator: "; "),
+            fix: "give each table a primary key or a replica identity index as proposed, then run again")
+    }
+
+    /// The columns (`$1`: quoted table names) whose type, looked into through
+    /// domains, arrays and composites, has no default btree or hash operator
+    /// class — the server's own rule for an equality it can use — with a unique
+    /// index each table could use as its replica identity instead.
+    static let incomparableColumnsSQL = """
+        WITH RECURSIVE wanted AS (SELECT name, to_regclass(name) AS oid FROM unnest($1::text[]) AS name),
+        parts (name, attname, typid, shown, depth) AS (
+            SELECT w.name, a.attname::text, a.atttypid, format_type(a.atttypid, a.atttypmod), 0
+            FROM wanted w JOIN pg_attribute a ON a.attrelid = w.oid AND a.attnum > 0 AND NOT a.attisdropped
+            UNION ALL
+            SELECT p.name, p.attname, inner_type.typid, p.shown, p.depth + 1
+            FROM parts p JOIN pg_type t ON t.oid = p.typid
+            CROSS JOIN LATERAL (
+                SELECT t.typbasetype AS typid WHERE t.typtype = 'd'
+                UNION ALL SELECT t.typelem WHERE t.typcategory = 'A' AND t.typelem <> 0 AND t.typtype <> 'd'
+                UNION ALL SELECT ca.atttypid FROM pg_attribute ca
+                          WHERE t.typtype = 'c' AND ca.attrelid = t.typrelid AND ca.attnum > 0 AND NOT ca.attisdropped
+            ) inner_type
+            WHERE p.depth < 10
+        )
+        SELECT DISTINCT p.name, quote_ident(p.attname), p.shown,
+               (SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                WHERE i.indrelid = to_regclass(p.name) AND i.indisunique AND i.indimmediate AND i.indpred IS NULL
+                  AND i.indexprs IS NULL AND i.indisvalid
+                  AND NOT EXISTS (SELECT 1 FROM pg_attribute ka WHERE ka.attrelid = i.indrelid
+                                  AND ka.attnum = ANY (i.indkey) AND NOT ka.attnotnull)
+                ORDER BY i.indisprimary DESC, ic.relname LIMIT 1)
+        FROM parts p JOIN pg_type t ON t.oid = p.typid
+        WHERE t.typtype NOT IN ('d', 'c') AND NOT (t.typcategory = 'A' AND t.typelem <> 0)
+          AND NOT EXISTS (
+              SELECT 1 FROM pg_opclass oc JOIN pg_am am ON am.oid = oc.opcmethod
+              WHERE oc.opcdefault AND am.amname IN ('btree', 'hash')
+                AND (oc.opcintype = t.oid
+                     OR (t.typtype = 'e' AND oc.opcintype = 'anyenum'::regtype)
+                     OR (t.typtype = 'r' AND oc.opcintype = 'anyrange'::regtype)
+                     OR (t.typtype = 'm' AND oc.opcintype = to_regtype('anymultirange'))
+                     OR EXISTS (SELECT 1 FROM pg_cast pc WHERE pc.castsource = t.oid AND pc.casttarget = oc.opcintype
+                                                         AND pc.castmethod = 'b')))
+        ORDER BY 1, 2
+        """
 
     private func warnAboutWhatIsNotReplicated(_ source: Connection) async throws {
         let row = try await source.query(

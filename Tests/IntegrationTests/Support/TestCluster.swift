@@ -40,7 +40,7 @@ final class TestCluster: @unchecked Sendable {
             "port": String(port), "listen_addresses": "127.0.0.1", "unix_socket_directories": directory,
             "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
             "wal_level": "logical", "max_wal_senders": "10", "max_replication_slots": "10",
-            "shared_buffers": "64MB", "max_connections": "60", "log_min_messages": "warning",
+            "shared_buffers": "64MB", "max_connections": "60", "log_min_messages": "warning", "max_prepared_transactions": "5",
             // A log file the server knows (pg_current_logfile), so apply errors can be read back.
             "logging_collector": "on", "log_directory": "log",
         ]
@@ -57,6 +57,12 @@ final class TestCluster: @unchecked Sendable {
     /// `-l` again, or the new postmaster would keep our output pipe open forever.
     func restart() async throws {
         try await TestCluster.runAsServerUser(try await TestCluster.serverBinDirectory() + "/pg_ctl", ["-D", dataDirectory, "-l", directory + "/server.log", "-m", "fast", "-w", "-t", "60", "restart"])
+    }
+
+    /// Crashes the server (immediate shutdown: no checkpoint) and starts it again: crash recovery
+    /// runs, which empties unlogged tables.
+    func crashAndRestart() async throws {
+        try await TestCluster.runAsServerUser(try await TestCluster.serverBinDirectory() + "/pg_ctl", ["-D", dataDirectory, "-l", directory + "/server.log", "-m", "immediate", "-w", "-t", "60", "restart"])
     }
 
     /// Blocking on purpose: it runs from `atexit`, where nothing async can.

@@ -1,0 +1,93 @@
+import PostgresClient
+
+/// No silent waits: while a statement waits on a lock, say every ten seconds
+/// what it waits for and on whom (the blocking session's PID, user,
+/// application, address and query), and after `timeout` of waiting give up
+/// with the same information instead of hanging.
+///
+/// The statement's own session is watched from a second session on the same
+/// server (`pg_blocking_pids`), opened only once the statement has run for a
+/// second; time spent working rather than waiting never counts.
+struct LockWait: Sendable {
+    var server: Endpoint
+    var events: EventEmitter
+    var stage: Stage
+    var timeout: Duration
+    var reportEvery: Duration = .seconds(10)
+    var pollEvery: Duration = .seconds(1)
+
+    /// Runs `operation`, whose statements run on `session`, watching that session for lock waits.
+    @discardableResult
+    func watching<T: Sendable>(
+        _ what: String, session: Connection, _ operation: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        let pid = try await session.scalar("SELECT pg_backend_pid()") ?? "0"
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await operation() }
+            group.addTask {
+                try await watch(pid: pid, what: what)
+                return nil
+            }
+            defer { group.cancelAll() }
+            while let result = try await group.next() {
+                if let result { return result }
+            }
+            throw CancellationError()
+        }
+    }
+
+    /// Polls until cancelled (the operation finished) or the wait passes `timeout` (throws).
+    private func watch(pid: String, what: String) async throws {
+        var probe: Connection?
+        do {
+            var blockedSince: ContinuousClock.Instant?
+            var lastReport = ContinuousClock.now
+            while true {
+                try await Task.sleep(for: pollEvery)
+                if probe == nil { probe = try await server.connect(label: "lock watch", stage: stage) }
+                let blockers = try await probe!.query(Self.blockersSQL, [pid]).rows
+                guard !blockers.isEmpty else {
+                    blockedSince = nil
+                    continue
+                }
+                let now = ContinuousClock.now
+                let since = blockedSince ?? now - pollEvery
+                blockedSince = since
+                let waiting = try await probe!.scalar(Self.waitingForSQL, [pid]) ?? "a lock"
+                let who = blockers.map { "pid \($0[0]!) (\($0[1]!), \($0[2]!), from \($0[3]!), \($0[4]!)): \($0[5]!)" }
+                let seconds = Int((now - since).seconds)
+                let detail: [String: EventValue] = [
+                    "waited_seconds": .int(seconds), "blocking_pids": .list(blockers.map { $0[0]! }), "waiting_for": .string(waiting),
+                ]
+                if now - since >= timeout {
+                    throw MigrationError(
+                        stage, "gave up after \(seconds) s waiting for \(waiting) (\(what)), held by " + who.joined(separator: "; "),
+                        fix: "let that session finish, or end it (SELECT pg_terminate_backend(pid)), or raise --lock-timeout-secs; "
+                            + "then rerun the same command with --resume")
+                }
+                if now - lastReport >= reportEvery {
+                    lastReport = now
+                    events.warning(stage, "waiting \(seconds) s for \(waiting) (\(what)), held by " + who.joined(separator: "; "), detail)
+                }
+            }
+        } catch {
+            await probe?.close()
+            throw error
+        }
+    }
+
+    /// The sessions holding up `$1`, with what they are doing.
+    static let blockersSQL = """
+        SELECT a.pid::text, coalesce(a.usename, '?'), coalesce(nullif(a.application_name, ''), 'no application name'),
+               coalesce(host(a.client_addr), 'local socket'), coalesce(a.state, '?'),
+               coalesce(left(regexp_replace(a.query, '\\s+', ' ', 'g'), 200), '')
+        FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids($1::int))
+        ORDER BY a.pid
+        """
+
+    /// What `$1` waits for, in words: the lock mode and the relation, when it is one.
+    static let waitingForSQL = """
+        SELECT l.mode || ' lock on ' || coalesce(l.relation::regclass::text, l.locktype)
+        FROM pg_locks l WHERE l.pid = $1::int AND NOT l.granted LIMIT 1
+        """
+}
