@@ -97,6 +97,28 @@ struct OnlineCoverageTests {
         }
     }
 
+    @Test("creating the slot behind a writing transaction: reported every 10 s naming it, given up after --lock-timeout-secs")
+    func slotWaitIsNeverSilent() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let database = try await Self.source()
+        let writer = try await Connection.connect(
+            try source.connectionString(database: database).setting("application_name", to: "long-writer"), label: "writer")
+        try await writer.execute("BEGIN; INSERT INTO public.t2 VALUES (50, 'open')")
+        let names = OnlineAbortTests.Names()
+        let arguments = try await OnlineAbortTests.arguments(database, SharedClusters.uniqueName("never"), names)
+        let result = try await CLI.start(arguments + ["--lock-timeout-secs", "12", "--state-dir", DestructiveMistakesTests.stateDirectory()])
+            .wait(timeout: 90)
+        try await writer.execute("ROLLBACK")
+        #expect(result.status == 1, "\(result.stderr)")
+        #expect(result.stderr.contains("waiting 10 s for transactions that were writing when it began to end (creating the replication slot)"),
+                "\(result.stderr)")
+        #expect(result.stderr.contains("gave up after") && result.stderr.contains("long-writer")
+            && result.stderr.contains("INSERT INTO public.t2"), "\(result.stderr)")
+        #expect(try await writer.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [names.slot]) == "0")
+        try await writer.execute("DROP PUBLICATION \(SQL.identifier(names.publication))")
+        _ = target
+    }
+
     @Test("a prepared transaction on the source stops a frozen cutover before the barrier, named; nothing is dropped")
     func preparedTransactionAtFreeze() async throws {
         let (source, _) = try await SharedClusters.get()

@@ -112,11 +112,16 @@ struct OnlineMigration {
             leftovers.set(\.publicationCreated, true)
             events.info(.prepareSnapshot, "created publication \(SQL.identifier(settings.publication))")
         }
+        // Creating the slot waits for every transaction already writing: said every 10 s, naming them.
+        let began = try await source.scalar("SELECT clock_timestamp()::text") ?? "now"
+        try leftovers.setDurably(\.sourceIdentity, try await SourceIdentity.read(on: source))
         events.info(
             .prepareSnapshot,
             "creating replication slot \(SQL.identifier(settings.slotName)); this waits for transactions already writing on the source to finish")
-        try leftovers.setDurably(\.sourceIdentity, try await SourceIdentity.read(on: source))
-        let newSlot = try await ReplicationSlot.create(named: settings.slotName, on: config.source)
+        let newSlot = try await LockWait(server: sourceEndpoint, events: events, stage: .prepareSnapshot, timeout: config.lockTimeout)
+            .watching("creating the replication slot", blockers: .transactions(olderThan: began)) { [config, settings] in
+                try await ReplicationSlot.create(named: settings.slotName, on: config.source)
+            }
         slot = newSlot
         leftovers.set(\.slotCreated, true)
         slotGuard = startSlotGuard()

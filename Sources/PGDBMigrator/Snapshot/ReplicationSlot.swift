@@ -40,6 +40,9 @@ actor ReplicationSlot {
         do {
             // The connection then sits idle holding the snapshot for the whole copy.
             try await connection.keepAliveWhileIdle()
+            // A statement started by a cancelled task runs to completion (it is taken for cleanup):
+            // an abort that came while connecting must not then wait for every writing transaction.
+            try Task.checkCancellation()
             result = try await connection.execute(command)
         } catch let error as PostgresError {
             throw MigrationError(.prepareSnapshot, "cannot create the replication slot \(SQL.identifier(name)): \(error)")

@@ -16,16 +16,33 @@ struct LockWait: Sendable {
     var reportEvery: Duration = .seconds(10)
     var pollEvery: Duration = .seconds(1)
 
+    /// Who a wait is on.
+    enum Blockers: Sendable {
+        /// The sessions a backend's lock request waits behind (`pg_blocking_pids`).
+        case locks(ofBackend: String)
+        /// Transactions (and prepared transactions) that were writing before a moment
+        /// (`timestamptz` text): what creating a logical slot waits for.
+        case transactions(olderThan: String)
+    }
+
     /// Runs `operation`, whose statements run on `session`, watching that session for lock waits.
     @discardableResult
     func watching<T: Sendable>(
         _ what: String, session: Connection, _ operation: @escaping @Sendable () async throws -> T
     ) async throws -> T {
-        let pid = try await session.scalar("SELECT pg_backend_pid()") ?? "0"
-        return try await withThrowingTaskGroup(of: T?.self) { group in
+        let pid = try await session.execute("SELECT pg_backend_pid()").rows.first?[0] ?? "0"
+        return try await watching(what, blockers: .locks(ofBackend: pid), operation)
+    }
+
+    /// Runs `operation`, reporting `blockers` while there are any and giving up after `timeout` of them.
+    @discardableResult
+    func watching<T: Sendable>(
+        _ what: String, blockers: Blockers, _ operation: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask { try await operation() }
             group.addTask {
-                try await watch(pid: pid, what: what)
+                try await watch(blockers, what: what)
                 return nil
             }
             defer { group.cancelAll() }
@@ -37,7 +54,7 @@ struct LockWait: Sendable {
     }
 
     /// Polls until cancelled (the operation finished) or the wait passes `timeout` (throws).
-    private func watch(pid: String, what: String) async throws {
+    private func watch(_ wait: Blockers, what: String) async throws {
         var probe: Connection?
         do {
             var blockedSince: ContinuousClock.Instant?
@@ -45,7 +62,16 @@ struct LockWait: Sendable {
             while true {
                 try await Task.sleep(for: pollEvery)
                 if probe == nil { probe = try await server.connect(label: "lock watch", stage: stage) }
-                let blockers = try await probe!.query(Self.blockersSQL, [pid]).rows
+                let blockers: [[String?]]
+                let waitingFor: String?
+                switch wait {
+                case .locks(let pid):
+                    blockers = try await probe!.query(Self.blockersSQL, [pid]).rows
+                    waitingFor = blockers.isEmpty ? nil : try await probe!.scalar(Self.waitingForSQL, [pid])
+                case .transactions(let start):
+                    blockers = try await probe!.query(Self.olderTransactionsSQL, [start]).rows
+                    waitingFor = "transactions that were writing when it began to end"
+                }
                 guard !blockers.isEmpty else {
                     blockedSince = nil
                     continue
@@ -53,7 +79,7 @@ struct LockWait: Sendable {
                 let now = ContinuousClock.now
                 let since = blockedSince ?? now - pollEvery
                 blockedSince = since
-                let waiting = try await probe!.scalar(Self.waitingForSQL, [pid]) ?? "a lock"
+                let waiting = waitingFor ?? "a lock"
                 let who = blockers.map { "pid \($0[0]!) (\($0[1]!), \($0[2]!), from \($0[3]!), \($0[4]!)): \($0[5]!)" }
                 let seconds = Int((now - since).seconds)
                 let detail: [String: EventValue] = [
@@ -83,6 +109,21 @@ struct LockWait: Sendable {
                coalesce(left(regexp_replace(a.query, '\\s+', ' ', 'g'), 200), '')
         FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids($1::int))
         ORDER BY a.pid
+        """
+
+    /// Transactions with an xid that began before `$1`, and prepared transactions: a logical
+    /// slot becomes consistent only once every one of them has ended.
+    static let olderTransactionsSQL = """
+        SELECT a.pid::text, coalesce(a.usename, '?'), coalesce(nullif(a.application_name, ''), 'no application name'),
+               coalesce(host(a.client_addr), 'local socket'), coalesce(a.state, '?') || ' since ' || a.xact_start::text,
+               coalesce(left(regexp_replace(a.query, '\\s+', ' ', 'g'), 200), '')
+        FROM pg_stat_activity a
+        WHERE a.backend_xid IS NOT NULL AND a.xact_start < $1::timestamptz AND a.pid <> pg_backend_pid()
+        UNION ALL
+        SELECT 'prepared transaction ' || quote_literal(p.gid), p.owner::text, 'database ' || p.database, '-',
+               'prepared at ' || p.prepared::text, '(COMMIT PREPARED or ROLLBACK PREPARED ends it)'
+        FROM pg_prepared_xacts p WHERE p.prepared < $1::timestamptz
+        ORDER BY 1
         """
 
     /// What `$1` waits for, in words: the lock mode and the relation, when it is one.
