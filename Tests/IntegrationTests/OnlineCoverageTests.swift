@@ -119,6 +119,28 @@ struct OnlineCoverageTests {
         _ = target
     }
 
+    @Test("--resume refuses when the tables to migrate changed since the interrupted run began")
+    func resumeAfterSchemaChange() async throws {
+        let (source, _) = try await SharedClusters.get()
+        let database = try await Self.source()
+        let config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("changed")) {
+            $0.stateDirectory = DestructiveMistakesTests.stateDirectory()
+        }
+        let (_, run) = try await OnlineMigrationTests.startStreaming(config, events: EventLog())
+        run.cancel()
+        await #expect(throws: MigrationCancelled.self) { try await run.value }
+        // FOR ALL TABLES would publish it from now on, but it was never copied.
+        let writer = try await source.connect(database: database)
+        try await writer.execute("CREATE TABLE public.late (id int PRIMARY KEY); INSERT INTO public.late VALUES (1)")
+        var resume = config
+        resume.resume = true
+        let error = await #expect(throws: MigrationError.self) { try await Migrator(config: resume).run() }
+        #expect(error?.message.contains("the tables to migrate changed since the interrupted run began: public.late new") == true,
+                "\(error?.message ?? "")")
+        try await writer.execute("DROP TABLE public.late")
+        try await OnlineMigrationTests.removeReplicationObjects(config)
+    }
+
     @Test("a prepared transaction on the source stops a frozen cutover before the barrier, named; nothing is dropped")
     func preparedTransactionAtFreeze() async throws {
         let (source, _) = try await SharedClusters.get()

@@ -21,7 +21,7 @@ import PostgresClient
 /// * a partitioned table selects its own definition, not its partitions (a
 ///   partition is selected by its own name or its schema);
 /// * a pattern that matches nothing is an error.
-struct TableSet: Sendable, Equatable {
+struct TableSet: Sendable, Equatable, Codable {
     var filter: ObjectFilter
     /// Every relation selected, of any kind.
     var relations: Set<QualifiedName>
@@ -119,15 +119,20 @@ struct TableSet: Sendable, Equatable {
                 if row[4] == "t" { set.extensionMembers.insert(name) }
             }
         }
-        set.sequences = try await source.query(sequencesSQL, [SQL.textArray(set.relations.map(\.description))])
-            .rows.map { QualifiedName(schema: $0[0]!, name: $0[1]!) }
-        set.sequences.removeAll { name in
-            // a sequence excluded by --exclude-table, or in an excluded schema, stays out
-            excludedRelations.contains(name) || (filter.tables.isEmpty && excludedSchemas.contains(name.schema))
+        // pg_dump dumps a sequence its selected table owns whatever excludes the sequence itself; one a
+        // selected table only uses in a default is dumped when it is selected, or, with --table, named too.
+        var defaultsOnly: [QualifiedName] = []
+        for row in try await source.query(sequencesSQL, [SQL.textArray(set.relations.map(\.description))]).rows {
+            let name = QualifiedName(schema: row[0]!, name: row[1]!)
+            if row[2] == "default" && !set.relations.contains(name) {
+                guard !excludedRelations.contains(name) && !excludedSchemas.contains(name.schema) else { continue }
+                defaultsOnly.append(name)
+            }
+            set.sequences.append(name)
         }
         set.dumpSchemas = filter.tables.isEmpty ? includedSchemas.sorted() : []
         set.dumpExcludedSchemas = filter.tables.isEmpty ? excludedSchemas.sorted() : []
-        set.dumpRelations = includedRelations.sorted { $0.description < $1.description }
+        set.dumpRelations = (includedRelations.union(filter.tables.isEmpty ? [] : defaultsOnly)).sorted { $0.description < $1.description }
         set.dumpExcludedRelations = excludedRelations.sorted { $0.description < $1.description }
         return set
     }
@@ -155,16 +160,21 @@ struct TableSet: Sendable, Equatable {
     /// themselves, owned by one of them (serial, identity), or named by a column
     /// default of one of them.
     private static let sequencesSQL = """
-        WITH selected AS (SELECT to_regclass(name) AS oid FROM unnest($1::text[]) AS name)
-        SELECT DISTINCT n.nspname, s.relname
-        FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace
-        WHERE s.relkind = 'S' AND (
-            s.oid IN (SELECT oid FROM selected)
-            OR EXISTS (SELECT 1 FROM pg_depend d
-                       WHERE d.classid = 'pg_class'::regclass AND d.objid = s.oid AND d.refclassid = 'pg_class'::regclass
-                         AND d.deptype IN ('a', 'i') AND d.refobjid IN (SELECT oid FROM selected))
-            OR EXISTS (SELECT 1 FROM pg_attrdef ad JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
-                       WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = s.oid AND ad.adrelid IN (SELECT oid FROM selected)))
+        WITH selected AS (SELECT to_regclass(name) AS oid FROM unnest($1::text[]) AS name),
+        kinds AS (
+            SELECT s.oid,
+                   CASE WHEN s.oid IN (SELECT oid FROM selected) THEN 'selected'
+                        WHEN EXISTS (SELECT 1 FROM pg_depend d
+                                     WHERE d.classid = 'pg_class'::regclass AND d.objid = s.oid AND d.refclassid = 'pg_class'::regclass
+                                       AND d.deptype IN ('a', 'i') AND d.refobjid IN (SELECT oid FROM selected)) THEN 'owned'
+                        WHEN EXISTS (SELECT 1 FROM pg_attrdef ad JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
+                                     WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = s.oid
+                                       AND ad.adrelid IN (SELECT oid FROM selected)) THEN 'default'
+                   END AS kind
+            FROM pg_class s WHERE s.relkind = 'S')
+        SELECT n.nspname, s.relname, k.kind
+        FROM kinds k JOIN pg_class s ON s.oid = k.oid JOIN pg_namespace n ON n.oid = s.relnamespace
+        WHERE k.kind IS NOT NULL
         ORDER BY 1, 2
         """
 }

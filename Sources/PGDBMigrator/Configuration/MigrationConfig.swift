@@ -197,7 +197,7 @@ public struct OnlineSettings: Sendable {
 /// Which schemas and tables take part, as `pg_dump` patterns
 /// (`-n`, `-N`, `-t`, `-T`: `*` and `?` wildcards, case folded unless double-quoted),
 /// resolved once on the source by ``TableSet`` with `pg_dump`'s own rules.
-public struct ObjectFilter: Sendable, Equatable {
+public struct ObjectFilter: Sendable, Equatable, Codable {
     public var schemas: [String]
     public var excludeSchemas: [String]
     public var tables: [String]

@@ -27,8 +27,9 @@ struct SourceFreeze {
 
     /// What an operator runs to undo the freeze. A new session on the frozen
     /// database starts read-only, so it must lift that for itself first.
-    var undoSQL: String {
-        "SET default_transaction_read_only = off; ALTER DATABASE \(SQL.identifier(database)) RESET default_transaction_read_only; "
+    func undoSQL(resettingReadOnly: Bool = true) -> String {
+        "SET default_transaction_read_only = off; "
+            + (resettingReadOnly ? "ALTER DATABASE \(SQL.identifier(database)) RESET default_transaction_read_only; " : "")
             + "DROP SCHEMA \(SQL.identifier(Self.schema)) CASCADE"
     }
 

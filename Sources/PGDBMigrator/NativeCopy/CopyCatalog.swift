@@ -99,9 +99,9 @@ struct CopyCatalog {
                                                         AND d.deptype = 'e')
             ORDER BY 2, 3
             """
-        ).rows.compactMap { row in
+        ).rows.compactMap { [wanted = Set(set.tables)] row in
             let name = QualifiedName(schema: row[1]!, name: row[2]!)
-            guard set.tables.contains(name) else { return nil }
+            guard wanted.contains(name) else { return nil }
             return CopyTable(
                 oid: row[0]!, name: name, bytes: Int(row[3]!) ?? 0, blocks: Int(row[4]!) ?? 0, columns: row[5]!,
                 integerKey: row[6], binarySafe: row[7] == "t")

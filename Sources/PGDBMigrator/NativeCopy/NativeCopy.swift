@@ -277,6 +277,23 @@ struct NativeCopy {
             }
             let keys = Set(emptied.flatMap { table in parts.filter { $0.table == table }.map(\.key) })
             for key in keys { try store.record(.reset, part: key) }
+            // Crash recovery also resets unlogged sequences (an unlogged table's identity, PostgreSQL 15+):
+            // they are set from the source again, like the rows.
+            if emptied.contains(where: { report.tables.unlogged.contains($0.name) }) {
+                let unlogged = Set(try await target.query(
+                    "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        + "WHERE c.relkind = 'S' AND c.relpersistence = 'u'"
+                ).rows.map { QualifiedName(schema: $0[0]!, name: $0[1]!) })
+                let sequences = report.tables.sequences.filter(unlogged.contains)
+                if !sequences.isEmpty {
+                    let sourceSession = try await source.connect(label: "resume", stage: .restore)
+                    let result = try await SequenceSync(sequences: sequences).run(source: sourceSession, target: target)
+                    await sourceSession.close()
+                    if let failure = result.failures.first {
+                        throw MigrationError(.restore, "cannot set the unlogged sequence \(failure.key) again: \(failure.value)")
+                    }
+                }
+            }
         }
         return (CopyPlan.ordered(work), finished, clearing)
     }

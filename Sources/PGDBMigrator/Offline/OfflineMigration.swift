@@ -19,6 +19,7 @@ struct OfflineMigration {
             }
             let resumingCopy = config.resume && recorded.targetPrepared
             let report = try await Preflight(config: config, events: events, targetHoldsResumedCopy: resumingCopy).run()
+            try store.checkTables(report.tables, of: config)
             let copy = DatabaseCopy(config: config, report: report, events: events, store: store)
             let warnings = try await copy.run()
             try await copy.analyze()

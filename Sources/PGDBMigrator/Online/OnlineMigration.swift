@@ -79,7 +79,10 @@ struct OnlineMigration {
                 // A --dump-path the killed run left full is ours to empty (the copy below creates it again).
                 if let path = config.dumpPath { try DumpDirectory.create(at: path, reclaiming: true).remove() }
                 store.forgetCopy()
-                try store.update { $0.copy = RunState.CopyState() }
+                try store.update {
+                    $0.copy = RunState.CopyState()
+                    $0.tables = nil  // a copy from scratch: the tables are resolved anew
+                }
             }
             migration.config.resume = false  // from here on, a fresh copy
             return try await migration.copyAndStream(store: store, started: started, slot: &slot, slotGuard: &slotGuard)
@@ -99,6 +102,7 @@ struct OnlineMigration {
             publicationExists = try await OnlinePreflight(config: config, events: events, runID: store.current.runID)
                 .run(source: source, target: target, tables: tables)
         }
+        try store.checkTables(report.tables, of: config)
 
         // PrepareSnapshot: the publication first (pgoutput reads it as of each change), then the slot.
         let source = try await sourceEndpoint.connect(label: "source-control", stage: .prepareSnapshot)
@@ -153,6 +157,7 @@ struct OnlineMigration {
             .validate, "resuming the interrupted run recorded in \(store.path): it was streaming; re-attaching to its slot and subscription",
             ["state": .string(store.path)])
         let report = try await Preflight(config: config, events: events, targetHoldsResumedCopy: true).run()
+        try store.checkTables(report.tables, of: config)
         let source = try await sourceEndpoint.connect(label: "source-control", stage: .streamApply)
         let fix = "start over: \(Cleanup.command(for: config)), then run again with --drop-target-first"
         guard let reading = try await SlotGuard.read(slot: settings.slotName, on: source) else {
@@ -173,8 +178,7 @@ struct OnlineMigration {
         // The interrupted cutover froze the source and never finished: writes resume until the next cutover.
         let frozen = leftovers.snapshot.frozenDatabase
         let freeze = SourceFreeze(database: sourceEndpoint.databaseName, runID: leftovers.runID)
-        let hadTriggers = try await freeze.removeTriggers(on: source)
-        if frozen != nil { try await freeze.unfreeze(on: source, resetSetting: true) }
+        let hadTriggers = try await freeze.unfreeze(on: source, resetSetting: frozen != nil)
         leftovers.set(\.frozenDatabase, nil)
         if frozen != nil || hadTriggers {
             events.warning(
@@ -197,6 +201,8 @@ struct OnlineMigration {
             "resuming: the interrupted run's cutover had applied everything up to barrier \(barrier) and synced the sequences; "
                 + "removing the replication objects it left", ["barrier_lsn": .string(barrier.description)])
         let source = try await sourceEndpoint.connect(label: "source-control", stage: .cutover)
+        // A frozen source starts this session read-only too: the teardown must be able to drop the publication.
+        try await source.execute("SET default_transaction_read_only = off")
         let target = try await targetEndpoint.connect(label: "target-control", stage: .cutover)
         try await ReplicationTeardown(config: config, events: events, leftovers: leftovers).run(source: source, target: target)
         await source.close()
@@ -211,7 +217,9 @@ struct OnlineMigration {
     ) -> MigrationOutcome {
         store.finish()
         let duration = ContinuousClock.now - started
-        let undo = settings.freezeSourceAtCutover ? SourceFreeze(database: sourceEndpoint.databaseName).undoSQL : nil
+        // The setting is in the undo only when this run set it: a DBA's own read-only setting stays.
+        let undo = settings.freezeSourceAtCutover
+            ? SourceFreeze(database: sourceEndpoint.databaseName).undoSQL(resettingReadOnly: leftovers.snapshot.frozenDatabase != nil) : nil
         var detail: [String: EventValue] = ["barrier_lsn": .string(barrier.description), "seconds": .double(duration.seconds)]
         if let sequenceFailures { detail["sequences_failed"] = .int(sequenceFailures.count) }
         if let undo { detail["undo_freeze"] = .string(undo) }
@@ -364,7 +372,7 @@ struct OnlineMigration {
             } catch {
                 events.emit(MigrationEvent(
                     stage: .cutover, level: .error,
-                    message: "could not undo the freeze of the source database (\(error)); run on the source: \(freeze.undoSQL)"))
+                    message: "could not undo the freeze of the source database (\(error)); run on the source: \(freeze.undoSQL(resettingReadOnly: state.frozenDatabase != nil))"))
             }
         }
         if state.subscriptionCreated, let target = try? await targetEndpoint.connect(label: "abort") {

@@ -44,6 +44,7 @@ struct OnlinePreflight {
             }
         }
         try await checkReplicaIdentity(source, tables: tables.published)
+        if settings.freezeSourceAtCutover { try await checkFreezePrivileges(source, tables: tables.tables) }
         try await warnAboutWhatIsNotReplicated(source)
         return publicationExists
     }
@@ -199,6 +200,9 @@ struct OnlinePreflight {
         parts (name, attname, typid, shown, depth) AS (
             SELECT w.name, a.attname::text, a.atttypid, format_type(a.atttypid, a.atttypmod), 0
             FROM wanted w JOIN pg_attribute a ON a.attrelid = w.oid AND a.attnum > 0 AND NOT a.attisdropped
+            -- the apply worker compares stored columns only, and finds rows of a table with a primary key by it
+                                          AND a.attgenerated = ''
+            WHERE NOT EXISTS (SELECT 1 FROM pg_index pk WHERE pk.indrelid = w.oid AND pk.indisprimary)
             UNION ALL
             SELECT p.name, p.attname, inner_type.typid, p.shown, p.depth + 1
             FROM parts p JOIN pg_type t ON t.oid = p.typid
@@ -230,6 +234,29 @@ struct OnlinePreflight {
                                                          AND pc.castmethod = 'b')))
         ORDER BY 1, 2
         """
+
+    /// The freeze needs, at cutover: the database's ownership (its read-only setting), CREATE on it
+    /// (the triggers' schema) and TRIGGER on every migrated table. Found missing now, not at cutover.
+    private func checkFreezePrivileges(_ source: Connection, tables: [QualifiedName]) async throws {
+        let row = try await source.query(
+            """
+            SELECT pg_has_role(current_user, (SELECT datdba FROM pg_database WHERE datname = current_database()), 'MEMBER')
+                   OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+                   has_database_privilege(current_database(), 'CREATE'),
+                   (SELECT string_agg(name, ', ') FROM unnest($1::text[]) AS name WHERE NOT has_table_privilege(name, 'TRIGGER')),
+                   current_user
+            """, [SQL.textArray(tables.map(\.description))]
+        ).rows[0]
+        var missing: [String] = []
+        if row[0] != "t" { missing.append("ownership of the database (to make it read-only)") }
+        if row[1] != "t" { missing.append("CREATE on the database (for the freeze triggers' schema)") }
+        if let tables = row[2] { missing.append("TRIGGER on \(tables)") }
+        guard !missing.isEmpty else { return }
+        throw MigrationError(
+            .validate,
+            "--freeze-source-at-cutover needs, for role \(SQL.identifier(row[3] ?? "?")) on the source: " + missing.joined(separator: "; "),
+            fix: "grant them (or run as the database owner), or cut over without --freeze-source-at-cutover after stopping writes yourself")
+    }
 
     private func warnAboutWhatIsNotReplicated(_ source: Connection) async throws {
         let row = try await source.query(

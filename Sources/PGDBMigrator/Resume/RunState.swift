@@ -17,6 +17,8 @@ struct RunState: Codable, Sendable {
     var settings: [String: String]
     var copy = CopyState()
     var online = OnlineState()
+    /// What the run migrates, as resolved when it began: a resumed run must find the same.
+    var tables: TableSet?
 
     struct CopyState: Codable, Sendable {
         /// The run has begun to create or fill the target database: what is there is ours to redo.
@@ -91,7 +93,7 @@ struct RunState: Codable, Sendable {
 }
 
 extension RunState {
-    private enum CodingKeys: String, CodingKey { case version, runID, settings, copy, online }
+    private enum CodingKeys: String, CodingKey { case version, runID, settings, copy, online, tables }
 
     init(from decoder: Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -101,6 +103,7 @@ extension RunState {
         settings = try container.decode([String: String].self, forKey: .settings)
         copy = try container.decode(CopyState.self, forKey: .copy)
         online = try container.decode(OnlineState.self, forKey: .online)
+        tables = try container.decodeIfPresent(TableSet.self, forKey: .tables)
     }
 }
 
@@ -178,6 +181,23 @@ final class RunStateStore: Sendable {
             }
         }
         return parts
+    }
+
+    /// Records the tables a fresh run migrates; a resumed run must find the same ones
+    /// (a table created, dropped or renamed since would be copied, published and
+    /// verified by one run and not the other).
+    func checkTables(_ tables: TableSet, of config: MigrationConfig, stage: Stage = .validate) throws {
+        guard let recorded = current.tables else {
+            try update { $0.tables = tables }
+            return
+        }
+        guard recorded == tables else {
+            throw MigrationError(
+                stage, "the tables to migrate changed since the interrupted run began: "
+                    + recorded.differences(from: tables).joined(separator: ", "),
+                fix: "undo that schema change on the source, or start over: "
+                    + Cleanup.command(recordedIn: current, config: config))
+        }
     }
 
     /// Forgets a copy's plan and parts (a copy that starts over).

@@ -38,8 +38,9 @@ struct Publication {
         let wanted = Set(tables.published)
         var problems = wanted.subtracting(published).map { "it does not publish \($0.shown)" }.sorted()
         problems += published.subtracting(wanted).map { "it publishes \($0.shown), which the migration does not carry" }.sorted()
+        let viaRoot = await source.serverVersion >= 130_000 ? "pubviaroot" : "false"  // (PostgreSQL 13+)
         guard let row = try await source.query(
-            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot FROM pg_publication WHERE pubname = $1", [name]
+            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate, \(viaRoot) FROM pg_publication WHERE pubname = $1", [name]
         ).rows.first else { return ["it does not exist"] }
         let actions = zip(["insert", "update", "delete", "truncate"], row.prefix(4)).filter { $0.1 != "t" }.map(\.0)
         if !actions.isEmpty { problems.append("it does not publish \(actions.joined(separator: ", ")) (publish = …)") }

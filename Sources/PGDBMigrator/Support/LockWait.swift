@@ -61,7 +61,18 @@ struct LockWait: Sendable {
             var lastReport = ContinuousClock.now
             while true {
                 try await Task.sleep(for: pollEvery)
-                if probe == nil { probe = try await server.connect(label: "lock watch", stage: stage) }
+                if probe == nil {
+                    // Watching is a help, never a new way to fail: a server that has no session to spare for it
+                    // (max_connections, a pooler) leaves the statement unwatched, as it was before.
+                    do {
+                        probe = try await server.connect(label: "lock watch", stage: stage)
+                    } catch is CancellationError {
+                        throw CancellationError()
+                    } catch {
+                        events.warning(stage, "cannot watch \(what) for lock waits: \(error)")
+                        return
+                    }
+                }
                 let blockers: [[String?]]
                 let waitingFor: String?
                 switch wait {
@@ -108,7 +119,12 @@ struct LockWait: Sendable {
                coalesce(host(a.client_addr), 'local socket'), coalesce(a.state, '?'),
                coalesce(left(regexp_replace(a.query, '\\s+', ' ', 'g'), 200), '')
         FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids($1::int))
-        ORDER BY a.pid
+        UNION ALL
+        -- a prepared transaction holds its locks with no session: pg_blocking_pids says pid 0
+        SELECT 'prepared transaction ' || quote_literal(p.gid), p.owner::text, 'database ' || p.database, '-',
+               'prepared at ' || p.prepared::text, '(COMMIT PREPARED or ROLLBACK PREPARED ends it)'
+        FROM pg_prepared_xacts p WHERE 0 = ANY (pg_blocking_pids($1::int))
+        ORDER BY 1
         """
 
     /// Transactions with an xid that began before `$1`, and prepared transactions: a logical
