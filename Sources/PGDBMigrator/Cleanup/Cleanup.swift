@@ -136,7 +136,7 @@ struct Cleanup {
         }
         // Ours: wait for our own subscription's walsender to let go. Anyone else's: one attempt, and a
         // consumer that attached meanwhile makes the server refuse it.
-        if !dryRun { try await ReplicationSlot.drop(named: name, on: source, timeout: ours ? .seconds(30) : .zero) }
+        if !dryRun { try await ReplicationSlot.drop(named: name, on: source, timeout: ours ? .seconds(30) : .zero, events: events) }
         return "\(dryRun ? "would drop" : "dropped") replication slot \(SQL.identifier(name)) on the source "
             + "(holding \(slot.retainedWAL) of WAL, status \(slot.walStatus))"
     }

@@ -144,7 +144,7 @@ struct ReplicationTeardown {
         } else if settings.keepSlot {
             events.info(.cutover, "kept replication slot \(SQL.identifier(settings.slotName)) on the source (it retains WAL until dropped)")
         } else {
-            try await ReplicationSlot.drop(named: settings.slotName, on: source)
+            try await ReplicationSlot.drop(named: settings.slotName, on: source, events: events)
             leftovers.set(\.slotCreated, false)
             events.info(.cutover, "dropped replication slot \(SQL.identifier(settings.slotName)) on the source")
         }

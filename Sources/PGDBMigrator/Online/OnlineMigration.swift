@@ -64,7 +64,7 @@ struct OnlineMigration {
                 var droppedSlot = false
                 if recorded.ownsSlot(named: settings.slotName) {
                     let source = try await sourceEndpoint.connect()
-                    droppedSlot = try await ReplicationSlot.drop(named: settings.slotName, on: source)
+                    droppedSlot = try await ReplicationSlot.drop(named: settings.slotName, on: source, events: events)
                     await source.close()
                 }
                 if droppedSlot || removedSubscription || recorded.copy.targetTouched {

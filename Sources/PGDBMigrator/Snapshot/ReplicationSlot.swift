@@ -94,9 +94,14 @@ actor ReplicationSlot {
 
     /// Drops a slot on the source, waiting up to `timeout` for a walsender still attached to let go of it.
     /// Returns false when there was no such slot.
+    /// A wait for the walsender is said every ten seconds through `events`, naming it.
     @discardableResult
-    static func drop(named name: String, on source: Connection, timeout: Duration = .seconds(30)) async throws -> Bool {
-        let deadline = ContinuousClock.now + timeout
+    static func drop(
+        named name: String, on source: Connection, timeout: Duration = .seconds(30), events: EventEmitter? = nil
+    ) async throws -> Bool {
+        let started = ContinuousClock.now
+        let deadline = started + timeout
+        var lastReport = started
         while true {
             let slots = try await source.query("SELECT active_pid::text FROM pg_replication_slots WHERE slot_name = $1", [name])
             guard let slot = slots.rows.first else { return false }  // already gone
@@ -108,6 +113,13 @@ actor ReplicationSlot {
                 } catch let error as PostgresError where error.sqlState == "55006" {
                     // became active again between the check and the drop: retry
                 }
+            }
+            if ContinuousClock.now - lastReport >= .seconds(10), let active {
+                lastReport = ContinuousClock.now
+                events?.warning(
+                    events?.currentPhase ?? .cutover,
+                    "waiting \(Int((lastReport - started).seconds)) s for walsender pid \(active) to release the replication slot "
+                        + "\(SQL.identifier(name)) before dropping it", ["slot": .string(name), "active_pid": .string(active)])
             }
             if ContinuousClock.now > deadline {
                 throw MigrationError(
