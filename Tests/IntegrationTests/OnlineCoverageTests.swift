@@ -72,8 +72,50 @@ struct OnlineCoverageTests {
             #expect(result.status == 1, "\(mode): \(result.stderr)")
             #expect(result.stderr.contains("these patterns match nothing on the source: --table public.typo_tbl"), "\(mode): \(result.stderr)")
         }
+        // Dotted names as pg_dump reads them: this database's name may lead; another's, or a fourth part, may not.
+        let cases = [("\(database).public.t1", nil), ("otherdb.public.t1", "cross-database references are not implemented"),
+                     ("a.b.c.d", "improper qualified name (too many dotted names)")]
+        for (pattern, refusal) in cases {
+            let result = try await CLI.run(
+                ["--mode", "verify", "--source", source.url(database: database), "--target", source.url(database: database + "_x"),
+                 "--table", pattern])
+            if let refusal {
+                #expect(result.status == 1 && result.stderr.contains(refusal), "\(pattern): \(result.stderr)")
+            } else {
+                #expect(!result.stderr.contains("cross-database") && !result.stderr.contains("match nothing"), "\(pattern): \(result.stderr)")
+            }
+        }
         let admin = try await target.connect()
         #expect(try await admin.scalar("SELECT count(*) FROM pg_database WHERE datname = $1", [targetDatabase]) == "0")
+    }
+
+    @Test("--freeze-source-at-cutover is refused at Validate when the source role could not freeze, naming what it lacks")
+    func freezePrivileges() async throws {
+        let (source, _) = try await SharedClusters.get()
+        let database = try await Self.source()
+        let role = SharedClusters.uniqueName("freezer")
+        let admin = try await source.connect(database: database)
+        try await admin.execute(
+            """
+            CREATE ROLE \(SQL.identifier(role)) LOGIN REPLICATION PASSWORD 'freezer-pw';
+            GRANT SELECT ON ALL TABLES IN SCHEMA public, other TO \(SQL.identifier(role));
+            GRANT USAGE ON SCHEMA other TO \(SQL.identifier(role));
+            """)
+        var config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("frozen_out")) {
+            $0.online.freezeSourceAtCutover = true
+            $0.noOwner = true
+            $0.noACL = true
+        }
+        config.source = try ConnectionString(source.url(database: database, user: role, password: "freezer-pw"))
+        // The publication is the superuser's: this role only reads through it.
+        try await admin.execute("CREATE PUBLICATION \(SQL.identifier(config.online.publication)) FOR ALL TABLES")
+        let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
+        let message = error?.message ?? ""
+        #expect(error?.stage == .validate)
+        #expect(message.contains("--freeze-source-at-cutover needs") && message.contains("ownership of the database")
+            && message.contains("CREATE on the database") && message.contains("TRIGGER on"), "\(message)")
+        #expect(try await admin.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) == "0")
+        try await admin.execute("DROP PUBLICATION \(SQL.identifier(config.online.publication))")
     }
 
     @Test("an existing publication that misses a table, filters rows or skips an action is refused at Validate, naming it")

@@ -17,6 +17,11 @@ import Testing
         // ...except `$`, always literal, and `[]`, an array type's name; inside quotes nothing is special.
         #expect(regexes("int4[]") == (nil, "^(int4\\[])$"))
         #expect(regexes("\"t(1)\"") == (nil, "^(t\\(1\\))$"))
+        // database.schema.table, as pg_dump allows (a dot inside quotes is no separator).
+        #expect(NamePattern("shop.public.orders").partCount == 3)
+        #expect(NamePattern("shop.public.orders").databaseRegex(parts: 3) == "^(shop)$")
+        #expect(NamePattern("\"a.b\".c").partCount == 2)
+        #expect(NamePattern("a.b.c.d").partCount == 4)
     }
 
     @Test("tool versions are read from --version output")

@@ -65,6 +65,23 @@ struct TableSet: Sendable, Equatable, Codable {
     /// Resolves `filter` on `source`, whose search_path must be the role's default
     /// (as `pg_dump` resolves unqualified table patterns; see ``resolve(_:inSnapshotOn:stage:)``).
     static func resolve(_ filter: ObjectFilter, on source: Connection, stage: Stage = .validate) async throws -> TableSet {
+        // As pg_dump: at most database.schema.name, and the database part must be this one.
+        let database = try await source.scalar("SELECT current_database()") ?? ""
+        for (pattern, most) in filter.tables.map({ ($0, 3) }) + filter.excludeTables.map({ ($0, 3) })
+            + filter.schemas.map({ ($0, 2) }) + filter.excludeSchemas.map({ ($0, 2) })
+        {
+            let named = NamePattern(pattern)
+            guard named.partCount <= most else {
+                throw MigrationError(stage, "improper qualified name (too many dotted names): \(pattern)",
+                                     fix: "write schema.table (or database.schema.table) for a table, schema (or database.schema) for a schema")
+            }
+            if named.partCount == most, let regex = named.databaseRegex(parts: most),
+                try await source.scalar("SELECT $1 ~ $2", [database, regex]) != "t"
+            {
+                throw MigrationError(stage, "cross-database references are not implemented: \(pattern) (connected to \(SQL.identifier(database)))",
+                                     fix: "leave out the database part, or point --source at that database")
+            }
+        }
         var unmatched: [String] = []
         func schemas(_ patterns: [String], flag: String) async throws -> Set<String> {
             var found: Set<String> = []
@@ -195,6 +212,15 @@ struct NamePattern {
 
     /// For `--schema`: the whole pattern names a schema (its last part, as pg_dump reads `db.schema`).
     var schemaRegexForSchemaPattern: String { regexes.name }
+
+    /// How many dot-separated parts the pattern has (dots inside double quotes do not count).
+    var partCount: Int { parts.count }
+
+    /// The database part's regex, when the pattern has `parts` parts (`db.schema.table`, or `db.schema` for a schema).
+    func databaseRegex(parts expected: Int) -> String? {
+        let parts = self.parts
+        return parts.count == expected ? "^(\(parts[0]))$" : nil
+    }
 
     private var parts: [String] {
         var parts: [String] = []
