@@ -26,9 +26,7 @@ public struct ConnectionString: Sendable, Hashable {
                 message = String(cString: errorMessage)
                 PQfreemem(errorMessage)
             }
-            // libpq sometimes quotes the whole input back; never echo a password.
-            message = message.replacingOccurrences(of: raw, with: ConnectionString.redactUnparsed(raw))
-            throw ConnectionStringError(message: message.trimmingCharacters(in: .whitespacesAndNewlines))
+            throw ConnectionStringError(message: ConnectionString.withoutQuotedInput(message))
         }
         defer { PQconninfoFree(parsed) }
         var options: [Option] = []
@@ -76,19 +74,44 @@ public struct ConnectionString: Sendable, Hashable {
             .joined(separator: " ")
     }
 
-    /// Replaces the password, raw or percent-encoded, wherever it occurs in `text`.
+    /// Masks the password, raw or percent-encoded, where it stands as a whole
+    /// value in `text`, and every `password=` value or URI password whatever it is.
     ///
-    /// A last line of defence for messages we did not write ourselves
-    /// (server errors, child processes' stderr).
+    /// A last line of defence for messages we did not write ourselves (server
+    /// errors, child processes' stderr). Whole values only: a short password is
+    /// never masked inside an ordinary word, which would both garble the message
+    /// and give the password away ("********w-level security" for "ro").
     public func scrub(_ text: String) -> String {
+        var text = text
+        for range in Self.passwordRanges(in: text).reversed() { text.replaceSubrange(range, with: "********") }
         guard let password, !password.isEmpty else { return text }
-        var text = text.replacingOccurrences(of: password, with: "********")
-        if let encoded = password.addingPercentEncoding(withAllowedCharacters: .alphanumerics),
-            encoded != password
-        {
-            text = text.replacingOccurrences(of: encoded, with: "********")
+        var forms = [password]
+        if let encoded = password.addingPercentEncoding(withAllowedCharacters: .alphanumerics), encoded != password {
+            forms.append(encoded)
+        }
+        for form in forms {
+            let escaped = NSRegularExpression.escapedPattern(for: form)
+            // Not inside a longer run of letters, digits or underscores.
+            guard let expression = try? NSRegularExpression(pattern: "(?<![\\p{L}\\p{N}_])\(escaped)(?![\\p{L}\\p{N}_])") else { continue }
+            text = expression.stringByReplacingMatches(
+                in: text, range: NSRange(text.startIndex..., in: text), withTemplate: "********")
         }
         return text
+    }
+
+    /// libpq's parse errors quote pieces of the input (`missing "=" after "horse"`),
+    /// which may be pieces of a password: every quoted piece but a lone punctuation
+    /// mark is left out, so an error never echoes the string's content.
+    static func withoutQuotedInput(_ message: String) -> String {
+        guard let expression = try? NSRegularExpression(pattern: #""[^"]*""#) else { return "cannot parse the connection string" }
+        var text = message
+        for match in expression.matches(in: message, range: NSRange(message.startIndex..., in: message)).reversed() {
+            guard let range = Range(match.range, in: text) else { continue }
+            let inner = text[range].dropFirst().dropLast()
+            if inner.count == 1, let character = inner.first, character.isPunctuation || character.isSymbol { continue }
+            text.replaceSubrange(range, with: "\"…\"")
+        }
+        return text.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// The database name libpq would use, with its environment and defaults

@@ -46,6 +46,23 @@ import Testing
         #expect(!connection.redacted.contains("Top"))
         #expect(connection.redacted.contains("host=h"))
         #expect(connection.scrub("failed for Top/Secret and Top%2FSecret") == "failed for ******** and ********")
+        // Whole values only: a short password is never masked inside a word (that would reveal it), and
+        // a password= value is masked whatever it is.
+        let short = try ConnectionString("host=h user=u password=ro")
+        #expect(short.scrub("query would be affected by row-level security policy") == "query would be affected by row-level security policy")
+        #expect(short.scrub("password for ro was wrong: 'ro'") == "password for ******** was wrong: '********'")
+        #expect(short.scrub("CONNECTION 'host=x password=other'") == "CONNECTION 'host=x password=********'")
+    }
+
+    @Test("a parse error never echoes a piece of the string")
+    func parseErrorsDoNotEcho() {
+        do {
+            _ = try ConnectionString("host=h password=correct horse battery")
+            Issue.record("an unquoted password with spaces must not parse")
+        } catch {
+            #expect(!error.message.contains("horse") && !error.message.contains("battery"), "\(error.message)")
+            #expect(error.message.contains("missing \"=\""), "\(error.message)")
+        }
     }
 
     @Test("a malformed string is rejected with libpq's reason, and the password is not echoed")

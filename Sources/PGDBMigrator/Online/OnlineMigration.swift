@@ -343,7 +343,12 @@ struct OnlineMigration {
                 message: "the target's apply worker reported an error (\(count) so far); PostgreSQL retries it",
                 detail: ["apply_errors": .int(count)]))
         case .failing(let duration):
-            let serverError = await ServerLog.lastApplyError(of: settings.subscriptionName, on: target)
+            // The worker may be between its error and writing it (or restarting): give the log a few seconds.
+            var serverError = await ServerLog.lastApplyError(of: settings.subscriptionName, on: target)
+            for _ in 0..<10 where serverError == nil {
+                try await Task.sleep(for: .milliseconds(500))
+                serverError = await ServerLog.lastApplyError(of: settings.subscriptionName, on: target)
+            }
             throw MigrationError(
                 .streamApply,
                 "the target's apply worker for \(SQL.identifier(settings.subscriptionName)) has been failing for \(Int(duration.seconds)) s "
