@@ -80,6 +80,32 @@ struct OnlinePreflightTests {
         #expect(actual == expected, "\(actual.differences(from: expected))")
     }
 
+    @Test("a standby as the online source is refused at Validate, naming the primary; an offline copy from it works")
+    func standbySource() async throws {
+        let primary = try await TestCluster.start(name: "primary")
+        let database = try await primary.createDatabase("app")
+        let setup = try await primary.connect(database: database)
+        try await setup.execute("CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items SELECT g, 'v' FROM generate_series(1, 50) g")
+        let standby = try await primary.startStandby(name: "standby")
+        defer {
+            standby.stop()
+            primary.stop()
+        }
+        let (_, target) = try await SharedClusters.get()
+        var config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("from_standby"))
+        config.source = try standby.connectionString(database: database)
+        let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
+        #expect(error?.stage == .validate)
+        #expect(error?.message.contains("the source is a standby (in recovery)") == true, "\(error?.message ?? "")")
+        #expect(error?.fix?.contains("point --source at the primary") == true)
+
+        var offline = config
+        offline.mode = .offline
+        offline.stateDirectory = DestructiveMistakesTests.stateDirectory()
+        _ = try await Migrator(config: offline).run()
+        #expect(try await Fingerprint.of(target, database: config.target.resolvedDatabase!) == Fingerprint.of(primary, database: database))
+    }
+
     @Test("REPLICA IDENTITY FULL on a column type without equality (json, json[], point) is refused with what would work")
     func fullIdentityWithoutEquality() async throws {
         let database = try await Self.smallSource(

@@ -50,6 +50,13 @@ struct OnlinePreflight {
     }
 
     private func checkSourceSettings(_ source: Connection) async throws {
+        // First: a standby's own settings (wal_level, slots) would only mislead about the fix.
+        if try await source.scalar("SELECT pg_is_in_recovery()") == "t" {
+            throw MigrationError(
+                .validate, "the source is a standby (in recovery): the publication and the replication slot an online "
+                    + "migration needs are created, and streamed from, on the primary",
+                fix: "point --source at the primary; an offline copy (--mode offline) may read from a standby")
+        }
         let row = try await source.query(
             """
             SELECT current_setting('wal_level'),

@@ -59,6 +59,26 @@ final class TestCluster: @unchecked Sendable {
         try await TestCluster.runAsServerUser(try await TestCluster.serverBinDirectory() + "/pg_ctl", ["-D", dataDirectory, "-l", directory + "/server.log", "-m", "fast", "-w", "-t", "60", "restart"])
     }
 
+    /// A streaming standby of this cluster (`pg_basebackup -R`), on a port and directory of its own.
+    func startStandby(name: String) async throws -> TestCluster {
+        let bin = try await TestCluster.serverBinDirectory()
+        let directory = try TestCluster.makeDirectory(name: name)
+        let standby = TestCluster(directory: directory, port: try TestCluster.freePort())
+        try await TestCluster.runAsServerUser(
+            bin + "/pg_basebackup",
+            ["-D", standby.dataDirectory, "-R", "-X", "stream", "--no-sync", "--checkpoint=fast",
+             "-d", "host=127.0.0.1 port=\(port) user=\(TestCluster.superuser) password=\(TestCluster.superuserPassword)"])
+        let options = [
+            "port=\(standby.port)", "listen_addresses=127.0.0.1", "unix_socket_directories=\(directory)", "hot_standby=on",
+            "wal_level=logical", "max_wal_senders=10", "max_replication_slots=10", "max_prepared_transactions=5",
+            "logging_collector=off",
+        ].map { "-c \($0)" }.joined(separator: " ")
+        try await TestCluster.runAsServerUser(
+            bin + "/pg_ctl", ["-D", standby.dataDirectory, "-l", directory + "/server.log", "-o", options, "-w", "-t", "60", "start"])
+        Registry.shared.add(standby)
+        return standby
+    }
+
     /// Crashes the server (immediate shutdown: no checkpoint) and starts it again: crash recovery
     /// runs, which empties unlogged tables.
     func crashAndRestart() async throws {
@@ -139,7 +159,7 @@ final class TestCluster: @unchecked Sendable {
         chown(path, user.pointee.pw_uid, user.pointee.pw_gid)
     }
 
-    private static func makeDirectory(name: String) throws -> String {
+    static func makeDirectory(name: String) throws -> String {
         var template = Array("/tmp/pgdm-test-\(name)-XXXXXX".utf8CString)
         guard let made = mkdtemp(&template) else { throw TestSupportError("mkdtemp failed") }
         let path = String(cString: made)
