@@ -82,8 +82,7 @@ public struct ConnectionString: Sendable, Hashable {
     /// never masked inside an ordinary word, which would both garble the message
     /// and give the password away ("********w-level security" for "ro").
     public func scrub(_ text: String) -> String {
-        var text = text
-        for range in Self.passwordRanges(in: text).reversed() { text.replaceSubrange(range, with: "********") }
+        var text = Self.redactUnparsed(text)
         guard let password, !password.isEmpty else { return text }
         var forms = [password]
         if let encoded = password.addingPercentEncoding(withAllowedCharacters: .alphanumerics), encoded != password {

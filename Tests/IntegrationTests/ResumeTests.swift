@@ -24,6 +24,45 @@ struct ResumeTests {
         return name
     }
 
+    /// A `--jobs 1` copy of `sourceDatabase` into `targetDatabase` on the server at `port`, through a relay
+    /// throttled to 3 MB/s (slow enough to strike mid-copy), with a state directory of its own.
+    struct ThrottledCopy {
+        let relay: TCPRelay
+        let state: String
+        let arguments: [String]
+
+        /// Ends the relay and removes the state directory.
+        func stop() {
+            relay.stop()
+            try? FileManager.default.removeItem(atPath: state)
+        }
+    }
+
+    static func throttledCopy(of sourceDatabase: String, into targetDatabase: String, onPort port: Int) async throws -> ThrottledCopy {
+        let (source, _) = try await SharedClusters.get()
+        let relay = try TCPRelay(to: port, bytesPerSecond: 3_000_000)
+        let state = stateDirectory()
+        return ThrottledCopy(
+            relay: relay, state: state,
+            arguments: [
+                "--source", source.url(database: sourceDatabase), "--target", url(port: relay.port, database: targetDatabase),
+                "--jobs", "1", "--state-dir", state,
+            ])
+    }
+
+    /// Stops a `--jobs 1` copy of `source(tables:)` at its last table: t1, the smallest, is copied last, and
+    /// an ALTER on it queued now waits behind the catalog session's lock, so the copy cannot take it.
+    /// Returns the run's result once it has exited; the ALTER is rolled back.
+    static func stopAtLastTable(_ run: CLI.Running, database: String) async throws -> CLI.Result {
+        let (source, _) = try await SharedClusters.get()
+        let ddl = try await source.connect(database: database)
+        let altering = Task { _ = try await ddl.execute("BEGIN; ALTER TABLE t1 ADD COLUMN added int") }
+        let result = try await run.wait(timeout: 60)
+        try await altering.value  // granted once the run's sessions are gone
+        try await ddl.execute("ROLLBACK")
+        return result
+    }
+
     static func url(port: Int, database: String) -> String {
         "postgresql://\(TestCluster.superuser):\(percentEncode(TestCluster.superuserPassword))@127.0.0.1:\(port)/\(database)"
     }
@@ -56,15 +95,9 @@ struct ResumeTests {
         let (source, target) = try await SharedClusters.get()
         let sourceDatabase = try await Self.source()
         let targetDatabase = SharedClusters.uniqueName("resumed")
-        let relay = try TCPRelay(to: target.port, bytesPerSecond: 3_000_000)
-        defer { relay.stop() }
-        let state = Self.stateDirectory()
-        defer { try? FileManager.default.removeItem(atPath: state) }
-        let arguments = [
-            "--source", source.url(database: sourceDatabase), "--target", Self.url(port: relay.port, database: targetDatabase),
-            "--jobs", "1", "--state-dir", state,
-        ]
-        let first = try CLI.start(arguments)
+        let copy = try await Self.throttledCopy(of: sourceDatabase, into: targetDatabase, onPort: target.port)
+        defer { copy.stop() }
+        let first = try CLI.start(copy.arguments)
         #expect(await first.waitForStderr(#"copied "public"."#))
         first.signal(SIGKILL)
         let killed = try await first.wait(timeout: 30)
@@ -72,8 +105,8 @@ struct ResumeTests {
         let before = Self.tables(in: killed.stderr).copied
         #expect(!before.isEmpty && before.count < 6, "copied before the kill: \(before)")
 
-        relay.bytesPerSecond = nil
-        let resumed = try await CLI.run(arguments + ["--resume"])
+        copy.relay.bytesPerSecond = nil
+        let resumed = try await CLI.run(copy.arguments + ["--resume"])
         #expect(resumed.status == 0, "\(resumed.stderr)")
         let after = Self.tables(in: resumed.stderr)
         #expect(after.skipped == before, "skipped \(after.skipped), copied before the kill \(before)")
@@ -83,11 +116,11 @@ struct ResumeTests {
         try await Self.expectEqual(sourceDatabase, targetDatabase)
         #expect(try await schemaDump(target, database: targetDatabase) == schemaDump(source, database: sourceDatabase))
         for file in ["state.json", "plan.json", "parts.log"] {
-            #expect(!FileManager.default.fileExists(atPath: state + "/" + file), "the state of a completed run is removed: \(file)")
+            #expect(!FileManager.default.fileExists(atPath: copy.state + "/" + file), "the state of a completed run is removed: \(file)")
         }
 
         // Nothing left to resume, and a changed setting is refused by name.
-        let again = try await CLI.run(arguments + ["--resume"])
+        let again = try await CLI.run(copy.arguments + ["--resume"])
         #expect(again.status != 0 && again.stderr.contains("no interrupted run to resume"))
     }
 
@@ -154,31 +187,20 @@ struct ResumeTests {
 
     @Test("DDL queued behind the copy's locks: the run stops at once naming the table, instead of both waiting forever; --resume finishes")
     func ddlDuringCopy() async throws {
-        let (source, target) = try await SharedClusters.get()
+        let (_, target) = try await SharedClusters.get()
         let sourceDatabase = try await Self.source()
         let targetDatabase = SharedClusters.uniqueName("ddl")
-        let relay = try TCPRelay(to: target.port, bytesPerSecond: 3_000_000)
-        defer { relay.stop() }
-        let state = Self.stateDirectory()
-        defer { try? FileManager.default.removeItem(atPath: state) }
-        let arguments = [
-            "--source", source.url(database: sourceDatabase), "--target", Self.url(port: relay.port, database: targetDatabase),
-            "--jobs", "1", "--state-dir", state,
-        ]
-        let first = try CLI.start(arguments)
+        let copy = try await Self.throttledCopy(of: sourceDatabase, into: targetDatabase, onPort: target.port)
+        defer { copy.stop() }
+        let first = try CLI.start(copy.arguments)
         #expect(await first.waitForStderr(#"copied "public"."#))
-        // t1, the smallest, is copied last: an ALTER on it now waits for the catalog session's lock.
-        let ddl = try await source.connect(database: sourceDatabase)
-        let altering = Task { _ = try await ddl.execute("BEGIN; ALTER TABLE t1 ADD COLUMN added int") }
-        let failed = try await first.wait(timeout: 60)
-        try await altering.value  // granted once the run's sessions are gone
-        try await ddl.execute("ROLLBACK")
+        let failed = try await Self.stopAtLastTable(first, database: sourceDatabase)
         #expect(failed.status == 1, "\(failed.stderr)")
         #expect(failed.stderr.contains(#"cannot lock "public"."t1" on the source without waiting"#), "\(failed.stderr)")
         #expect(failed.stderr.contains("--resume"))
 
-        relay.bytesPerSecond = nil
-        let resumed = try await CLI.run(arguments + ["--resume"])
+        copy.relay.bytesPerSecond = nil
+        let resumed = try await CLI.run(copy.arguments + ["--resume"])
         #expect(resumed.status == 0, "\(resumed.stderr)")
         try await Self.expectEqual(sourceDatabase, targetDatabase)
     }
@@ -196,40 +218,29 @@ struct ResumeTests {
             "CREATE UNLOGGED TABLE scratch (id int GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, v text); "
                 + "INSERT INTO scratch (v) SELECT repeat(md5(g::text), 8) FROM generate_series(1, 30000) g")
         let targetDatabase = SharedClusters.uniqueName("unlogged")
-        let relay = try TCPRelay(to: crashing.port, bytesPerSecond: 3_000_000)
-        defer { relay.stop() }
-        let state = Self.stateDirectory()
-        defer { try? FileManager.default.removeItem(atPath: state) }
-        let arguments = [
-            "--source", source.url(database: sourceDatabase), "--target", Self.url(port: relay.port, database: targetDatabase),
-            "--jobs", "1", "--state-dir", state,
-        ]
-        let first = try CLI.start(arguments)
+        let copy = try await Self.throttledCopy(of: sourceDatabase, into: targetDatabase, onPort: crashing.port)
+        defer { copy.stop() }
+        let first = try CLI.start(copy.arguments)
         #expect(await first.waitForStderr(#"copied "public"."scratch""#))
-        // An ALTER queued behind the copy's lock on the last table stops the run there.
-        let ddl = try await source.connect(database: sourceDatabase)
-        let altering = Task { _ = try await ddl.execute("BEGIN; ALTER TABLE t1 ADD COLUMN added int") }
-        let failed = try await first.wait(timeout: 60)
-        try await altering.value
-        try await ddl.execute("ROLLBACK")
+        let failed = try await Self.stopAtLastTable(first, database: sourceDatabase)
         #expect(failed.status == 1, "\(failed.stderr)")
 
         try await crashing.crashAndRestart()
         let target = try await crashing.connect(database: targetDatabase)
         #expect(try await target.scalar("SELECT count(*) FROM scratch") == "0", "crash recovery emptied the unlogged table")
-        relay.bytesPerSecond = nil
+        copy.relay.bytesPerSecond = nil
 
         // A session on the target holds the table the resumed run must empty: the wait is reported, then given up on.
         let blocker = try await Connection.connect(
             try crashing.connectionString(database: targetDatabase).setting("application_name", to: "blocker-app"), label: "blocker")
         try await blocker.execute("BEGIN; LOCK TABLE scratch IN ACCESS SHARE MODE")
-        let blocked = try await CLI.start(arguments + ["--resume", "--verify", "off", "--lock-timeout-secs", "12"]).wait(timeout: 60)
+        let blocked = try await CLI.start(copy.arguments + ["--resume", "--verify", "off", "--lock-timeout-secs", "12"]).wait(timeout: 60)
         #expect(blocked.status == 1, "\(blocked.stderr)")
         #expect(blocked.stderr.contains("waiting 10 s for AccessExclusiveLock lock on scratch"), "\(blocked.stderr)")
         #expect(blocked.stderr.contains("gave up after") && blocked.stderr.contains("blocker-app"), "\(blocked.stderr)")
         try await blocker.execute("ROLLBACK")
 
-        let resumed = try await CLI.run(arguments + ["--resume", "--verify", "off"])
+        let resumed = try await CLI.run(copy.arguments + ["--resume", "--verify", "off"])
         #expect(resumed.status == 0, "\(resumed.stderr)")
         #expect(resumed.stderr.contains("copying unlogged table \"public\".\"scratch\" again in full"), "\(resumed.stderr)")
         let expected = try await Fingerprint.of(source, database: sourceDatabase)

@@ -101,9 +101,7 @@ struct Cleanup {
             let freeze = SourceFreeze(database: sourceDatabase, runID: recorded.runID)
             let settingInPlace = try await freeze.isInPlace(on: source)
             let resetSetting = recorded.online.frozenDatabase == sourceDatabase && settingInPlace
-            let triggers = try await source.scalar(
-                "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = $1", [SourceFreeze.schema])
-            let ownTriggers = OwnershipMark.owner(ofObjectCommented: triggers, runID: recorded.runID) == .thisRun
+            let ownTriggers = try await freeze.hasOwnTriggers(on: source)
             if resetSetting || ownTriggers {
                 if !dryRun { try await freeze.unfreeze(on: source, resetSetting: resetSetting) }
                 found.append("\(dryRun ? "would make" : "made") the source database \(SQL.identifier(sourceDatabase)) writable again")

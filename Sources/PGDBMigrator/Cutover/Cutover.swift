@@ -20,9 +20,9 @@ struct Cutover {
     func run() async throws -> Result {
         let (source, target) = await monitor.connections
         if settings.freezeSourceAtCutover {
-            let freeze = SourceFreeze(database: Endpoint(role: .source, connectionString: config.source).databaseName, runID: leftovers.runID)
-            let lockWait = LockWait(
-                server: Endpoint(role: .source, connectionString: config.source), events: events, stage: .cutover, timeout: config.lockTimeout)
+            let sourceEndpoint = Endpoint(role: .source, connectionString: config.source)
+            let freeze = SourceFreeze(database: sourceEndpoint.databaseName, runID: leftovers.runID)
+            let lockWait = LockWait(server: sourceEndpoint, events: events, stage: .cutover, timeout: config.lockTimeout)
             let (ended, alreadyReadOnly) = try await freeze.freeze(on: source, tables: tables.tables, lockWait: lockWait) {
                 try leftovers.setDurably(\.frozenDatabase, freeze.database)
             }

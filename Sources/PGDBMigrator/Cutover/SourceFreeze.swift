@@ -142,13 +142,18 @@ struct SourceFreeze {
         return try await removeTriggers(on: source) || resetSetting
     }
 
-    /// Drops the freeze schema (and with it the triggers that use its function) if this run made it.
-    @discardableResult
-    func removeTriggers(on source: Connection) async throws -> Bool {
+    /// Whether the freeze schema is there and this run made it (its mark says so).
+    func hasOwnTriggers(on source: Connection) async throws -> Bool {
         let comment = try await source.query(
             "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = $1", [Self.schema]
         ).rows.first
-        guard let comment, OwnershipMark.owner(ofObjectCommented: comment[0], runID: runID) == .thisRun else { return false }
+        return comment.map { OwnershipMark.owner(ofObjectCommented: $0[0], runID: runID) == .thisRun } ?? false
+    }
+
+    /// Drops the freeze schema (and with it the triggers that use its function) if this run made it.
+    @discardableResult
+    func removeTriggers(on source: Connection) async throws -> Bool {
+        guard try await hasOwnTriggers(on: source) else { return false }
         try await source.execute("DROP SCHEMA \(SQL.identifier(Self.schema)) CASCADE")
         return true
     }

@@ -135,25 +135,21 @@ struct OnlinePreflight {
     /// Tables without a primary key or replica identity: once published,
     /// UPDATE and DELETE on them fail *on the source*. List them; fix them only when told to.
     private func checkReplicaIdentity(_ source: Connection, tables: [QualifiedName]) async throws {
-        let lacking = try await source.query(
+        // Each table without a usable identity, and each with FULL (already, or about to be set): the apply
+        // worker then finds each old row by comparing every column.
+        let identities = try await source.query(
             """
-            SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+            SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relreplident = 'f'
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-              AND (c.relreplident = 'n'
+              AND (c.relreplident IN ('n', 'f')
                    OR (c.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
                    OR (c.relreplident = 'i' AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)))
             ORDER BY 1
             """, [SQL.textArray(tables.map(\.schema)), SQL.textArray(tables.map(\.name))]
-        ).rows.map { $0[0]! }
-        // FULL, already or about to be set: the apply worker then finds each old row by comparing every column.
-        let full = try await source.query(
-            """
-            SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)
-            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND c.relreplident = 'f'
-            """, [SQL.textArray(tables.map(\.schema)), SQL.textArray(tables.map(\.name))]
-        ).rows.map { $0[0]! }
+        ).rows
+        let full = identities.filter { $0[1] == "t" }.map { $0[0]! }
+        let lacking = identities.filter { $0[1] != "t" }.map { $0[0]! }
         try await checkFullIdentityComparable(source, tables: full + (settings.setReplicaIdentityFull ? lacking : []))
         guard !lacking.isEmpty else { return }
         if settings.setReplicaIdentityFull {
