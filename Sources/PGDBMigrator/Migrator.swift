@@ -21,7 +21,7 @@ public struct Migrator: Sendable {
         config: MigrationConfig, logger: Logger = Logger(label: "pg_dbmigrator", factory: { _ in SwiftLogNoOpLogHandler() }),
         onEvent: @escaping EventHandler = { _ in }
     ) {
-        self.config = config
+        self.config = config.effective
         self.events = EventEmitter(handler: onEvent, logger: logger)
     }
 

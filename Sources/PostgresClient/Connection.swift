@@ -58,6 +58,29 @@ public actor Connection {
         PQsetNoticeProcessor(conn, { _, _ in }, nil)
     }
 
+    /// The options this connection is using that differ from libpq's compiled-in
+    /// defaults, wherever they came from: the connection string, a service file,
+    /// the environment (`PGSSLMODE`, `PGPASSWORD`, …), or the password file (the
+    /// password actually sent). `sslmode` is always included, default or not:
+    /// what another client must use to be as strict as this one.
+    public func settingsInEffect() -> ConnectionString {
+        var result = ConnectionString.empty
+        guard let pg, let options = PQconninfo(pg) else { return result }
+        defer { PQconninfoFree(options) }
+        var cursor = options
+        while let keywordPointer = cursor.pointee.keyword {
+            defer { cursor += 1 }
+            let keyword = String(cString: keywordPointer)
+            guard let value = cursor.pointee.val.map({ String(cString: $0) }), !value.isEmpty else { continue }
+            let compiled = cursor.pointee.compiled.map { String(cString: $0) }
+            if value != compiled || keyword == "sslmode" { result = result.setting(keyword, to: value) }
+        }
+        if let password = PQpass(pg).map({ String(cString: $0) }), !password.isEmpty {
+            result = result.setting("password", to: password)
+        }
+        return result
+    }
+
     isolated deinit {
         canceller.set(nil)
         if let pg { PQfinish(pg) }

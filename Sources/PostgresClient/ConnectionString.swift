@@ -8,7 +8,7 @@ import Foundation
 /// hosts), `keyword=value` strings, unix-socket hosts — because the parsing
 /// is `PQconninfoParse`'s. The options are kept as libpq reported them, so
 /// the string handed to `pg_dump` means exactly what the user wrote, minus
-/// the password, which travels separately (see ``passwordlessKeywordValue``).
+/// the password, which travels separately (see ``secretFreeKeywordValue``).
 public struct ConnectionString: Sendable, Hashable {
     public struct Option: Sendable, Hashable {
         public var keyword: String
@@ -40,11 +40,36 @@ public struct ConnectionString: Sendable, Hashable {
         self.options = options
     }
 
+    /// No options: everything from the environment and libpq's defaults.
+    public static let empty = ConnectionString(options: [])
+
+    private init(options: [Option]) { self.options = options }
+
     public subscript(keyword: String) -> String? {
         options.first { $0.keyword == keyword }?.value
     }
 
     public var password: String? { self["password"] }
+
+    /// The keywords whose values are secrets: every option libpq marks as a
+    /// password (display character `*` in `PQconndefaults`: `password`,
+    /// `sslpassword`, and whatever a newer libpq adds), plus those two by name.
+    public static let secretKeywords: Set<String> = {
+        var keywords: Set<String> = ["password", "sslpassword"]
+        guard let defaults = PQconndefaults() else { return keywords }
+        defer { PQconninfoFree(defaults) }
+        var cursor = defaults
+        while let keyword = cursor.pointee.keyword {
+            if let display = cursor.pointee.dispchar, String(cString: display).hasPrefix("*") {
+                keywords.insert(String(cString: keyword))
+            }
+            cursor += 1
+        }
+        return keywords
+    }()
+
+    /// The secret options that are set (see ``secretKeywords``).
+    public var secrets: [Option] { options.filter { Self.secretKeywords.contains($0.keyword) } }
 
     /// A copy with `keyword` set to `value` (or removed when `value` is nil).
     public func setting(_ keyword: String, to value: String?) -> ConnectionString {
@@ -54,28 +79,30 @@ public struct ConnectionString: Sendable, Hashable {
         return copy
     }
 
-    /// `keyword='value' …` without the password: what child processes get in
-    /// their argv (`pg_dump --dbname=…`). The password goes through the
-    /// environment instead, where other users cannot read it.
-    public var passwordlessKeywordValue: String { keywordValue(includingPassword: false) }
+    /// `keyword='value' …` without any secret: what child processes get in
+    /// their argv (`pg_dump --dbname=…`) and what run state files record. The
+    /// secrets travel separately (the environment, a 0600 service file), where
+    /// other users cannot read them.
+    public var secretFreeKeywordValue: String { keywordValue(includingSecrets: false) }
 
     /// The one form in which a connection string is shown to people: every
-    /// option except the password.
+    /// option except the secrets.
     public var redacted: String {
-        let shown = passwordlessKeywordValue
+        let shown = secretFreeKeywordValue
         return shown.isEmpty ? "(libpq defaults)" : shown
     }
 
-    /// `keyword='value' …`. With the password only where a server must store
-    /// it (`CREATE SUBSCRIPTION … CONNECTION`); never for argv or logs.
-    public func keywordValue(includingPassword: Bool) -> String {
-        options.filter { includingPassword || $0.keyword != "password" }
+    /// `keyword='value' …`. With the secrets only where a server must store
+    /// them (`CREATE SUBSCRIPTION … CONNECTION`); never for argv or logs.
+    public func keywordValue(includingSecrets: Bool) -> String {
+        options.filter { includingSecrets || !Self.secretKeywords.contains($0.keyword) }
             .map { "\($0.keyword)=\(Self.quote($0.value))" }
             .joined(separator: " ")
     }
 
-    /// Masks the password, raw or percent-encoded, where it stands as a whole
-    /// value in `text`, and every `password=` value or URI password whatever it is.
+    /// Masks every secret (the password, `sslpassword`, …), raw or
+    /// percent-encoded, where it stands as a whole value in `text`, and every
+    /// `password=`-like value or URI password whatever it is.
     ///
     /// A last line of defence for messages we did not write ourselves (server
     /// errors, child processes' stderr). Whole values only: a short password is
@@ -83,12 +110,15 @@ public struct ConnectionString: Sendable, Hashable {
     /// and give the password away ("********w-level security" for "ro").
     public func scrub(_ text: String) -> String {
         var text = Self.redactUnparsed(text)
-        guard let password, !password.isEmpty else { return text }
-        var forms = [password]
-        if let encoded = password.addingPercentEncoding(withAllowedCharacters: .alphanumerics), encoded != password {
-            forms.append(encoded)
+        var forms: [String] = []
+        for secret in secrets.map(\.value) where !secret.isEmpty {
+            forms.append(secret)
+            if let encoded = secret.addingPercentEncoding(withAllowedCharacters: .alphanumerics), encoded != secret {
+                forms.append(encoded)
+            }
         }
-        for form in forms {
+        // Longest first, so a secret containing another is masked whole.
+        for form in forms.sorted(by: { $0.count > $1.count }) {
             let escaped = NSRegularExpression.escapedPattern(for: form)
             // Not inside a longer run of letters, digits or underscores.
             guard let expression = try? NSRegularExpression(pattern: "(?<![\\p{L}\\p{N}_])\(escaped)(?![\\p{L}\\p{N}_])") else { continue }
@@ -137,7 +167,8 @@ public struct ConnectionString: Sendable, Hashable {
     }
 
     /// Best-effort redaction of a string libpq could not parse: hides what
-    /// looks like a URI password (`:secret@`) or a `password=` value.
+    /// looks like a URI password (`:secret@`) or the value of any secret keyword
+    /// (`password=`, `sslpassword=`, …).
     public static func redactUnparsed(_ raw: String) -> String {
         var text = raw
         for range in passwordRanges(in: raw).reversed() { text.replaceSubrange(range, with: "********") }
@@ -145,12 +176,13 @@ public struct ConnectionString: Sendable, Hashable {
     }
 
     /// Where a password appears in connection-string text, parsed or not:
-    /// the password of a URI's `user:password@`, and `password=` values
-    /// (keyword form or URI query).
+    /// the password of a URI's `user:password@`, and the values of secret
+    /// keywords (keyword form or URI query).
     public static func passwordRanges(in text: String) -> [Range<String.Index>] {
+        let keywords = secretKeywords.sorted().map { NSRegularExpression.escapedPattern(for: $0) }.joined(separator: "|")
         let patterns = [
             #"(?<=://)[^:@/?]*:([^@/?]*)@"#,
-            #"(?i)password\s*=\s*('(?:[^'\\]|\\.)*'?|[^\s'&]+)"#,
+            #"(?i)(?:"# + keywords + #")\s*=\s*('(?:[^'\\]|\\.)*'?|[^\s'&]+)"#,
         ]
         var ranges: [Range<String.Index>] = []
         for pattern in patterns {

@@ -30,4 +30,11 @@ public enum SQL {
         "{" + values.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
             .joined(separator: ",") + "}"
     }
+
+    /// One field of a `COPY … FROM STDIN` row in text format: backslash, tab,
+    /// newline and carriage return escaped.
+    public static func copyTextField(_ value: String) -> String {
+        value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\t", with: "\\t")
+            .replacingOccurrences(of: "\n", with: "\\n").replacingOccurrences(of: "\r", with: "\\r")
+    }
 }

@@ -32,7 +32,7 @@ import Testing
     @Test("the string given to child processes has every option but the password, and parses back the same")
     func passwordless() throws {
         let original = try ConnectionString("postgresql://u:s3cr%27t@h:5/d%20b?sslmode=verify-full&sslrootcert=/a%20b/ca.pem")
-        let childForm = original.passwordlessKeywordValue
+        let childForm = original.secretFreeKeywordValue
         #expect(!childForm.contains("s3cr"))
         let reparsed = try ConnectionString(childForm)
         #expect(reparsed.options == original.options.filter { $0.keyword != "password" })

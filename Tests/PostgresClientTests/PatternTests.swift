@@ -1,3 +1,4 @@
+import Foundation
 @testable import PGDBMigrator
 import Testing
 
@@ -34,8 +35,28 @@ import Testing
     @Test("child processes get the password through the environment only")
     func childArguments() throws {
         let endpoint = Endpoint(role: .source, connectionString: try .init("postgresql://u:pw%20x@h:1/d?sslmode=require"))
-        #expect(endpoint.childDatabaseArgument.contains("sslmode=require"))
-        #expect(!endpoint.childDatabaseArgument.contains("pw"))
-        #expect(endpoint.childEnvironment == ["PGPASSWORD": "pw x"])
+        let child = try endpoint.childConnection()
+        #expect(child.arguments.count == 1 && child.arguments[0].contains("sslmode=require"))
+        #expect(!child.arguments[0].contains("pw"))
+        #expect(child.environment == ["PGPASSWORD": "pw x"])
+        #expect(child.directory == nil)
+    }
+
+    @Test("sslpassword, which has no environment variable, reaches a child through a 0600 service file, removed after")
+    func childSSLPassword() throws {
+        let endpoint = Endpoint(
+            role: .source, connectionString: try .init("host=h user=u password=pw sslkey=/k.key sslpassword='key phrase'"))
+        let child = try endpoint.childConnection()
+        #expect(!child.arguments.joined().contains("key phrase") && child.arguments[0].contains("service=pg_dbmigrator"))
+        #expect(child.arguments[0].contains("sslkey=/k.key"))
+        let file = try #require(child.environment["PGSERVICEFILE"])
+        #expect(try String(contentsOfFile: file, encoding: .utf8) == "[pg_dbmigrator]\nsslpassword=key phrase\n")
+        let permissions = try FileManager.default.attributesOfItem(atPath: file)[.posixPermissions] as? Int
+        #expect(permissions == 0o600)
+        child.remove()
+        #expect(!FileManager.default.fileExists(atPath: file))
+
+        let withService = Endpoint(role: .source, connectionString: try .init("service=prod sslpassword=x"))
+        #expect(throws: MigrationError.self) { try withService.childConnection() }
     }
 }

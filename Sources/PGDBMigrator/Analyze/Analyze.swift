@@ -6,11 +6,11 @@ struct Analyze {
     var tools: PostgresTools
 
     func run() async throws {
-        let target = Endpoint(role: .target, connectionString: config.target)
+        let connection = try Endpoint(role: .target, connectionString: config.target).childConnection()
+        defer { connection.remove() }
         let child = ChildProcess(
-            executable: tools.vacuumdb.path,
-            arguments: ["--analyze-only", "--jobs=\(config.jobs)", target.childDatabaseArgument],
-            environment: target.childEnvironment)
+            executable: tools.vacuumdb.path, arguments: ["--analyze-only", "--jobs=\(config.jobs)"] + connection.arguments,
+            environment: connection.environment)
         let exit = try await child.run()
         guard exit.succeeded else {
             let lines = exit.output.suffix(5).map { config.target.scrub($0) }

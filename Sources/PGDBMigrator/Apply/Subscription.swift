@@ -10,35 +10,46 @@ struct Subscription {
     /// The run that creates it (its mark), or that looks for what it created.
     var runID: String?
 
-    /// Creates and enables it. `source` is what the target's apply worker
-    /// connects with, password included (stored in `pg_subscription`, readable by superusers only).
-    func create(on target: Connection, connectingTo source: ConnectionString) async throws {
-        let conninfo = source.keywordValue(includingPassword: true)
+    /// Creates and enables it. `source` is what the target's apply worker connects with, secrets
+    /// included: they are stored in `pg_subscription` (readable by superusers and pg_read_all_data)
+    /// and nowhere else (see ``SecretKeepingStatement``).
+    func create(on target: Connection, connectingTo source: ConnectionString, events: EventEmitter) async throws {
+        guard let runID else { preconditionFailure("a subscription is created by a run") }
         // streaming = on: large transactions are applied as they arrive instead of spilled to disk
         // on the source first. binary stays off: it breaks when a type differs between versions.
-        guard let runID else { preconditionFailure("a subscription is created by a run") }
-        // With create_slot = false it may run in a transaction: the subscription never exists without
-        // the mark that tells cleanup and cutover it is this run's.
-        let sql = """
-            CREATE SUBSCRIPTION \(SQL.identifier(name))
-            CONNECTION \(SQL.literal(conninfo))
-            PUBLICATION \(SQL.identifier(publication))
-            WITH (create_slot = false, slot_name = \(SQL.literal(slotName)), copy_data = false,
-                  enabled = true, streaming = on);
-            COMMENT ON SUBSCRIPTION \(SQL.identifier(name)) IS \(SQL.literal(OwnershipMark.text(runID: runID)))
+        let template = """
+            CREATE SUBSCRIPTION \(SQL.identifier(name)) CONNECTION \(SecretKeepingStatement.conninfo) PUBLICATION \(SQL.identifier(publication))
+            WITH (create_slot = false, slot_name = \(SQL.literal(slotName)), copy_data = false, enabled = true, streaming = on)
             """
-        // The statement carries the password: keep it out of the target's server log where
-        // we may (superuser settings; ignored otherwise), and out of pg_stat_activity afterwards.
-        _ = try? await target.execute("SET log_statement = 'none'; SET log_min_duration_statement = -1")
         do {
-            try await target.execute(sql)
-            _ = try? await target.execute("SELECT 1")
+            // In one transaction: the subscription never exists without the mark that tells cleanup
+            // and cutover it is this run's (with create_slot = false it may run in one).
+            try await SecretKeepingStatement(template: template, conninfo: source).run(on: target, events: events, stage: .streamApply) {
+                try await target.execute(
+                    "COMMENT ON SUBSCRIPTION \(SQL.identifier(name)) IS \(SQL.literal(OwnershipMark.text(runID: runID)))")
+            }
         } catch let error as PostgresError {
             throw MigrationError(
                 .streamApply, "cannot create the subscription \(SQL.identifier(name)) on the target: \(source.scrub(error.description))",
                 fix: "the target role must be a superuser (PostgreSQL 15 and older) or a member of pg_create_subscription (16+), "
                     + "and the target server must reach the source with --subscription-source")
         }
+    }
+
+    /// Proves, before anything is created, that the target server can open the subscription's
+    /// connection to the source: a subscription with `connect = true` but no slot, to a
+    /// publication that does not exist (so no table is looked up), created inside a transaction
+    /// that is rolled back. Throws the server's reason, scrubbed.
+    static func probe(on target: Connection, connectingTo source: ConnectionString, events: EventEmitter) async throws {
+        let name = "pg_dbmigrator_probe_\(UInt32.random(in: 0...UInt32.max))"
+        // A route that hangs must not hold the run for minutes.
+        let conninfo = source["connect_timeout"] == nil ? source.setting("connect_timeout", to: "10") : source
+        let template = """
+            CREATE SUBSCRIPTION \(SQL.identifier(name)) CONNECTION \(SecretKeepingStatement.conninfo) PUBLICATION \(SQL.identifier(name))
+            WITH (connect = true, create_slot = false, slot_name = NONE, enabled = false, copy_data = false)
+            """
+        try await SecretKeepingStatement(template: template, conninfo: conninfo)
+            .run(on: target, events: events, stage: .validate, commit: false) {}
     }
 
     /// Whether it exists in `database` (the connection's own when nil). pg_subscription is
@@ -109,5 +120,94 @@ struct Subscription {
     func detachSlot(on target: Connection) async throws {
         try await disable(on: target)
         try await target.execute("ALTER SUBSCRIPTION \(SQL.identifier(name)) SET (slot_name = NONE)")
+    }
+}
+
+/// A statement that carries a connection string with secrets in it (`CREATE SUBSCRIPTION …
+/// CONNECTION`), sent so that the secrets reach the catalog and nothing else.
+///
+/// The statement text we send never contains them: the connection string goes in as COPY data
+/// (which no statement log, `pg_stat_activity` or `pg_stat_statements` records, unlike a bound
+/// parameter, which `log_statement = all` prints) into a temporary table, and a temporary
+/// PL/pgSQL function builds the statement from it on the server. An error is raised again
+/// without its context, which would quote the statement, password and all, into the server log.
+/// Only what records statements nested in functions can still see it:
+/// `pg_stat_statements.track = all` and audit extensions (pgaudit). A superuser turns those off
+/// for the transaction; anyone else is warned first.
+struct SecretKeepingStatement {
+    /// The statement, with ``conninfo`` where the connection string goes.
+    var template: String
+    var conninfo: ConnectionString
+
+    /// Stands for the connection string in a template. NUL can be in no SQL text, so it cannot
+    /// be mistaken for part of a name.
+    static let conninfo = "\u{0}conninfo\u{0}"
+
+    /// The template as a `format()` string: `%` doubled, the connection string's place `%L`
+    /// (`format()` quotes it as a literal).
+    var formatString: String {
+        template.replacingOccurrences(of: "%", with: "%%").replacingOccurrences(of: Self.conninfo, with: "%L")
+    }
+
+    /// Runs it in a transaction of its own on `target`, then `more` in the same transaction;
+    /// commits, or rolls back when `commit` is false or anything fails.
+    func run(
+        on target: Connection, events: EventEmitter, stage: Stage, commit: Bool = true, more: () async throws -> Void
+    ) async throws {
+        try await target.execute("BEGIN")
+        do {
+            try await hideFromNestedStatementRecorders(on: target, events: events, stage: stage)
+            try await target.execute(
+                "CREATE TEMPORARY TABLE pg_dbmigrator_conninfo (conninfo text NOT NULL) ON COMMIT DROP")
+            try await target.beginCopyIn("COPY pg_temp.pg_dbmigrator_conninfo FROM STDIN")
+            try await target.writeCopyData(Array((SQL.copyTextField(conninfo.keywordValue(includingSecrets: true)) + "\n").utf8))
+            _ = try await target.endCopyIn()
+            let body = """
+                DECLARE
+                    message text; detail text; hint text;
+                BEGIN
+                    EXECUTE format(\(SQL.literal(formatString)), (SELECT conninfo FROM pg_temp.pg_dbmigrator_conninfo));
+                EXCEPTION WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+                    RAISE EXCEPTION USING ERRCODE = SQLSTATE, MESSAGE = message, DETAIL = detail, HINT = hint;
+                END
+                """
+            try await target.execute(
+                "CREATE FUNCTION pg_temp.pg_dbmigrator_run() RETURNS void LANGUAGE plpgsql AS \(SQL.literal(body))")
+            try await target.execute("SELECT pg_temp.pg_dbmigrator_run()")
+            try await target.execute("DROP FUNCTION pg_temp.pg_dbmigrator_run()")
+            try await more()
+            try await target.execute(commit ? "COMMIT" : "ROLLBACK")
+        } catch {
+            _ = try? await target.execute("ROLLBACK")
+            throw error
+        }
+    }
+
+    /// `pg_stat_statements.track = all` and pgaudit record statements run inside functions, with
+    /// their text. Their settings are superuser-only: turned off here for this transaction when we
+    /// may, reported before the statement runs when we may not.
+    private func hideFromNestedStatementRecorders(on target: Connection, events: EventEmitter, stage: Stage) async throws {
+        let row = try await target.query(
+            """
+            SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+                   current_setting('pg_stat_statements.track', true),
+                   current_setting('pgaudit.log', true)
+            """
+        ).rows[0]
+        let trackingAll = row[1] == "all"
+        let auditing = row[2].map { !$0.isEmpty && $0 != "none" } ?? false
+        guard trackingAll || auditing else { return }
+        if row[0] == "t" {
+            if trackingAll { try await target.execute("SET LOCAL pg_stat_statements.track = 'top'") }
+            if auditing { try await target.execute("SET LOCAL pgaudit.log = 'none'") }
+            return
+        }
+        let recorders = [trackingAll ? "pg_stat_statements (track = all)" : nil, auditing ? "pgaudit" : nil].compactMap { $0 }
+        events.warning(
+            stage,
+            "the target records statements run inside functions (\(recorders.joined(separator: ", "))): the subscription's "
+                + "connection string, password included, will be kept there; only a superuser could turn that off for this statement",
+            ["recorders": .list(recorders)])
     }
 }

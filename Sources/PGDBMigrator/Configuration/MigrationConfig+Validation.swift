@@ -1,3 +1,4 @@
+import Foundation
 import PostgresClient
 
 extension MigrationConfig {
@@ -110,5 +111,23 @@ extension VerifySettings {
         guard splitBytes > 0, splitBytes <= MigrationConfig.maximumSplitBytes else {
             throw MigrationError(.validate, "--verify-split-mb must be between 1 and 1000000000")
         }
+    }
+}
+
+extension MigrationConfig {
+    /// The configuration as a run of this mode uses it. Online (and the cleanup of an online
+    /// run) everything happens on the primary: a source string naming several hosts without
+    /// `target_session_attrs` lets libpq take the first that answers, as likely a standby as the
+    /// primary, so `read-write` is added; the subscription's connection inherits it.
+    var effective: MigrationConfig {
+        guard mode == .online || mode == .cleanup else { return self }
+        let hosts = [source["host"], source["hostaddr"]].compactMap { $0 }
+        let environment = ProcessInfo.processInfo.environment
+        guard hosts.contains(where: { $0.contains(",") }), source["target_session_attrs"] == nil,
+            environment["PGTARGETSESSIONATTRS"] == nil
+        else { return self }
+        var copy = self
+        copy.source = source.setting("target_session_attrs", to: "read-write")
+        return copy
     }
 }

@@ -44,14 +44,10 @@ struct DumpDirectory: Sendable {
             }
             return DumpDirectory(root: requested)
         }
-        let base = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
-        var template = Array("\(base)/pg_dbmigrator.XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else {  // mkdtemp creates it 0700
-            throw MigrationError(
-                .dump, "cannot create a temporary directory in \(base): \(String(cString: strerror(errno)))",
-                fix: "set TMPDIR to a writable directory with room for the dump, or pass --dump-path")
-        }
-        return DumpDirectory(root: String(cString: made))
+        let root = try PrivateDirectory.make(
+            prefix: "pg_dbmigrator", stage: .dump,
+            fix: "set TMPDIR to a writable directory with room for the dump, or pass --dump-path")
+        return DumpDirectory(root: root)
     }
 
     /// Bytes the dump takes on disk.

@@ -37,9 +37,11 @@ struct DumpRestore {
     }
 
     private func runPgDump(_ formatArguments: [String], snapshot: String?) async throws {
-        var arguments = formatArguments + [source.childDatabaseArgument] + tables.pgDumpArguments
+        let connection = try source.childConnection()
+        defer { connection.remove() }
+        var arguments = formatArguments + connection.arguments + tables.pgDumpArguments
         if let snapshot { arguments.append("--snapshot=\(snapshot)") }
-        let child = ChildProcess(executable: tools.pgDump.path, arguments: arguments, environment: source.childEnvironment)
+        let child = ChildProcess(executable: tools.pgDump.path, arguments: arguments, environment: connection.environment)
         let exit = try await child.run()
         guard exit.succeeded else {
             throw MigrationError(
@@ -75,13 +77,15 @@ struct DumpRestore {
     ) async throws -> [String] {
         try Task.checkCancellation()
         let started = ContinuousClock.now
-        var arguments = ["--section=\(section)", target.childDatabaseArgument]
+        let connection = try target.childConnection()
+        defer { connection.remove() }
+        var arguments = ["--section=\(section)"] + connection.arguments
         if jobs > 1 { arguments.append("--jobs=\(jobs)") }
         if let list { arguments.append("--use-list=\(list)") }
         if config.noOwner { arguments.append("--no-owner") }
         if config.noACL { arguments.append("--no-acl") }
         arguments.append(archive)
-        var environment = target.childEnvironment
+        var environment = connection.environment
         if let serverOptions {
             let inherited = ProcessInfo.processInfo.environment["PGOPTIONS"].map { $0 + " " } ?? ""
             environment["PGOPTIONS"] = inherited + serverOptions

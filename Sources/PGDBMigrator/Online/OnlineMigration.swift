@@ -97,11 +97,13 @@ struct OnlineMigration {
     private func copyAndStream(
         store: RunStateStore, started: ContinuousClock.Instant, slot: inout ReplicationSlot?, slotGuard: inout Task<Void, Never>?
     ) async throws -> MigrationOutcome {
-        var publicationExists = false
+        var findings: OnlinePreflight.Findings?
         let report = try await Preflight(config: config, events: events).run { source, target, tables in
-            publicationExists = try await OnlinePreflight(config: config, events: events, runID: store.current.runID)
+            findings = try await OnlinePreflight(config: config, events: events, runID: store.current.runID)
                 .run(source: source, target: target, tables: tables)
         }
+        guard let findings else { preconditionFailure("the online checks ran") }
+        let publicationExists = findings.publicationExists
         try store.checkTables(report.tables, of: config)
 
         // PrepareSnapshot: the publication first (pgoutput reads it as of each change), then the slot.
@@ -141,7 +143,7 @@ struct OnlineMigration {
 
         // StreamApply: the target's own apply worker takes over from the slot.
         let target = try await targetEndpoint.connect(label: "target-control", stage: .streamApply)
-        try await subscription(runID: store.current.runID).create(on: target, connectingTo: settings.subscriptionSource ?? config.source)
+        try await subscription(runID: store.current.runID).create(on: target, connectingTo: findings.subscriptionSource, events: events)
         leftovers.set(\.subscriptionCreated, true)
         events.info(
             .streamApply, "subscription \(SQL.identifier(settings.subscriptionName)) created; the target is streaming changes",

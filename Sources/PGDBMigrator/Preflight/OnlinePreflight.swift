@@ -9,10 +9,18 @@ struct OnlinePreflight {
     var runID: String
     var settings: OnlineSettings { config.online }
 
-    /// Returns whether the publication already exists (so we must never drop it).
-    func run(source: Connection, target: Connection, tables: TableSet) async throws -> Bool {
+    /// What the checks found that the run needs.
+    struct Findings: Sendable {
+        /// Whether the publication already exists (so we must never drop it).
+        var publicationExists: Bool
+        /// The connection string the subscription will use, proven to work from the target server.
+        var subscriptionSource: ConnectionString
+    }
+
+    func run(source: Connection, target: Connection, tables: TableSet) async throws -> Findings {
         try await checkSourceSettings(source)
         try await checkTarget(target)
+        let subscriptionSource = try await checkSubscriptionConnection(source: source, target: target)
 
         let publication = Publication(name: settings.publication, runID: runID)
         let owner = try await publication.owner(on: source)
@@ -46,7 +54,41 @@ struct OnlinePreflight {
         try await checkReplicaIdentity(source, tables: tables.published)
         if settings.freezeSourceAtCutover { try await checkFreezePrivileges(source, tables: tables.tables) }
         try await warnAboutWhatIsNotReplicated(source)
-        return publicationExists
+        return Findings(publicationExists: publicationExists, subscriptionSource: subscriptionSource)
+    }
+
+    /// The subscription's connection string, tried from the target server now rather than after
+    /// hours of copying: a password only this process has (PGPASSWORD, a passfile), a CA or key
+    /// path that exists here but not there, a TLS mode the source does not offer, a host the
+    /// target cannot reach — each fails here, before the slot is created.
+    private func checkSubscriptionConnection(source: Connection, target: Connection) async throws -> ConnectionString {
+        let conninfo = try SubscriptionConnection.resolve(
+            own: await source.settingsInEffect(), given: settings.subscriptionSource,
+            targetServerVersion: await target.serverVersion, events: events)
+        do {
+            try await Subscription.probe(on: target, connectingTo: conninfo, events: events)
+        } catch let error as PostgresError {
+            let targetDatabase = Endpoint(role: .target, connectionString: config.target).databaseName
+            if error.sqlState == PostgresError.insufficientPrivilege, try await target.scalar("SELECT current_database()") != targetDatabase {
+                // Before PostgreSQL 16 only superusers subscribe; after, CREATE on the database is needed too,
+                // which a non-superuser may have on the target database (made later) but not on this one.
+                events.warning(
+                    .validate, "cannot try the subscription's connection before the target database exists (\(error.message)); "
+                        + "it is tried when the subscription is created")
+                return conninfo
+            }
+            throw MigrationError(
+                .validate,
+                "the target server cannot connect to the source for the subscription (\(conninfo.redacted)): "
+                    + conninfo.scrub(error.description),
+                fix: "pass --subscription-source as the target server must connect: a host and port it reaches, sslrootcert, "
+                    + "sslcert and sslkey paths on the target server, and the password (a non-superuser subscription owner "
+                    + "must have it in the string from PostgreSQL 16); with no route from the target to the source, use --mode offline")
+        }
+        events.info(
+            .validate, "the target server reaches the source with the subscription's connection string",
+            ["subscription_source": .string(conninfo.redacted)])
+        return conninfo
     }
 
     private func checkSourceSettings(_ source: Connection) async throws {

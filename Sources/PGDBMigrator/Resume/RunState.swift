@@ -63,8 +63,8 @@ struct RunState: Codable, Sendable {
     static func settings(of config: MigrationConfig) -> [String: String] {
         var settings: [String: String] = [
             "--mode": config.mode.rawValue,
-            "--source": config.source.passwordlessKeywordValue,
-            "--target": config.target.passwordlessKeywordValue,
+            "--source": config.source.secretFreeKeywordValue,
+            "--target": config.target.secretFreeKeywordValue,
             "--copy-method": config.copyMethod.rawValue,
             "--dump-scope": config.dumpScope.rawValue,
             "--schema": config.filter.schemas.joined(separator: ","),

@@ -1,3 +1,4 @@
+import Foundation
 import PostgresClient
 
 /// One side of the migration — the source or the target server — and how to talk about it.
@@ -24,15 +25,54 @@ struct Endpoint: Sendable {
         }
     }
 
-    /// The environment a child process needs to reach this server: the password, if the
-    /// connection string has one, travels here — never in argv.
-    var childEnvironment: [String: String] {
-        guard let password = connectionString.password else { return [:] }
-        return ["PGPASSWORD": password]
+    /// How a child process (`pg_dump`, `pg_restore`, `vacuumdb`) reaches this server with no secret
+    /// in its argv, which every local user can read: the password travels in its environment
+    /// (`PGPASSWORD`); the other secrets, which have no environment variable (`sslpassword`), in
+    /// a 0600 service file of their own. Call ``ChildConnection/remove()`` once the child is done.
+    func childConnection() throws -> ChildConnection {
+        let options = connectionString
+        var environment: [String: String] = [:]
+        if let password = options.password { environment["PGPASSWORD"] = password }
+        let others = options.secrets.filter { $0.keyword != "password" }
+        guard !others.isEmpty else {
+            return ChildConnection(arguments: ["--dbname=\(options.secretFreeKeywordValue)"], environment: environment, directory: nil)
+        }
+        let names = others.map(\.keyword).joined(separator: ", ")
+        if options["service"] != nil || ProcessInfo.processInfo.environment["PGSERVICE"] != nil {
+            throw MigrationError(
+                .validate, "the --\(role) connection string gives \(names) and also names a service (service= or PGSERVICE): "
+                    + "the tool passes \(names) to pg_dump and pg_restore through a service file of its own, which cannot include yours",
+                fix: "put \(names) in your service file (pg_service.conf) instead of the connection string")
+        }
+        if others.contains(where: { $0.value.contains(where: \.isNewline) }) {
+            throw MigrationError(.validate, "\(names) in the --\(role) connection string contains a line break", fix: "remove it")
+        }
+        let directory = try PrivateDirectory.make(prefix: "pgdm-service")
+        let file = directory + "/pg_service.conf"
+        let text = "[pg_dbmigrator]\n" + others.map { "\($0.keyword)=\($0.value)\n" }.joined()
+        guard FileManager.default.createFile(atPath: file, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]) else {
+            try? FileManager.default.removeItem(atPath: directory)
+            throw MigrationError(.validate, "cannot write a service file in \(directory)", fix: "check TMPDIR: it must be writable")
+        }
+        environment["PGSERVICEFILE"] = file
+        return ChildConnection(
+            arguments: ["--dbname=\(options.setting("service", to: "pg_dbmigrator").secretFreeKeywordValue)"],
+            environment: environment, directory: directory)
     }
 
-    /// `--dbname=…` for `pg_dump`/`pg_restore`/`vacuumdb`: every option the user gave except the password.
-    var childDatabaseArgument: String { "--dbname=\(connectionString.passwordlessKeywordValue)" }
-
     var databaseName: String { connectionString.resolvedDatabase ?? "postgres" }
+}
+
+/// What a child process gets to connect: `--dbname=…` without secrets, and an
+/// environment that carries them (see ``Endpoint/childConnection()``).
+struct ChildConnection: Sendable {
+    var arguments: [String]
+    var environment: [String: String]
+    /// The 0700 directory holding the service file, when there is one.
+    var directory: String?
+
+    /// Deletes the service file. Safe to call twice.
+    func remove() {
+        if let directory { try? FileManager.default.removeItem(atPath: directory) }
+    }
 }
