@@ -58,11 +58,14 @@ public actor Connection {
         PQsetNoticeProcessor(conn, { _, _ in }, nil)
     }
 
+    private static let alwaysInEffect: Set<String> = ["host", "hostaddr", "port", "dbname", "user", "sslmode"]
+
     /// The options this connection is using that differ from libpq's compiled-in
     /// defaults, wherever they came from: the connection string, a service file,
     /// the environment (`PGSSLMODE`, `PGPASSWORD`, …), or the password file (the
-    /// password actually sent). `sslmode` is always included, default or not:
-    /// what another client must use to be as strict as this one.
+    /// password actually sent). Where to connect, as whom, and `sslmode` are
+    /// always included, default or not: another client's defaults (its own
+    /// `PGPORT`, `PGSSLMODE`) must not decide them.
     public func settingsInEffect() -> ConnectionString {
         var result = ConnectionString.empty
         guard let pg, let options = PQconninfo(pg) else { return result }
@@ -73,7 +76,7 @@ public actor Connection {
             let keyword = String(cString: keywordPointer)
             guard let value = cursor.pointee.val.map({ String(cString: $0) }), !value.isEmpty else { continue }
             let compiled = cursor.pointee.compiled.map { String(cString: $0) }
-            if value != compiled || keyword == "sslmode" { result = result.setting(keyword, to: value) }
+            if value != compiled || Self.alwaysInEffect.contains(keyword) { result = result.setting(keyword, to: value) }
         }
         if let password = PQpass(pg).map({ String(cString: $0) }), !password.isEmpty {
             result = result.setting("password", to: password)

@@ -70,7 +70,7 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
 
     func run() async throws {
         let config = try makeConfig()
-        ArgumentScrubber.hide([config.source.password, config.target.password].compactMap { $0 })
+        ArgumentScrubber.hide((config.source.secrets + config.target.secrets + (config.online.subscriptionSource?.secrets ?? [])).map(\.value))
 
         let renderer = EventRenderer(json: output.json, verbose: output.verbose)
         var logger = Logger(label: "pg_dbmigrator")
@@ -234,7 +234,10 @@ struct OnlineOptions: ParsableArguments {
     @Option(help: "Subscription created on the target.")
     var subscriptionName = "pg_dbmigrator_sub"
 
-    @Option(help: ArgumentHelp("How the target server reaches the source, for its apply worker. Default: --source.", valueName: "conninfo"))
+    @Option(
+        help: ArgumentHelp(
+            "How the target server reaches the source, for its apply worker (file paths as seen on the target server; sslmode no weaker than --source's). Default: the settings in effect on the tool's own source connection, environment and password file included.",
+            valueName: "conninfo"))
     var subscriptionSource: String?
 
     @Option(help: "CaughtUp (\"ready for cutover\") fires when the lag is at or below this many bytes. Advisory only.")

@@ -12,6 +12,7 @@ ensure_prerequisites() {
     [ -d "$(pg_config --sharedir 2>/dev/null)/extension" ] && ls "$(pg_config --sharedir)/extension/hstore.control" >/dev/null 2>&1 \
         || need+=(postgresql-contrib)
     command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+    command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the TLS tests make their certificates
     if [ ${#need[@]} -gt 0 ]; then
         echo "installing: ${need[*]}" >&2
         local sudo=""

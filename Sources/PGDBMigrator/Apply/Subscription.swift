@@ -48,7 +48,7 @@ struct Subscription {
             CREATE SUBSCRIPTION \(SQL.identifier(name)) CONNECTION \(SecretKeepingStatement.conninfo) PUBLICATION \(SQL.identifier(name))
             WITH (connect = true, create_slot = false, slot_name = NONE, enabled = false, copy_data = false)
             """
-        try await SecretKeepingStatement(template: template, conninfo: conninfo)
+        try await SecretKeepingStatement(template: template, conninfo: conninfo, raisesWarning: true)
             .run(on: target, events: events, stage: .validate, commit: false) {}
     }
 
@@ -138,6 +138,8 @@ struct SecretKeepingStatement {
     /// The statement, with ``conninfo`` where the connection string goes.
     var template: String
     var conninfo: ConnectionString
+    /// Whether the statement raises a warning in the normal course (the probe's missing publication).
+    var raisesWarning = false
 
     /// Stands for the connection string in a template. NUL can be in no SQL text, so it cannot
     /// be mistaken for part of a name.
@@ -156,7 +158,7 @@ struct SecretKeepingStatement {
     ) async throws {
         try await target.execute("BEGIN")
         do {
-            try await hideFromNestedStatementRecorders(on: target, events: events, stage: stage)
+            try await keepOutOfLogsAndRecorders(on: target, events: events, stage: stage)
             try await target.execute(
                 "CREATE TEMPORARY TABLE pg_dbmigrator_conninfo (conninfo text NOT NULL) ON COMMIT DROP")
             try await target.beginCopyIn("COPY pg_temp.pg_dbmigrator_conninfo FROM STDIN")
@@ -184,25 +186,32 @@ struct SecretKeepingStatement {
         }
     }
 
-    /// `pg_stat_statements.track = all` and pgaudit record statements run inside functions, with
-    /// their text. Their settings are superuser-only: turned off here for this transaction when we
-    /// may, reported before the statement runs when we may not.
-    private func hideFromNestedStatementRecorders(on target: Connection, events: EventEmitter, stage: Stage) async throws {
+    /// Where the statement could still be seen, and what we do about it:
+    /// * a warning or notice raised while it runs goes to the server log with a CONTEXT line quoting
+    ///   it (errors we catch and raise again without one);
+    /// * `pg_stat_statements.track = all` and pgaudit record statements run inside functions.
+    /// The settings that stop them are superuser-only: set for this transaction when we may. A
+    /// non-superuser is warned about the recorders before the statement runs; for a statement that
+    /// ``raisesWarning``, ``Exposed`` is thrown instead when warnings reach the log.
+    private func keepOutOfLogsAndRecorders(on target: Connection, events: EventEmitter, stage: Stage) async throws {
         let row = try await target.query(
             """
             SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
                    current_setting('pg_stat_statements.track', true),
-                   current_setting('pgaudit.log', true)
+                   current_setting('pgaudit.log', true),
+                   current_setting('log_min_messages')
             """
         ).rows[0]
         let trackingAll = row[1] == "all"
         let auditing = row[2].map { !$0.isEmpty && $0 != "none" } ?? false
-        guard trackingAll || auditing else { return }
         if row[0] == "t" {
+            try await target.execute("SET LOCAL log_min_messages = error")
             if trackingAll { try await target.execute("SET LOCAL pg_stat_statements.track = 'top'") }
             if auditing { try await target.execute("SET LOCAL pgaudit.log = 'none'") }
             return
         }
+        if raisesWarning && !["error", "log", "fatal", "panic"].contains(row[3] ?? "") { throw Exposed() }
+        guard trackingAll || auditing else { return }
         let recorders = [trackingAll ? "pg_stat_statements (track = all)" : nil, auditing ? "pgaudit" : nil].compactMap { $0 }
         events.warning(
             stage,
@@ -210,4 +219,8 @@ struct SecretKeepingStatement {
                 + "connection string, password included, will be kept there; only a superuser could turn that off for this statement",
             ["recorders": .list(recorders)])
     }
+
+    /// The statement would put its secrets in the target's server log: a warning it raises would be
+    /// logged (`log_min_messages`) with the statement quoted, and only a superuser may stop that.
+    struct Exposed: Error {}
 }

@@ -67,6 +67,11 @@ struct OnlinePreflight {
             targetServerVersion: await target.serverVersion, events: events)
         do {
             try await Subscription.probe(on: target, connectingTo: conninfo, events: events)
+        } catch is SecretKeepingStatement.Exposed {
+            events.warning(
+                .validate, "the subscription's connection is not tried before the copy: as a non-superuser, trying it would put "
+                    + "its password in the target's server log (log_min_messages is below error); it is tried when the subscription is created")
+            return conninfo
         } catch let error as PostgresError {
             let targetDatabase = Endpoint(role: .target, connectionString: config.target).databaseName
             if error.sqlState == PostgresError.insufficientPrivilege, try await target.scalar("SELECT current_database()") != targetDatabase {

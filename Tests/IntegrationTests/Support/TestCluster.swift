@@ -151,7 +151,7 @@ final class TestCluster: @unchecked Sendable {
         }
     }
 
-    private static func chownToServerUser(_ path: String) throws {
+    static func chownToServerUser(_ path: String) throws {
         guard isRoot else { return }
         guard let user = getpwnam("postgres") else {
             throw TestSupportError("running as root but there is no 'postgres' OS user; install postgresql (scripts/test.sh does)")
