@@ -90,12 +90,13 @@ public actor Connection {
         executor.shutdown()
     }
 
-    /// Closes the connection and stops its thread. Safe to call twice.
+    /// Closes the connection. Safe to call twice. Its thread stays until the
+    /// connection is freed, so a statement sent to a closed connection fails
+    /// with "connection is closed" instead of waiting forever for a thread that is gone.
     public func close() {
         canceller.set(nil)
         if let pg { PQfinish(pg) }
         pg = nil
-        executor.shutdown()
     }
 
     // MARK: - Statements

@@ -333,14 +333,13 @@ struct OnlineMigrationTests {
         #expect(Date().timeIntervalSince(started) < 30)
     }
 
-    @Test("the target and then the source restart while streaming: the run carries on and cutover loses nothing")
-    func serversRestart() async throws {
-        let source = try await TestCluster.start(name: "restart-source")
-        let target = try await TestCluster.start(name: "restart-target")
-        defer {
-            source.stop()
-            target.stop()
-        }
+    /// An online run of the sample database between servers of the test's own (it restarts them),
+    /// with fast heartbeats, returned once streaming. The caller stops the servers.
+    static func streamingOnOwnServers(_ name: String, events: EventLog) async throws
+        -> (source: TestCluster, target: TestCluster, database: String, migrator: Migrator, run: Task<MigrationOutcome, Error>)
+    {
+        let source = try await TestCluster.start(name: "\(name)-source")
+        let target = try await TestCluster.start(name: "\(name)-target")
         let database = try await source.createDatabase("app")
         try await source.load(file: sampleSQLPath, into: database)
         var config = MigrationConfig(
@@ -348,11 +347,25 @@ struct OnlineMigrationTests {
             target: try target.connectionString(database: database), jobs: 2)
         config.online.pollInterval = .milliseconds(300)
         config.online.fastPollInterval = .milliseconds(100)
+        config.online.cutoverTimeout = .seconds(120)
+        let (migrator, run) = try await startStreaming(config, events: events)
+        return (source, target, database, migrator, run)
+    }
+
+    /// Source and target hold the same rows, by checksum.
+    static func expectSameContent(_ source: TestCluster, _ target: TestCluster, database: String) async throws {
+        let expected = try await Fingerprint.of(source, database: database, materializedViews: false)
+        let actual = try await Fingerprint.of(target, database: database, materializedViews: false)
+        #expect(actual == expected, "\(actual.differences(from: expected))")
+    }
+
+    @Test("the target and then the source restart while streaming: the run carries on and cutover loses nothing")
+    func serversRestart() async throws {
         let events = EventLog()
-        let migrator = Migrator(config: config, onEvent: events.record)
-        let run = Task { try await migrator.run() }
-        while !events.stages.contains(.streamApply) {
-            try await Task.sleep(for: .milliseconds(50))
+        let (source, target, database, migrator, run) = try await Self.streamingOnOwnServers("restart", events: events)
+        defer {
+            source.stop()
+            target.stop()
         }
         func write(_ i: Int) async throws {
             let connection = try await source.connect(database: database)
@@ -370,8 +383,45 @@ struct OnlineMigrationTests {
         let outcome = try await run.value
         #expect(outcome.cutoverTriggered)
         #expect(events.all.contains { $0.message.contains("reconnecting") })
-        let expected = try await Fingerprint.of(source, database: database, materializedViews: false)
-        let actual = try await Fingerprint.of(target, database: database, materializedViews: false)
-        #expect(actual == expected, "\(actual.differences(from: expected))")
+        try await Self.expectSameContent(source, target, database: database)
+    }
+
+    @Test("the source restarts while the cutover waits for the barrier: the cutover carries on with fresh sessions and loses nothing")
+    func sourceRestartsDuringBarrierWait() async throws {
+        let events = EventLog()
+        let (source, target, database, migrator, run) = try await Self.streamingOnOwnServers("barrier", events: events)
+        defer {
+            source.stop()
+            target.stop()
+        }
+
+        // The apply worker waits behind this lock, so the cutover's wait for the barrier is certain to last.
+        let holder = try await target.connect(database: database)
+        try await holder.execute("BEGIN; LOCK TABLE sales.orders IN ACCESS EXCLUSIVE MODE")
+        let writer = try await source.connect(database: database)
+        try await writer.execute(WriteWorkload.transaction(1))
+        await writer.close()
+        migrator.cutoverHandle.request()
+        let deadline = Date().addingTimeInterval(60)
+        while !events.all.contains(where: { $0.message.contains("bytes left to apply before the barrier") }) {
+            if Date() > deadline { throw TestSupportError("the cutover never waited for the barrier: \(events.all.map(\.message))") }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        // Immediate mode: a fast shutdown would wait for the blocked apply worker to confirm (PostgreSQL
+        // before 17). The walwriter has long written the commits (synchronous_commit = off here).
+        try await Task.sleep(for: .seconds(1))
+        try await source.crashAndRestart()
+        // The control sessions are replaced while the barrier is still out of reach.
+        while !events.all.contains(where: { $0.message.contains("reconnected") }) {
+            if Date() > deadline { throw TestSupportError("never reconnected: \(events.all.map(\.message))") }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        try await holder.execute("ROLLBACK")
+        await holder.close()
+
+        let outcome = try await run.value
+        #expect(outcome.cutoverTriggered)
+        #expect(events.all.contains { $0.message.contains("target applied past the barrier") })
+        try await Self.expectSameContent(source, target, database: database)
     }
 }

@@ -26,12 +26,10 @@ struct LagReading: Sendable {
 
 /// Reads lag from both servers.
 struct LagMonitor {
-    var source: Connection
-    var target: Connection
     var slotName: String
     var subscriptionName: String
 
-    func read() async throws -> LagReading {
+    func read(source: Connection, target: Connection) async throws -> LagReading {
         let sourceRow = try await source.query(
             """
             SELECT pg_current_wal_lsn()::text,

@@ -6,7 +6,8 @@ import PostgresClient
 struct Cutover {
     var config: MigrationConfig
     var events: EventEmitter
-    var monitor: ResilientMonitor
+    /// Borrowed step by step, never kept: a server may restart while the cutover waits.
+    var sessions: ControlSessions
     var leftovers: Leftovers
     /// What the migration carries: what must have been published, verified and sequence-synced.
     var tables: TableSet
@@ -18,8 +19,9 @@ struct Cutover {
     }
 
     func run() async throws -> Result {
-        let (source, target) = await monitor.connections
         if settings.freezeSourceAtCutover {
+            // Not repeatable as a whole (it records what it did as it goes): one attempt, on the sessions of now.
+            let source = await sessions.current.source
             let sourceEndpoint = Endpoint(role: .source, connectionString: config.source)
             let freeze = SourceFreeze(database: sourceEndpoint.databaseName, runID: leftovers.runID)
             let lockWait = LockWait(server: sourceEndpoint, events: events, stage: .cutover, timeout: config.lockTimeout)
@@ -36,19 +38,22 @@ struct Cutover {
         }
 
         // Everything committed so far has its commit record before this point.
-        guard let barrier = try await source.scalar("SELECT pg_current_wal_insert_lsn()::text").flatMap(LSN.init) else {
+        let barrierText = try await sessions.retrying { source, _ in try await source.scalar("SELECT pg_current_wal_insert_lsn()::text") }
+        guard let barrier = barrierText.flatMap(LSN.init) else {
             throw MigrationError(.cutover, "cannot read the barrier LSN on the source")
         }
         events.info(.cutover, "waiting for the target to apply up to barrier \(barrier)", ["barrier_lsn": .string(barrier.description)])
         try await waitForApply(past: barrier)
         if settings.freezeSourceAtCutover {
+            let (source, target) = await sessions.current
             try await NonReplicatedData(tables: tables.tables.filter(tables.unlogged.contains), events: events)
                 .copy(source: source, target: target)
         }
 
         // What was copied is what was published: a table taken out of the publication (or a filter or action
         // added to it) since Validate lost changes, and that is an error, never a Complete.
-        let coverage = try await Publication(name: settings.publication).coverageProblems(of: tables, on: source)
+        let publication = Publication(name: settings.publication)
+        let coverage = try await sessions.retrying { [tables] source, _ in try await publication.coverageProblems(of: tables, on: source) }
         guard coverage.isEmpty else {
             throw MigrationError(
                 .cutover,
@@ -71,7 +76,8 @@ struct Cutover {
 
         var sequences = SequenceSync.Result(synced: 0, failures: [:])
         if settings.syncSequences {
-            sequences = try await SequenceSync(sequences: tables.sequences).run(source: source, target: target)
+            let sync = SequenceSync(sequences: tables.sequences)
+            sequences = try await sessions.retrying { source, target in try await sync.run(source: source, target: target) }
             for (name, reason) in sequences.failures.sorted(by: { $0.key < $1.key }) {
                 events.emit(MigrationEvent(stage: .cutover, level: .error, message: "could not sync sequence \(name): \(reason)",
                     detail: ["sequence": .string(name)]))
@@ -81,16 +87,19 @@ struct Cutover {
 
         // From here a killed run has nothing left to apply: --resume only finishes the teardown.
         leftovers.set(\.cutoverBarrier, barrier.description)
-        try await ReplicationTeardown(config: config, events: events, leftovers: leftovers).run(source: source, target: target)
+        // Each of its steps looks before it drops, and records as it goes: safe to run again.
+        let teardown = ReplicationTeardown(config: config, events: events, leftovers: leftovers)
+        try await sessions.retrying { source, target in try await teardown.run(source: source, target: target) }
         return Result(barrier: barrier, sequences: sequences)
     }
 
     /// Polls until the slot's confirmed position (what the target applied and flushed) reaches the barrier.
     private func waitForApply(past barrier: LSN) async throws {
+        let monitor = LagMonitor(slotName: settings.slotName, subscriptionName: settings.subscriptionName)
         let deadline = ContinuousClock.now + settings.cutoverTimeout
         var lastReport = ContinuousClock.now
         while true {
-            let reading = try await monitor.read()
+            let reading = try await sessions.retrying { try await monitor.read(source: $0, target: $1) }
             if reading.appliedLSN >= barrier {
                 events.info(.cutover, "target applied past the barrier", reading.detail)
                 return

@@ -23,7 +23,8 @@ struct SequenceSync {
                 let state = try await source.query("SELECT last_value::text, is_called::text FROM \(sequence)").rows[0]
                 try await target.query("SELECT setval($1::regclass, $2::bigint, $3::bool)", [sequence.description, state[0], state[1]])
                 synced += 1
-            } catch let error as PostgresError {
+            } catch let error as PostgresError where !ControlSessions.isConnectionLoss(error) {
+                // A lost connection is not this sequence's failure: it is thrown, and the sync run again.
                 failures[shown] = error.description
             }
         }

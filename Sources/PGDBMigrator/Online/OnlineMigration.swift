@@ -284,29 +284,31 @@ struct OnlineMigration {
             }
         }()
 
-        let monitor = ResilientMonitor(
-            LagMonitor(source: source, target: target, slotName: settings.slotName, subscriptionName: settings.subscriptionName),
-            config: config, events: events)
-        try await heartbeat(monitor)
-
-        events.info(.cutover, "cutover requested")
-        let result = try await Cutover(config: config, events: events, monitor: monitor, leftovers: leftovers, tables: report.tables).run()
+        let sessions = ControlSessions(source: source, target: target, config: config, events: events)
+        let result: Cutover.Result
+        do {
+            try await heartbeat(sessions)
+            events.info(.cutover, "cutover requested")
+            result = try await Cutover(config: config, events: events, sessions: sessions, leftovers: leftovers, tables: report.tables).run()
+        } catch {
+            await sessions.close()
+            throw error
+        }
+        await sessions.close()
         await analyzed
-        let (lastSource, lastTarget) = await monitor.connections
-        await lastSource.close()
-        await lastTarget.close()
         return complete(
             at: result.barrier, started: started, store: store, warnings: warnings, sequenceFailures: result.sequences.failures)
     }
 
     /// Lag events every poll interval (faster once within the threshold) until cutover is requested.
-    private func heartbeat(_ monitor: ResilientMonitor) async throws {
+    private func heartbeat(_ sessions: ControlSessions) async throws {
+        let monitor = LagMonitor(slotName: settings.slotName, subscriptionName: settings.subscriptionName)
         var machine = LagStateMachine(threshold: settings.lagThresholdBytes)
         var health = ApplyHealth(grace: settings.applyFailureGrace)
         // At least one reading, so the state at cutover is on record even when it was requested at once.
         repeat {
             try Task.checkCancellation()
-            let reading = try await monitor.read()
+            let reading = try await sessions.retrying { try await monitor.read(source: $0, target: $1) }
             events.info(
                 .lag,
                 "replication lag \(reading.lagBytes) bytes (source LSN \(reading.sourceLSN), received LSN \(reading.receivedLSN?.description ?? "none"), applied LSN \(reading.appliedLSN))",
@@ -319,7 +321,7 @@ struct OnlineMigration {
             case nil:
                 break
             }
-            try await checkApplyWorker(reading, health: &health, target: await monitor.connections.target)
+            try await checkApplyWorker(reading, health: &health, target: await sessions.current.target)
 
             let interval = machine.caughtUp ? settings.fastPollInterval : settings.pollInterval
             let wakeUp = ContinuousClock.now + interval
