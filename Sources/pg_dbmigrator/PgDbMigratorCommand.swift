@@ -10,7 +10,10 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
         commandName: "pg_dbmigrator",
         abstract: "Migrate a PostgreSQL database to another server.",
         discussion: """
-            offline: pg_dump the source, pg_restore into the target (schema, data, then indexes and constraints).
+            offline: copy the source once. By default (--copy-method native) the schema comes from pg_dump and \
+            parallel workers stream every table with COPY inside one snapshot, each table's indexes built as it \
+            lands; --copy-method dump goes through pg_dump -Fd and pg_restore instead (schema, data, then indexes \
+            and constraints).
 
             online: create a logical replication slot with an exported snapshot, copy that snapshot, then let a \
             subscription on the target stream every later change. A Lag heartbeat shows how far behind the target \
@@ -26,7 +29,7 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
             Exit status: 0 success; 1 migration failed; 64 invalid arguments; 130 cancelled by SIGINT; \
             143 cancelled by SIGTERM.
             """,
-        version: "0.1.0"
+        version: "0.2.0"
     )
 
     @OptionGroup(title: "Servers") var servers: ServerOptions
@@ -127,7 +130,7 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
 }
 
 struct ServerOptions: ParsableArguments {
-    @Option(help: "offline: dump and restore once; online: copy a snapshot, then stream changes until cutover; verify: compare source and target; cleanup: drop what an online run left.")
+    @Option(help: "offline: copy once (see --copy-method); online: copy a snapshot, then stream changes until cutover; verify: compare source and target; cleanup: drop what an online run left.")
     var mode: MigrationConfig.Mode = .offline
 
     @Option(help: ArgumentHelp("Source connection string (URI or keyword=value). Default: $PG_DBMIGRATOR_SOURCE.", valueName: "conninfo"))
@@ -283,7 +286,7 @@ struct OnlineOptions: ParsableArguments {
     @Flag(help: "With --mode cleanup: list what would be dropped, drop nothing.")
     var dryRun = false
 
-    @Option(help: "Warn when the slot holds more WAL than this (MB). Default: 10% of max_slot_wal_keep_size, or 10 GB when unlimited.")
+    @Option(help: "Warn when the slot holds more WAL than this, in MiB (1024×1024 bytes). Default: 10% of max_slot_wal_keep_size, or 10 GB when unlimited.")
     var maxRetainedWalMb: UInt64?
 
     func settings() throws -> OnlineSettings {
@@ -305,7 +308,7 @@ struct OnlineOptions: ParsableArguments {
         settings.dryRun = dryRun
         // Out-of-range values become a value the library refuses by name, never a trap.
         settings.maxRetainedWALBytes = maxRetainedWalMb.map { megabytes in
-            let (bytes, overflow) = megabytes.multipliedReportingOverflow(by: 1_000_000)
+            let (bytes, overflow) = megabytes.multipliedReportingOverflow(by: 1024 * 1024)
             return overflow ? .max : bytes
         }
         return settings
@@ -326,11 +329,11 @@ struct VerifyOptions: ParsableArguments {
     @Option(help: "List up to this many differing rows, by key, for each table that differs.")
     var verifyShowRows = 0
 
-    @Option(help: "Check tables larger than this many MB in parts, in parallel (by key range or hash bucket).")
+    @Option(help: "Check tables larger than this many MiB (1024×1024 bytes) in parts, in parallel (by key range or hash bucket).")
     var verifySplitMb = 128
 
     func settings(allowRestoreErrors: Bool) -> VerifySettings {
-        let (bytes, overflow) = verifySplitMb.multipliedReportingOverflow(by: 1_000_000)
+        let (bytes, overflow) = verifySplitMb.multipliedReportingOverflow(by: 1024 * 1024)
         return VerifySettings(
             mode: verify ?? (allowRestoreErrors ? .warn : .strict), showRows: verifyShowRows,
             splitBytes: overflow ? .max : bytes)

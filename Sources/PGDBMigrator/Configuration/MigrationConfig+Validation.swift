@@ -68,12 +68,12 @@ extension OnlineSettings {
             throw MigrationError(.validate, "\(flag) must be more than 0 and at most 30 days")
         }
         if let limit = maxRetainedWALBytes, limit == 0 || limit > Self.largestWALLimit {
-            throw MigrationError(.validate, "--max-retained-wal-mb must be between 1 and 1000000000 (1 PB)")
+            throw MigrationError(.validate, "--max-retained-wal-mb must be between 1 and 1000000000 (MiB, about 1 PB)")
         }
     }
 
     static let longestInterval = Duration.seconds(30 * 24 * 3600)
-    static let largestWALLimit: UInt64 = 1_000_000_000 * 1_000_000
+    static let largestWALLimit: UInt64 = 1_000_000_000 * 1024 * 1024
 
     /// PostgreSQL's own rule for slot names (`ReplicationSlotValidateName`):
     /// lower-case letters, digits and underscores, at most 63 bytes.

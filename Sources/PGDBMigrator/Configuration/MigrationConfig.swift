@@ -7,7 +7,9 @@ import PostgresClient
 /// Every field has a default except the two servers.
 public struct MigrationConfig: Sendable {
     public enum Mode: String, Sendable, CaseIterable {
-        /// One-shot copy: `pg_dump`, then `pg_restore`.
+        /// One-shot copy, by ``CopyMethod``: the schema from `pg_dump` and the tables
+        /// streamed with `COPY` (``CopyMethod/native``, the default), or `pg_dump`, then
+        /// `pg_restore` (``CopyMethod/dump``).
         case offline
         /// Snapshot copy plus logical replication until the operator cuts over.
         case online
