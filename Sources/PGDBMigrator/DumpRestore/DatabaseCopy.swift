@@ -8,6 +8,7 @@ struct DatabaseCopy {
     var report: PreflightReport
     var events: EventEmitter
     var store: RunStateStore
+    var resumePlan: ResumePlan
 
     /// Copies the source (as of `snapshot`, when given) into the target, by
     /// the native engine or by `pg_dump`/`pg_restore`. `releaseSnapshot` runs
@@ -15,7 +16,7 @@ struct DatabaseCopy {
     /// its slot's snapshot there. Returns tolerated restore errors.
     func run(snapshot: String? = nil, releaseSnapshot: () async -> Void = {}) async throws -> [String] {
         guard usesNativeCopy else { return try await dumpAndRestore(snapshot: snapshot, afterDump: releaseSnapshot) }
-        return try await NativeCopy(config: config, report: report, events: events, store: store)
+        return try await NativeCopy(config: config, report: report, events: events, store: store, resumePlan: resumePlan)
             .run(snapshot: snapshot, prepareTarget: prepareTarget, releaseSnapshot: releaseSnapshot)
     }
 
@@ -25,8 +26,7 @@ struct DatabaseCopy {
     private func dumpAndRestore(snapshot: String?, afterDump: () async -> Void) async throws -> [String] {
         let copy = DumpRestore(config: config, tools: report.tools, events: events, tables: report.tables)
         let recorded = store.current.copy
-        if config.resume, recorded.dumpComplete, let path = recorded.dumpPath, FileManager.default.fileExists(atPath: path) {
-            // A finished dump of an offline run is restored again; online, the stream must start where the dump did, so never.
+        if resumePlan.reusesFinishedDump, recorded.dumpComplete, let path = recorded.dumpPath, FileManager.default.fileExists(atPath: path) {
             let directory = DumpDirectory(root: path)
             events.info(.dump, "reusing the dump the interrupted run finished in \(path)", ["path": .string(path)])
             await afterDump()
@@ -34,7 +34,7 @@ struct DatabaseCopy {
             directory.remove()
             return tolerated
         }
-        let directory = try DumpDirectory.create(at: config.dumpPath, reclaiming: config.resume)
+        let directory = try DumpDirectory.create(at: config.dumpPath, reclaiming: resumePlan.reclaimsDumpDirectory)
         var keep = false
         defer { if !keep { directory.remove() } }
         try store.update { $0.copy = RunState.CopyState(dumpPath: directory.root) }
@@ -69,7 +69,7 @@ struct DatabaseCopy {
     /// Creates (or re-creates) the target database, and the schemas of tables selected by `--table`.
     private func prepareTarget() async throws {
         try await TargetDatabase(target: Endpoint(role: .target, connectionString: config.target), events: events).prepare(
-            exists: report.targetDatabaseExists, dropFirst: config.dropTargetFirst,
+            exists: report.targetDatabaseExists, dropFirst: config.dropTargetFirst || resumePlan.recreatesTarget,
             terminatingSessions: config.terminateTargetSessions, like: report.sourceDatabase)
         if !config.filter.tables.isEmpty && config.dumpScope != .dataOnly {
             try await createSchemasOfSelectedTables()

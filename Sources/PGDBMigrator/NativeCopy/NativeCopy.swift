@@ -12,6 +12,7 @@ struct NativeCopy {
     var events: EventEmitter
     /// Progress on disk: each part, the target's preparation, post-data.
     var store: RunStateStore
+    var resumePlan: ResumePlan
 
     private var source: Endpoint { Endpoint(role: .source, connectionString: config.source) }
     private var target: Endpoint { Endpoint(role: .target, connectionString: config.target) }
@@ -23,7 +24,7 @@ struct NativeCopy {
         snapshot given: String?, prepareTarget: () async throws -> Void, releaseSnapshot: () async -> Void
     ) async throws -> [String] {
         let dumpRestore = DumpRestore(config: config, tools: report.tools, events: events, tables: report.tables)
-        let directory = try DumpDirectory.create(at: config.dumpPath, reclaiming: config.resume)
+        let directory = try DumpDirectory.create(at: config.dumpPath, reclaiming: resumePlan.reclaimsDumpDirectory)
         defer { directory.remove() }
         events.info(
             .dump,
@@ -71,7 +72,7 @@ struct NativeCopy {
             let builds = try await catalog.indexBuilds(of: tables, on: session)
             // A resumed copy keeps the interrupted run's parts, so no range is copied twice or missed.
             let recorded = store.current.copy
-            let recordedPlan = config.resume && recorded.targetPrepared ? store.plan : nil
+            let recordedPlan = resumePlan.continuesCopy ? store.plan : nil
             let resuming = recordedPlan != nil
             let parts: [CopyPart]
             if let recordedPlan { parts = recordedPlan } else { parts = try await plan(tables, on: session) }

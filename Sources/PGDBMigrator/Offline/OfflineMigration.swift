@@ -10,17 +10,13 @@ struct OfflineMigration {
         do {
             events.info(.validate, "checking source and target")
             let store = try RunStateStore.open(for: config)
-            var config = config
-            let recorded = store.current.copy
-            if config.resume && recorded.targetTouched && !recorded.targetPrepared {
-                // The interrupted run died while creating the schema: what it made is redone from scratch.
+            let plan = ResumePlan.decide(resume: config.resume, mode: .offline, recorded: store.current)
+            if plan == .redoTarget {
                 events.info(.validate, "resuming: the interrupted run had not finished the schema; the target database is made again")
-                config.dropTargetFirst = true
             }
-            let resumingCopy = config.resume && recorded.targetPrepared
-            let report = try await Preflight(config: config, events: events, targetHoldsResumedCopy: resumingCopy).run()
+            let report = try await Preflight(config: config, events: events, resumePlan: plan).run()
             try store.checkTables(report.tables, of: config)
-            let copy = DatabaseCopy(config: config, report: report, events: events, store: store)
+            let copy = DatabaseCopy(config: config, report: report, events: events, store: store, resumePlan: plan)
             let warnings = try await copy.run()
             try await copy.analyze()
             let verified = try await VerifyRun(config: config, events: events).afterMigration()

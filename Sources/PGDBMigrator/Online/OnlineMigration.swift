@@ -48,32 +48,27 @@ struct OnlineMigration {
             let store = try RunStateStore.open(for: config)
             leftovers.record(in: store)
             let recorded = store.current
-            if config.resume, let barrier = recorded.online.cutoverBarrier.flatMap(LSN.init) {
+            let plan = ResumePlan.decide(resume: config.resume, mode: .online, recorded: recorded)
+            switch plan {
+            case .finishTeardown(let barrier):
                 return try await finishCutover(at: barrier, store: store, started: started)
-            }
-            if config.resume && recorded.online.subscriptionCreated {
+            case .reattach:
                 slotGuard = startSlotGuard()
                 return try await reattach(store: store, started: started)
-            }
-            var migration = self
-            if config.resume {
+            case .restartOnlineCopy(let recreateTarget):
                 // The exported snapshot lived in the killed process: a copy cannot go on from it. The slot and
                 // subscription the interrupted run created go (a subscription carries its mark even when the run
                 // died before recording it); a slot of that name it did not record is refused by Validate below.
-                let removedSubscription = try await Subscription.remove(for: config, runID: recorded.runID) == .thisRun
-                var droppedSlot = false
+                _ = try await Subscription.remove(for: config, runID: recorded.runID)
                 if recorded.ownsSlot(named: settings.slotName) {
                     let source = try await sourceEndpoint.connect()
-                    droppedSlot = try await ReplicationSlot.drop(named: settings.slotName, on: source, events: events)
+                    _ = try await ReplicationSlot.drop(named: settings.slotName, on: source, events: events)
                     await source.close()
                 }
-                if droppedSlot || removedSubscription || recorded.copy.targetTouched {
-                    events.warning(
-                        .validate,
-                        "resuming: the interrupted run died during the copy, and its snapshot died with it; the copy starts again "
-                            + "from a new replication slot (the old slot is dropped, the target database made again)")
-                    migration.config.dropTargetFirst = true
-                }
+                events.warning(
+                    .validate,
+                    "resuming: the interrupted run died during the copy, and its snapshot died with it; the copy starts again "
+                        + "from a new replication slot" + (recreateTarget ? " (the target database is made again)" : ""))
                 leftovers.set(\.slotCreated, false)
                 leftovers.set(\.subscriptionCreated, false)
                 // A --dump-path the killed run left full is ours to empty (the copy below creates it again).
@@ -83,9 +78,10 @@ struct OnlineMigration {
                     $0.copy = RunState.CopyState()
                     $0.tables = nil  // a copy from scratch: the tables are resolved anew
                 }
+            default:
+                break
             }
-            migration.config.resume = false  // from here on, a fresh copy
-            return try await migration.copyAndStream(store: store, started: started, slot: &slot, slotGuard: &slotGuard)
+            return try await copyAndStream(plan: plan, store: store, started: started, slot: &slot, slotGuard: &slotGuard)
         } catch {
             await slot?.releaseSnapshot()
             let error = events.cancellation(ifCancelled: error)
@@ -95,10 +91,10 @@ struct OnlineMigration {
     }
 
     private func copyAndStream(
-        store: RunStateStore, started: ContinuousClock.Instant, slot: inout ReplicationSlot?, slotGuard: inout Task<Void, Never>?
+        plan: ResumePlan, store: RunStateStore, started: ContinuousClock.Instant, slot: inout ReplicationSlot?, slotGuard: inout Task<Void, Never>?
     ) async throws -> MigrationOutcome {
         var findings: OnlinePreflight.Findings?
-        let report = try await Preflight(config: config, events: events).run { source, target, tables in
+        let report = try await Preflight(config: config, events: events, resumePlan: plan).run { source, target, tables in
             findings = try await OnlinePreflight(config: config, events: events, runID: store.current.runID)
                 .run(source: source, target: target, tables: tables)
         }
@@ -138,7 +134,7 @@ struct OnlineMigration {
              "snapshot": .string(newSlot.snapshotName)])
 
         // The copy, as of the slot's snapshot.
-        let copy = DatabaseCopy(config: config, report: report, events: events, store: store)
+        let copy = DatabaseCopy(config: config, report: report, events: events, store: store, resumePlan: plan)
         let warnings = try await copy.run(snapshot: newSlot.snapshotName) { await newSlot.releaseSnapshot() }
 
         // StreamApply: the target's own apply worker takes over from the slot.
@@ -158,7 +154,7 @@ struct OnlineMigration {
         events.info(
             .validate, "resuming the interrupted run recorded in \(store.path): it was streaming; re-attaching to its slot and subscription",
             ["state": .string(store.path)])
-        let report = try await Preflight(config: config, events: events, targetHoldsResumedCopy: true).run()
+        let report = try await Preflight(config: config, events: events, resumePlan: .reattach).run()
         try store.checkTables(report.tables, of: config)
         let source = try await sourceEndpoint.connect(label: "source-control", stage: .streamApply)
         let fix = "start over: \(Cleanup.command(for: config)), then run again with --drop-target-first"
@@ -274,7 +270,7 @@ struct OnlineMigration {
         // Statistics are refreshed beside the stream: a slow or blocked ANALYZE must not hold up the heartbeat or a cutover.
         // A failed ANALYZE (say the target restarted meanwhile) costs statistics, not data: a warning.
         // Its events are Analyze events that do not move the phase: the run is streaming meanwhile.
-        let backgroundCopy = DatabaseCopy(config: config, report: report, events: events.background, store: store)
+        let backgroundCopy = DatabaseCopy(config: config, report: report, events: events.background, store: store, resumePlan: .fresh)
         async let analyzed: Void = {
             do {
                 try await backgroundCopy.analyze()

@@ -24,8 +24,9 @@ struct DatabaseSettings: Sendable {
 struct Preflight {
     var config: MigrationConfig
     var events: EventEmitter
-    /// `--resume` of a copy whose schema is in place: the target is expected to hold it.
-    var targetHoldsResumedCopy = false
+    /// What this run does with an interrupted one: the target may hold its copy, or be made again.
+    var resumePlan: ResumePlan = .fresh
+    var dropsTarget: Bool { config.dropTargetFirst || resumePlan.recreatesTarget }
 
     var source: Endpoint { Endpoint(role: .source, connectionString: config.source) }
     var target: Endpoint { Endpoint(role: .target, connectionString: config.target) }
@@ -57,10 +58,10 @@ struct Preflight {
             try await checkExtensions(source: sourceConnection, target: targetConnection)
             try await checkRoles(source: sourceConnection, target: targetConnection)
         }
-        if targetExists && !config.dropTargetFirst && config.dumpScope != .dataOnly && !targetHoldsResumedCopy {
+        if targetExists && !dropsTarget && config.dumpScope != .dataOnly && !resumePlan.targetHoldsRecordedCopy {
             try await checkEmpty(targetConnection)
         }
-        if targetExists && config.dropTargetFirst {
+        if targetExists && dropsTarget {
             try await TargetDatabase(target: target, events: events)
                 .checkDrop(on: targetConnection, terminatingSessions: config.terminateTargetSessions)
         }
