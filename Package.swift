@@ -34,7 +34,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "online_migration", dependencies: ["PGDBMigrator", "PostgresClient"], path: "Examples/online_migration"),
-        .testTarget(name: "PostgresClientTests", dependencies: ["PostgresClient", "PGDBMigrator"]),
+        .testTarget(name: "UnitTests", dependencies: ["PostgresClient", "PGDBMigrator"]),
         .testTarget(name: "IntegrationTests", dependencies: ["PGDBMigrator", "PostgresClient"]),
     ],
     swiftLanguageModes: [.v6]

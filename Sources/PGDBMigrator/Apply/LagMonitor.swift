@@ -40,12 +40,12 @@ struct LagMonitor {
         guard let sourceLSN = sourceRow[0].flatMap(LSN.init) else {
             throw MigrationError(.streamApply, "cannot read pg_current_wal_lsn() on the source")
         }
-        guard let applied = sourceRow[1].flatMap(LSN.init), sourceRow[2] != "lost" else {
+        let applied = sourceRow[1].flatMap(LSN.init)
+        if let loss = SlotLoss.describe(slot: slotName, exists: applied != nil, walStatus: sourceRow[2]) {
             throw MigrationError(
-                .streamApply, "the replication slot \(SQL.identifier(slotName)) is gone from the source or was invalidated (wal_status lost)",
-                fix: "changes since are gone (max_slot_wal_keep_size exceeded, or the slot was dropped): "
-                    + "clean up with --mode cleanup and start the migration again")
+                .streamApply, loss, fix: "clean up with --mode cleanup and start the migration again")
         }
+        guard let applied else { preconditionFailure("a slot that exists has a confirmed position") }
         let version = await target.serverVersion
         let errorsColumn =
             version >= 150_000

@@ -169,7 +169,7 @@ struct TableSet: Sendable, Equatable, Codable {
                EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND c.relpersistence <> 't'
-          AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+          AND \(UserSchemas.predicate("n.nspname"))
         ORDER BY 1, 2
         """
 

@@ -94,7 +94,7 @@ struct CopyCatalog {
                                       OR (b.typnamespace = 'pg_catalog'::regnamespace AND b.typname LIKE 'reg%')
                                       OR (e.typnamespace = 'pg_catalog'::regnamespace AND e.typname LIKE 'reg%')))
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+            WHERE c.relkind = 'r' AND \(UserSchemas.predicate("n.nspname"))
               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                                                         AND d.deptype = 'e')
             ORDER BY 2, 3

@@ -158,16 +158,11 @@ struct OnlineMigration {
         try store.checkTables(report.tables, of: config)
         let source = try await sourceEndpoint.connect(label: "source-control", stage: .streamApply)
         let fix = "start over: \(Cleanup.command(for: config)), then run again with --drop-target-first"
-        guard let reading = try await SlotGuard.read(slot: settings.slotName, on: source) else {
-            throw MigrationError(
-                .streamApply, "the replication slot \(SQL.identifier(settings.slotName)) no longer exists on the source: "
-                    + "the changes since the interrupted run are gone", fix: fix)
+        let reading = try await SlotGuard.read(slot: settings.slotName, on: source)
+        if let loss = SlotLoss.describe(slot: settings.slotName, exists: reading != nil, walStatus: reading?.walStatus) {
+            throw MigrationError(.streamApply, loss, fix: fix)
         }
-        guard reading.walStatus != "lost" else {
-            throw MigrationError(
-                .streamApply, "the source invalidated the replication slot \(SQL.identifier(settings.slotName)) "
-                    + "(max_slot_wal_keep_size): the changes since the interrupted run are gone", fix: fix)
-        }
+        guard let reading else { preconditionFailure("a slot that exists was read") }
         let target = try await targetEndpoint.connect(label: "target-control", stage: .streamApply)
         guard try await subscription().exists(on: target, inDatabase: targetEndpoint.databaseName) else {
             throw MigrationError(

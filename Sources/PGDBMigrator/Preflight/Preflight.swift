@@ -177,7 +177,7 @@ struct Preflight {
     static let referencedRolesSQL = """
         WITH user_namespaces AS (
             SELECT oid, nspowner, nspacl FROM pg_namespace
-            WHERE nspname <> 'information_schema' AND nspname NOT LIKE 'pg\\_%'
+            WHERE \(UserSchemas.predicate("nspname"))
         ),
         owners AS (
             SELECT nspowner AS role FROM user_namespaces
@@ -224,18 +224,18 @@ struct Preflight {
             """
             SELECT kind, name FROM (
                 SELECT 'schema' AS kind, quote_ident(nspname) AS name FROM pg_namespace
-                WHERE nspname NOT IN ('public', 'information_schema') AND nspname NOT LIKE 'pg\\_%'
+                WHERE nspname <> 'public' AND \(UserSchemas.predicate("nspname"))
                 UNION ALL
                 SELECT CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'v' THEN 'view'
                             WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence' ELSE 'relation' END,
                        quote_ident(n.nspname) || '.' || quote_ident(c.relname)
                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-                  AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+                  AND \(UserSchemas.predicate("n.nspname"))
                 UNION ALL
                 SELECT 'function', quote_ident(n.nspname) || '.' || quote_ident(p.proname)
                 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                WHERE n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+                WHERE \(UserSchemas.predicate("n.nspname"))
                   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')
                 UNION ALL
                 SELECT 'extension', quote_ident(extname) FROM pg_extension WHERE extname <> 'plpgsql'

@@ -56,10 +56,9 @@ struct SlotGuard {
                         "retained_wal_bytes": .int(Int(reading.retainedBytes)), "wal_status": .string(reading.walStatus),
                         "limit_bytes": .int(Int(threshold)),
                     ]
-                    if reading.walStatus == "lost" {
+                    if let loss = SlotLoss.describe(slot: slotName, exists: true, walStatus: reading.walStatus) {
                         await connection?.close()
-                        return "the source invalidated replication slot \(SQL.identifier(slotName)) because it held more WAL than "
-                            + "max_slot_wal_keep_size allows: the changes it held are gone, so this migration cannot finish"
+                        return loss
                     }
                     if reading.retainedBytes > threshold && !warned {
                         warned = true
@@ -79,6 +78,23 @@ struct SlotGuard {
             try? await Task.sleep(for: interval)
         }
         await connection?.close()
+        return nil
+    }
+}
+
+/// The one way a lost slot is described, wherever it is found (the guard, the
+/// lag reading, a resumed run re-attaching).
+enum SlotLoss {
+    /// Why `slot` can no longer serve the migration, or nil when it can: it is gone, or
+    /// the source invalidated it (`wal_status` lost).
+    static func describe(slot: String, exists: Bool, walStatus: String?) -> String? {
+        if !exists {
+            return "the replication slot \(SQL.identifier(slot)) no longer exists on the source: the changes it held are gone"
+        }
+        if walStatus == "lost" {
+            return "the source invalidated replication slot \(SQL.identifier(slot)) because it held more WAL than "
+                + "max_slot_wal_keep_size allows: the changes it held are gone, so this migration cannot finish"
+        }
         return nil
     }
 }

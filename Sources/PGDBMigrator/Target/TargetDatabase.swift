@@ -22,7 +22,7 @@ struct TargetDatabase {
             """
             SELECT pg_size_pretty(pg_database_size(current_database())),
                    (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                    WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%')
+                    WHERE c.relkind IN ('r', 'p') AND \(UserSchemas.predicate("n.nspname")))
             """
         ).rows[0]
         let sessions = try await session.query(

@@ -27,7 +27,7 @@ enum Catalog {
                     WHERE i.indrelid = c.oid AND i.indisprimary AND i.indnatts = 1)
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE c.relkind = 'r' AND c.relpersistence <> 't'
-              AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+              AND \(UserSchemas.predicate("n.nspname"))
               AND ($1::text[] IS NULL OR (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[])))
             ORDER BY 3
             """, [names.map { SQL.textArray($0.map(\.schema)) }, names.map { SQL.textArray($0.map(\.name)) }]
@@ -87,7 +87,7 @@ enum SequenceComparison {
     static let listSQL = """
         SELECT n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind = 'S' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+        WHERE c.relkind = 'S' AND \(UserSchemas.predicate("n.nspname"))
         ORDER BY 3
         """
 

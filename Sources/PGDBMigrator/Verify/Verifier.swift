@@ -106,7 +106,7 @@ struct Verifier {
     static func plan(_ tables: [Catalog.Table], splitBytes: Int, source: Connection) async throws -> [Part] {
         var parts: [Part] = []
         for table in tables.sorted(by: { $0.bytes > $1.bytes }) {
-            let count = table.bytes > splitBytes ? min(64, (table.bytes + splitBytes - 1) / splitBytes) : 1
+            let count = CopyPlan(splitBytes: splitBytes).partCount(bytes: table.bytes)
             guard count > 1 else {
                 parts.append(Part(table: table, condition: "true", label: "whole table"))
                 continue
@@ -143,7 +143,7 @@ struct Verifier {
 
     /// Runs every part on `jobs` workers, each with one connection to each server, both sides at once.
     private func checksum(_ parts: [Part]) async throws -> [PartResult] {
-        let queue = WorkQueue(parts)
+        let queue = AsyncQueue(parts, closed: true)
         return try await withThrowingTaskGroup(of: [PartResult].self) { group in
             for _ in 0..<max(1, min(jobs, parts.count)) {
                 group.addTask {
@@ -169,13 +169,6 @@ struct Verifier {
             return all
         }
     }
-}
-
-/// Hands out parts to workers, biggest first.
-actor WorkQueue<Item: Sendable> {
-    private var items: [Item]
-    init(_ items: [Item]) { self.items = items.reversed() }
-    func next() -> Item? { items.popLast() }
 }
 
 /// How verify behaves.

@@ -6,7 +6,11 @@ actor AsyncQueue<Item: Sendable> {
     private var waiters: [CheckedContinuation<Item?, Never>] = []
     private var closed = false
 
-    init(_ items: [Item] = []) { self.items = items }
+    /// `closed`: these items are all there will be (a work list handed out to workers in order).
+    init(_ items: [Item] = [], closed: Bool = false) {
+        self.items = items
+        self.closed = closed
+    }
 
     func append(_ item: Item) {
         if !waiters.isEmpty {
