@@ -25,6 +25,21 @@ struct Endpoint: Sendable {
         }
     }
 
+    /// Runs `body` on a connection of its own, closed (and awaited) whether `body` returns or throws.
+    func withConnection<T: Sendable>(
+        label: String? = nil, stage: Stage = .validate, _ body: (Connection) async throws -> T
+    ) async throws -> T {
+        let connection = try await connect(label: label, stage: stage)
+        do {
+            let result = try await body(connection)
+            await connection.close()
+            return result
+        } catch {
+            await connection.close()
+            throw error
+        }
+    }
+
     /// How a child process (`pg_dump`, `pg_restore`, `vacuumdb`) reaches this server with no secret
     /// in its argv, which every local user can read: the password travels in its environment
     /// (`PGPASSWORD`); the other secrets, which have no environment variable (`sslpassword`), in

@@ -1,0 +1,51 @@
+import Foundation
+import PostgresClient
+
+/// The index workers: each table's indexes and constraints, built as soon as its data is in.
+extension NativeCopy {
+    /// One index worker: builds each index (or constraint) it is handed, on its own target session.
+    func buildIndexes(from queue: AsyncQueue<IndexBuild>, worker: Int) async throws -> [String] {
+        // The session is opened with the first build: a worker that is never handed one opens none.
+        guard let first = await queue.next() else { return [] }
+        return try await self.target.withConnection(label: "index-\(worker)", stage: .restore) { target in
+            try await target.keepAliveWhileIdle()
+            try await target.execute("SET search_path = ''; SET default_tablespace = ''")
+            try await target.raiseMaintenanceWorkMem(to: config.maintenanceWorkMem)
+            var tolerated: [String] = []
+            var pending: IndexBuild? = first
+            while true {
+                let build: IndexBuild
+                if let taken = pending {
+                    (build, pending) = (taken, nil)
+                } else if let taken = await queue.next() {
+                    build = taken
+                } else {
+                    break
+                }
+                try Task.checkCancellation()
+                let started = ContinuousClock.now
+                do {
+                    // One transaction: a kill never leaves an index without its replica identity or CLUSTER mark.
+                    try await target.execute((["BEGIN"] + build.statements + ["COMMIT"]).joined(separator: "; "))
+                } catch let error as PostgresError {
+                    let message = "building \(SQL.identifier(build.name)) on \(build.table) failed: \(error)"
+                    guard config.allowRestoreErrors else {
+                        throw MigrationError(
+                            .restore, message,
+                            fix: "fix the cause on the target and rerun with --resume (or remove the run's record with --mode cleanup "
+                                + "and run again with --drop-target-first), "
+                                + "or pass --allow-restore-errors if this index does not matter")
+                    }
+                    events.warning(.restore, message + "; continuing (--allow-restore-errors)")
+                    tolerated.append(message)
+                    continue
+                }
+                let seconds = (ContinuousClock.now - started).seconds
+                events.info(
+                    .restore, "built \(SQL.identifier(build.name)) on \(build.table) in \(formatSeconds(seconds))",
+                    ["index": .string(build.name), "table": .string(build.table.description), "seconds": .double(seconds)])
+            }
+            return tolerated
+        }
+    }
+}

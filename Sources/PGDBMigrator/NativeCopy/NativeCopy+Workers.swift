@@ -1,0 +1,93 @@
+import Foundation
+import PostgresClient
+
+/// The copy workers: each takes the next part, largest first, and streams it from the source into the target.
+extension NativeCopy {
+    /// Runs the copy workers and the index workers together; returns tolerated index errors.
+    func copyData(_ parts: [CopyPart], builds: [IndexBuild], snapshot: String, resuming: Bool) async throws -> [String] {
+        let (work, finishedTables, clearing) = try await resuming ? remainingWork(parts) : (parts, [], [])
+        var pendingBuilds = builds
+        if resuming { pendingBuilds = try await unbuilt(builds) }
+        let progress = CopyProgress(parts: work)
+        let queue = AsyncQueue(work)
+        await queue.close()
+        let indexWork = AsyncQueue<IndexBuild>()
+        let buildsByTable = Dictionary(grouping: pendingBuilds, by: \.table)
+        for table in finishedTables { for build in buildsByTable[table.name] ?? [] { await indexWork.append(build) } }
+        let copyWorkers = min(config.jobs, max(work.count, 1))
+        let running = Mutex(copyWorkers)
+        let tableCount = Set(work.map(\.table)).count
+        events.info(
+            .restore,
+            "copying \(tableCount) table(s) in \(work.count) part(s), \(formatBytes(progress.totalBytes)), "
+                + "with \(copyWorkers) copy and \(config.indexJobs) index worker(s)",
+            ["tables": .int(tableCount), "parts": .int(work.count), "bytes": .int(progress.totalBytes),
+             "jobs": .int(copyWorkers), "index_jobs": .int(config.indexJobs)])
+        let reporter = Task { [events] in await progress.report(every: .seconds(2), to: events) }
+        defer { reporter.cancel() }
+
+        let tolerated = try await withThrowingTaskGroup(of: [String].self) { group in
+            for worker in 0..<copyWorkers {
+                group.addTask {
+                    defer {
+                        if running.withLock({ $0 -= 1; return $0 }) == 0 {
+                            reporter.cancel()
+                            Task { await indexWork.close() }
+                        }
+                    }
+                    return try await self.source.withConnection(label: "copy-out-\(worker)", stage: .restore) { source in
+                        try await self.target.withConnection(label: "copy-in-\(worker)", stage: .restore) { target in
+                            for session in [source, target] {
+                                try await session.keepAliveWhileIdle()
+                                try await session.pinTextFormats(encoding: report.sourceDatabase.encoding)
+                            }
+                            try await source.importSnapshot(snapshot)
+                            let copy = TableCopy(source: source, target: target, binaryAllowed: binaryAllowed)
+                            let lockWait = LockWait(server: self.target, events: events, stage: .restore, timeout: config.lockTimeout)
+                            while let part = await queue.next() {
+                                try Task.checkCancellation()
+                                let result: TableCopy.Result
+                                do {
+                                    // A DDL statement queued behind the catalog session's lock would hold this COPY,
+                                    // and the DDL would wait for us: fail at once instead (as pg_dump's workers do).
+                                    try await source.execute("LOCK TABLE ONLY \(part.table.name) IN ACCESS SHARE MODE NOWAIT")
+                                    progress.started(part)
+                                    try store.record(.started, part: part.key)
+                                    let clear = clearing.contains(part.key)
+                                    result = try await lockWait.watching("copying \(part.label) into the target", session: target) {
+                                        try await copy.run(part, clearing: clear) { progress.advance(part, by: $0) }
+                                    }
+                                } catch let error as PostgresError where error.sqlState == "55P03" {  // lock_not_available
+                                    throw MigrationError(
+                                        .restore, "cannot lock \(part.table.name) on the source without waiting: \(error.message)",
+                                        fix: "another session is waiting to change that table (DDL); let it finish or stop it, "
+                                            + "then rerun the same command with --resume")
+                                } catch let error as PostgresError {
+                                    throw MigrationError(
+                                        .restore, "copying \(part.label) failed: \(error)",
+                                        fix: "nothing was committed for this part; once the cause is fixed, rerun the same command "
+                                            + "with --resume to carry on from the parts already copied")
+                                }
+                                try store.record(.committed, part: part.key)
+                                if let finished = progress.finished(part, rows: result.rows, binary: result.binary) {
+                                    events.info(.restore, finished.message, finished.detail)
+                                    for build in buildsByTable[part.table.name] ?? [] { await indexWork.append(build) }
+                                }
+                            }
+                            return []
+                        }
+                    }
+                }
+            }
+            for worker in 0..<config.indexJobs {
+                group.addTask { try await buildIndexes(from: indexWork, worker: worker) }
+            }
+            var tolerated: [String] = []
+            for try await errors in group { tolerated += errors }
+            return tolerated
+        }
+        let summary = progress.summary
+        events.info(.restore, summary.message, summary.detail)
+        return tolerated
+    }
+}
