@@ -6,7 +6,7 @@ struct Analyze {
     var tools: PostgresTools
 
     func run() async throws {
-        let connection = try Endpoint(role: .target, connectionString: config.target).childConnection()
+        let connection = try config.targetEndpoint.childConnection()
         defer { connection.remove() }
         let child = ChildProcess(
             executable: tools.vacuumdb.path, arguments: ["--analyze-only", "--jobs=\(config.jobs)"] + connection.arguments,

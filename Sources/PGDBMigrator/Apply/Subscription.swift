@@ -82,7 +82,7 @@ struct Subscription {
         let settings = config.online
         let subscription = Subscription(
             name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication, runID: runID)
-        let endpoint = Endpoint(role: .target, connectionString: config.target)
+        let endpoint = config.targetEndpoint
         let admin = try await endpoint.connect(database: TargetDatabase.maintenanceDatabase(for: endpoint.databaseName))
         let exists = try await subscription.exists(on: admin, inDatabase: endpoint.databaseName)
         await admin.close()

@@ -64,7 +64,7 @@ struct Cleanup {
             break
         }
 
-        let source = try await Endpoint(role: .source, connectionString: config.source).connect()
+        let source = try await config.sourceEndpoint.connect()
         // A frozen source database starts our session read-only too; this session must be able to write.
         try await source.execute("SET default_transaction_read_only = off")
         if let recordedSource = recorded?.online.sourceIdentity, try await SourceIdentity.read(on: source) != recordedSource {
@@ -96,7 +96,7 @@ struct Cleanup {
         }
 
         // Only a freeze the recorded run made is undone: a read-only setting someone else made stays.
-        let sourceDatabase = Endpoint(role: .source, connectionString: config.source).databaseName
+        let sourceDatabase = config.sourceEndpoint.databaseName
         if let recorded {
             let freeze = SourceFreeze(database: sourceDatabase, runID: recorded.runID)
             let settingInPlace = try await freeze.isInPlace(on: source)

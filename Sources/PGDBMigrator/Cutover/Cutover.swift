@@ -22,7 +22,7 @@ struct Cutover {
         if settings.freezeSourceAtCutover {
             // Not repeatable as a whole (it records what it did as it goes): one attempt, on the sessions of now.
             let source = await sessions.current.source
-            let sourceEndpoint = Endpoint(role: .source, connectionString: config.source)
+            let sourceEndpoint = config.sourceEndpoint
             let freeze = SourceFreeze(database: sourceEndpoint.databaseName, runID: leftovers.runID)
             let lockWait = LockWait(server: sourceEndpoint, events: events, stage: .cutover, timeout: config.lockTimeout)
             let (ended, alreadyReadOnly) = try await freeze.freeze(on: source, tables: tables.tables, lockWait: lockWait) {

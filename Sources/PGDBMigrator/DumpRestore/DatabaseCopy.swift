@@ -68,7 +68,7 @@ struct DatabaseCopy {
 
     /// Creates (or re-creates) the target database, and the schemas of tables selected by `--table`.
     private func prepareTarget() async throws {
-        try await TargetDatabase(target: Endpoint(role: .target, connectionString: config.target), events: events).prepare(
+        try await TargetDatabase(target: config.targetEndpoint, events: events).prepare(
             exists: report.targetDatabaseExists, dropFirst: config.dropTargetFirst || resumePlan.recreatesTarget,
             terminatingSessions: config.terminateTargetSessions, like: report.sourceDatabase)
         if !config.filter.tables.isEmpty && config.dumpScope != .dataOnly {
@@ -78,7 +78,7 @@ struct DatabaseCopy {
             // `--schema public` makes pg_dump emit CREATE SCHEMA public, which every new database already has:
             // the empty one goes, and the source's comes with its owner and grants. One with objects stays
             // (RESTRICT), and the restore then says what is in the way.
-            let target = try await Endpoint(role: .target, connectionString: config.target).connect(stage: .restore)
+            let target = try await config.targetEndpoint.connect(stage: .restore)
             do {
                 try await target.execute("DROP SCHEMA IF EXISTS public")
             } catch let error as PostgresError where error.sqlState == "2BP01" {}
@@ -98,7 +98,7 @@ struct DatabaseCopy {
     }
 
     private func createSchemasOfSelectedTables() async throws {
-        let target = try await Endpoint(role: .target, connectionString: config.target).connect(stage: .restore)
+        let target = try await config.targetEndpoint.connect(stage: .restore)
         try await TableSchemas.create(Set(report.tables.relations.map(\.schema)).sorted(), on: target)
         await target.close()
     }

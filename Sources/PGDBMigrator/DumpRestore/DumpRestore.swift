@@ -9,8 +9,8 @@ struct DumpRestore {
     /// What `pg_dump` dumps, by exact name.
     var tables: TableSet
 
-    var source: Endpoint { Endpoint(role: .source, connectionString: config.source) }
-    var target: Endpoint { Endpoint(role: .target, connectionString: config.target) }
+    var source: Endpoint { config.sourceEndpoint }
+    var target: Endpoint { config.targetEndpoint }
 
     /// `pg_dump -Fd -j N` into `directory`; `snapshot` makes it read an exported snapshot.
     func dump(into directory: DumpDirectory, snapshot: String? = nil) async throws {

@@ -19,8 +19,8 @@ struct RunGuard {
 
     func acquire() async throws -> Held {
         try config.validate()
-        let source = Endpoint(role: .source, connectionString: config.source)
-        let target = Endpoint(role: .target, connectionString: config.target)
+        let source = config.sourceEndpoint
+        let target = config.targetEndpoint
         try await SameDatabaseCheck(source: source, target: target).run()
         // Verify only reads; the other modes write into the target or drop what a run left.
         guard config.mode != .verify else { return Held() }

@@ -14,8 +14,8 @@ struct NativeCopy {
     var store: RunStateStore
     var resumePlan: ResumePlan
 
-    var source: Endpoint { Endpoint(role: .source, connectionString: config.source) }
-    var target: Endpoint { Endpoint(role: .target, connectionString: config.target) }
+    var source: Endpoint { config.sourceEndpoint }
+    var target: Endpoint { config.targetEndpoint }
 
     /// Copies the database as of `snapshot` (online: the slot's), or of a
     /// snapshot exported here (offline). `releaseSnapshot` runs once no reader

@@ -21,8 +21,8 @@ actor ControlSessions {
     init(source: Connection, target: Connection, config: MigrationConfig, events: EventEmitter, giveUpAfter: Duration = .seconds(300)) {
         self.source = source
         self.target = target
-        self.sourceEndpoint = Endpoint(role: .source, connectionString: config.source)
-        self.targetEndpoint = Endpoint(role: .target, connectionString: config.target)
+        self.sourceEndpoint = config.sourceEndpoint
+        self.targetEndpoint = config.targetEndpoint
         self.events = events
         self.giveUpAfter = giveUpAfter
     }

@@ -16,9 +16,6 @@ struct OnlineMigration {
         self.cutover = cutover
     }
 
-    var sourceEndpoint: Endpoint { Endpoint(role: .source, connectionString: config.source) }
-    var targetEndpoint: Endpoint { Endpoint(role: .target, connectionString: config.target) }
-
     /// The migration, raced against the slot guard: a slot the source
     /// invalidates cancels whatever is running (copy, streaming, cutover) and
     /// ends the run with the guard's error.
@@ -61,7 +58,7 @@ struct OnlineMigration {
                 // died before recording it); a slot of that name it did not record is refused by Validate below.
                 _ = try await Subscription.remove(for: config, runID: recorded.runID)
                 if recorded.ownsSlot(named: settings.slotName) {
-                    let source = try await sourceEndpoint.connect()
+                    let source = try await config.sourceEndpoint.connect()
                     _ = try await ReplicationSlot.drop(named: settings.slotName, on: source, events: events)
                     await source.close()
                 }
@@ -103,7 +100,7 @@ struct OnlineMigration {
         try store.checkTables(report.tables, of: config)
 
         // PrepareSnapshot: the publication first (pgoutput reads it as of each change), then the slot.
-        let source = try await sourceEndpoint.connect(label: "source-control", stage: .prepareSnapshot)
+        let source = try await config.sourceEndpoint.connect(label: "source-control", stage: .prepareSnapshot)
         let publication = Publication(name: settings.publication, runID: store.current.runID)
         if publicationExists {
             // This run's own (a resumed copy, killed before it could record creating it): dropped at cutover.
@@ -120,7 +117,7 @@ struct OnlineMigration {
         events.info(
             .prepareSnapshot,
             "creating replication slot \(SQL.identifier(settings.slotName)); this waits for transactions already writing on the source to finish")
-        let newSlot = try await LockWait(server: sourceEndpoint, events: events, stage: .prepareSnapshot, timeout: config.lockTimeout)
+        let newSlot = try await LockWait(server: config.sourceEndpoint, events: events, stage: .prepareSnapshot, timeout: config.lockTimeout)
             .watching("creating the replication slot", blockers: .transactions(olderThan: began)) { [config, settings] in
                 try await ReplicationSlot.create(named: settings.slotName, on: config.source)
             }
@@ -138,7 +135,7 @@ struct OnlineMigration {
         let warnings = try await copy.run(snapshot: newSlot.snapshotName) { await newSlot.releaseSnapshot() }
 
         // StreamApply: the target's own apply worker takes over from the slot.
-        let target = try await targetEndpoint.connect(label: "target-control", stage: .streamApply)
+        let target = try await config.targetEndpoint.connect(label: "target-control", stage: .streamApply)
         try await subscription(runID: store.current.runID).create(on: target, connectingTo: findings.subscriptionSource, events: events)
         leftovers.set(\.subscriptionCreated, true)
         events.info(
@@ -156,21 +153,21 @@ struct OnlineMigration {
             ["state": .string(store.path)])
         let report = try await Preflight(config: config, events: events, resumePlan: .reattach).run()
         try store.checkTables(report.tables, of: config)
-        let source = try await sourceEndpoint.connect(label: "source-control", stage: .streamApply)
+        let source = try await config.sourceEndpoint.connect(label: "source-control", stage: .streamApply)
         let fix = "start over: \(Cleanup.command(for: config)), then run again with --drop-target-first"
         let reading = try await SlotGuard.read(slot: settings.slotName, on: source)
         if let loss = SlotLoss.describe(slot: settings.slotName, exists: reading != nil, walStatus: reading?.walStatus) {
             throw MigrationError(.streamApply, loss, fix: fix)
         }
         guard let reading else { preconditionFailure("a slot that exists was read") }
-        let target = try await targetEndpoint.connect(label: "target-control", stage: .streamApply)
-        guard try await subscription().exists(on: target, inDatabase: targetEndpoint.databaseName) else {
+        let target = try await config.targetEndpoint.connect(label: "target-control", stage: .streamApply)
+        guard try await subscription().exists(on: target, inDatabase: config.targetEndpoint.databaseName) else {
             throw MigrationError(
                 .streamApply, "the subscription \(SQL.identifier(settings.subscriptionName)) no longer exists on the target", fix: fix)
         }
         // The interrupted cutover froze the source and never finished: writes resume until the next cutover.
         let frozen = leftovers.snapshot.frozenDatabase
-        let freeze = SourceFreeze(database: sourceEndpoint.databaseName, runID: leftovers.runID)
+        let freeze = SourceFreeze(database: config.sourceEndpoint.databaseName, runID: leftovers.runID)
         let hadTriggers = try await freeze.unfreeze(on: source, resetSetting: frozen != nil)
         leftovers.set(\.frozenDatabase, nil)
         if frozen != nil || hadTriggers {
@@ -193,10 +190,10 @@ struct OnlineMigration {
             .cutover,
             "resuming: the interrupted run's cutover had applied everything up to barrier \(barrier) and synced the sequences; "
                 + "removing the replication objects it left", ["barrier_lsn": .string(barrier.description)])
-        let source = try await sourceEndpoint.connect(label: "source-control", stage: .cutover)
+        let source = try await config.sourceEndpoint.connect(label: "source-control", stage: .cutover)
         // A frozen source starts this session read-only too: the teardown must be able to drop the publication.
         try await source.execute("SET default_transaction_read_only = off")
-        let target = try await targetEndpoint.connect(label: "target-control", stage: .cutover)
+        let target = try await config.targetEndpoint.connect(label: "target-control", stage: .cutover)
         try await ReplicationTeardown(config: config, events: events, leftovers: leftovers).run(source: source, target: target)
         await source.close()
         await target.close()
@@ -212,7 +209,7 @@ struct OnlineMigration {
         let duration = ContinuousClock.now - started
         // The setting is in the undo only when this run set it: a DBA's own read-only setting stays.
         let undo = settings.freezeSourceAtCutover
-            ? SourceFreeze(database: sourceEndpoint.databaseName).undoSQL(resettingReadOnly: leftovers.snapshot.frozenDatabase != nil) : nil
+            ? SourceFreeze(database: config.sourceEndpoint.databaseName).undoSQL(resettingReadOnly: leftovers.snapshot.frozenDatabase != nil) : nil
         var detail: [String: EventValue] = ["barrier_lsn": .string(barrier.description), "seconds": .double(duration.seconds)]
         if let sequenceFailures { detail["sequences_failed"] = .int(sequenceFailures.count) }
         if let undo { detail["undo_freeze"] = .string(undo) }
@@ -361,9 +358,9 @@ struct OnlineMigration {
         let state = leftovers.snapshot
         if settings.freezeSourceAtCutover || state.frozenDatabase != nil {
             // Our triggers go (they carry this run's mark); the read-only setting only if this run set it.
-            let freeze = SourceFreeze(database: sourceEndpoint.databaseName, runID: leftovers.runID)
+            let freeze = SourceFreeze(database: config.sourceEndpoint.databaseName, runID: leftovers.runID)
             do {
-                let source = try await sourceEndpoint.connect(label: "abort")
+                let source = try await config.sourceEndpoint.connect(label: "abort")
                 let undone = try await freeze.unfreeze(on: source, resetSetting: state.frozenDatabase != nil)
                 await source.close()
                 // Undone: from now on a read-only setting on that database is not this run's to touch.
@@ -375,7 +372,7 @@ struct OnlineMigration {
                     message: "could not undo the freeze of the source database (\(error)); run on the source: \(freeze.undoSQL(resettingReadOnly: state.frozenDatabase != nil))"))
             }
         }
-        if state.subscriptionCreated, let target = try? await targetEndpoint.connect(label: "abort") {
+        if state.subscriptionCreated, let target = try? await config.targetEndpoint.connect(label: "abort") {
             try? await Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication)
                 .disable(on: target)
             await target.close()

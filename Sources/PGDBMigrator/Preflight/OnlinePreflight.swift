@@ -73,7 +73,7 @@ struct OnlinePreflight {
                     + "its password in the target's server log (log_min_messages is below error); it is tried when the subscription is created")
             return conninfo
         } catch let error as PostgresError {
-            let targetDatabase = Endpoint(role: .target, connectionString: config.target).databaseName
+            let targetDatabase = config.targetEndpoint.databaseName
             if error.sqlState == PostgresError.insufficientPrivilege, try await target.scalar("SELECT current_database()") != targetDatabase {
                 // Before PostgreSQL 16 only superusers subscribe; after, CREATE on the database is needed too,
                 // which a non-superuser may have on the target database (made later) but not on this one.

@@ -28,8 +28,8 @@ struct Preflight {
     var resumePlan: ResumePlan = .fresh
     var dropsTarget: Bool { config.dropTargetFirst || resumePlan.recreatesTarget }
 
-    var source: Endpoint { Endpoint(role: .source, connectionString: config.source) }
-    var target: Endpoint { Endpoint(role: .target, connectionString: config.target) }
+    var source: Endpoint { config.sourceEndpoint }
+    var target: Endpoint { config.targetEndpoint }
 
     /// Runs every check; `more` adds checks of its own with both connections open
     /// (the target one is to the maintenance database when the target database does not exist yet).

@@ -91,3 +91,10 @@ struct ChildConnection: Sendable {
         if let directory { try? FileManager.default.removeItem(atPath: directory) }
     }
 }
+
+extension MigrationConfig {
+    /// `--source` as an endpoint: how every phase connects to it and talks about it.
+    var sourceEndpoint: Endpoint { Endpoint(role: .source, connectionString: source) }
+    /// `--target` as an endpoint.
+    var targetEndpoint: Endpoint { Endpoint(role: .target, connectionString: target) }
+}

@@ -29,7 +29,7 @@ struct VerifyRun {
         if let tables {
             set = tables
         } else {
-            let source = try await Endpoint(role: .source, connectionString: config.source).connect(label: "verify", stage: stage)
+            let source = try await config.sourceEndpoint.connect(label: "verify", stage: stage)
             set = try await TableSet.resolve(config.filter, on: source, stage: stage)
             await source.close()
         }
