@@ -27,7 +27,8 @@ public enum SQL {
     /// A text array value, `{"a","b\"c"}`, for a `$n::text[]` parameter: each
     /// element double-quoted, with `"` and `\` escaped.
     public static func textArray(_ values: [String]) -> String {
-        "{" + values.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
+        "{"
+            + values.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
             .joined(separator: ",") + "}"
     }
 

@@ -58,7 +58,9 @@ struct EventRenderer: Sendable {
                     + String(format: "  %11d  %11d  ", table.sourceRows, table.targetRows) + (table.matches ? "ok" : "DIFFERS"))
         }
         lines += report.problems.map { "VERIFY \($0)" }
-        lines.append("VERIFY \(report.matches ? "match" : "MISMATCH"): \(report.tables.count) table(s) compared in \(String(format: "%.1f", report.seconds)) s")
+        lines.append(
+            "VERIFY \(report.matches ? "match" : "MISMATCH"): \(report.tables.count) table(s) compared in \(String(format: "%.1f", report.seconds)) s"
+        )
         write(lines.joined(separator: "\n"), to: .standardError)
     }
 

@@ -73,7 +73,8 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
 
     func run() async throws {
         let config = try makeConfig()
-        ArgumentScrubber.hide((config.source.secrets + config.target.secrets + (config.online.subscriptionSource?.secrets ?? [])).map(\.value))
+        ArgumentScrubber.hide(
+            (config.source.secrets + config.target.secrets + (config.online.subscriptionSource?.secrets ?? [])).map(\.value))
 
         let renderer = EventRenderer(json: output.json, verbose: output.verbose)
         var logger = Logger(label: "pg_dbmigrator")
@@ -100,7 +101,9 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
             if let report = outcome.verifyReport {
                 renderer.report(report)
                 if config.mode == .verify && !report.matches {
-                    renderer.failure(stage: .verify, message: "source and target differ (\(report.problems.count) difference(s), listed above)", fix: nil)
+                    renderer.failure(
+                        stage: .verify, message: "source and target differ (\(report.problems.count) difference(s), listed above)", fix: nil
+                    )
                     throw ExitCode.failure
                 }
             }
@@ -114,7 +117,9 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
             }
         } catch let cancelled as MigrationCancelled {
             let signal = signals.lastSignal ?? SIGINT
-            let what = config.mode == .online ? "replication objects left in place as listed above" : "child processes stopped and temporary files removed"
+            let what =
+                config.mode == .online
+                ? "replication objects left in place as listed above" : "child processes stopped and temporary files removed"
             renderer.failure(
                 stage: cancelled.stage,
                 message: "aborted by \(signal == SIGTERM ? "SIGTERM" : "SIGINT") during \(cancelled.stage.rawValue); \(what)", fix: nil)
@@ -130,7 +135,10 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
 }
 
 struct ServerOptions: ParsableArguments {
-    @Option(help: "offline: copy once (see --copy-method); online: copy a snapshot, then stream changes until cutover; verify: compare source and target; cleanup: drop what an online run left.")
+    @Option(
+        help:
+            "offline: copy once (see --copy-method); online: copy a snapshot, then stream changes until cutover; verify: compare source and target; cleanup: drop what an online run left."
+    )
     var mode: MigrationConfig.Mode = .offline
 
     @Option(help: ArgumentHelp("Source connection string (URI or keyword=value). Default: $PG_DBMIGRATOR_SOURCE.", valueName: "conninfo"))
@@ -140,8 +148,10 @@ struct ServerOptions: ParsableArguments {
     var target: String?
 
     func connectionStrings() throws -> (ConnectionString, ConnectionString) {
-        (try parse(source, flag: "source", variable: "PG_DBMIGRATOR_SOURCE"),
-         try parse(target, flag: "target", variable: "PG_DBMIGRATOR_TARGET"))
+        (
+            try parse(source, flag: "source", variable: "PG_DBMIGRATOR_SOURCE"),
+            try parse(target, flag: "target", variable: "PG_DBMIGRATOR_TARGET")
+        )
     }
 
     private func parse(_ value: String?, flag: String, variable: String) throws -> ConnectionString {
@@ -157,49 +167,57 @@ struct ServerOptions: ParsableArguments {
 }
 
 struct CopyOptions: ParsableArguments {
-    @Option(help: "Parallel copy workers: tables or table parts at a time (native), pg_dump/pg_restore jobs (dump). Default: CPU count, 1…8.")
+    @Option(
+        help: "Parallel copy workers: tables or table parts at a time (native), pg_dump/pg_restore jobs (dump). Default: CPU count, 1…8.")
     var jobs: Int = MigrationConfig.defaultJobs
 
-    @Option(help: ArgumentHelp(
-        "How data travels: native (COPY streamed from source to target, no dump file; the schema still comes from pg_dump) "
-            + "or dump (pg_dump -Fd to disk, then pg_restore). --dump-scope schema-only/data-only always use the dump.",
-        valueName: "method"))
+    @Option(
+        help: ArgumentHelp(
+            "How data travels: native (COPY streamed from source to target, no dump file; the schema still comes from pg_dump) "
+                + "or dump (pg_dump -Fd to disk, then pg_restore). --dump-scope schema-only/data-only always use the dump.",
+            valueName: "method"))
     var copyMethod: MigrationConfig.CopyMethod = .native
 
     @Option(help: "Parallel index and constraint builds (native copy) and post-data pg_restore jobs. Default: --jobs.")
     var indexJobs: Int?
 
-    @Option(help: ArgumentHelp(
-        "Copy tables larger than this in parts (native copy), each its own COPY: by ranges of an integer primary key, "
-            + "else by block ranges. A size such as 256MB or 1GB; 0 never splits.", valueName: "size"))
+    @Option(
+        help: ArgumentHelp(
+            "Copy tables larger than this in parts (native copy), each its own COPY: by ranges of an integer primary key, "
+                + "else by block ranges. A size such as 256MB or 1GB; 0 never splits.", valueName: "size"))
     var splitTablesLargerThan: ByteSize = ByteSize(bytes: MigrationConfig.defaultSplitBytes)
 
-    @Option(help: ArgumentHelp(
-        "maintenance_work_mem for index builds and post-data on the target (native copy): raised to this, never lowered. "
-            + "Each of --index-jobs builds may use this much of the target's memory.", valueName: "size"))
+    @Option(
+        help: ArgumentHelp(
+            "maintenance_work_mem for index builds and post-data on the target (native copy): raised to this, never lowered. "
+                + "Each of --index-jobs builds may use this much of the target's memory.", valueName: "size"))
     var maintenanceWorkMem: ByteSize = ByteSize(bytes: 512 * 1024 * 1024)
 
-    @Flag(help: ArgumentHelp(
-        "Drop and re-create the target database before restoring into it. It says first what it drops (size, tables, "
-            + "connected sessions), and refuses while other sessions are connected unless --terminate-target-sessions."))
+    @Flag(
+        help: ArgumentHelp(
+            "Drop and re-create the target database before restoring into it. It says first what it drops (size, tables, "
+                + "connected sessions), and refuses while other sessions are connected unless --terminate-target-sessions."))
     var dropTargetFirst = false
 
     @Flag(help: "With --drop-target-first: end the sessions connected to the target database (they are listed first).")
     var terminateTargetSessions = false
 
-    @Option(help: ArgumentHelp(
-        "How long a statement may wait on a lock another session holds before the run gives up, naming that session "
-            + "(pid, user, application, query). Waits are reported every 10 s.", valueName: "seconds"))
+    @Option(
+        help: ArgumentHelp(
+            "How long a statement may wait on a lock another session holds before the run gives up, naming that session "
+                + "(pid, user, application, query). Waits are reported every 10 s.", valueName: "seconds"))
     var lockTimeoutSecs: Double = 300
 
-    @Flag(help: ArgumentHelp(
-        "Continue the interrupted run of this same command from its recorded progress: copied tables and parts are not "
-            + "copied again; an online run that was streaming re-attaches to its slot and subscription."))
+    @Flag(
+        help: ArgumentHelp(
+            "Continue the interrupted run of this same command from its recorded progress: copied tables and parts are not "
+                + "copied again; an online run that was streaming re-attaches to its slot and subscription."))
     var resume = false
 
-    @Option(help: ArgumentHelp(
-        "Where progress is recorded for --resume. Default: $XDG_STATE_HOME/pg_dbmigrator/<target host_port_database> "
-            + "(~/.local/state/…); removed when the run completes.", valueName: "dir"))
+    @Option(
+        help: ArgumentHelp(
+            "Where progress is recorded for --resume. Default: $XDG_STATE_HOME/pg_dbmigrator/<target host_port_database> "
+                + "(~/.local/state/…); removed when the run completes.", valueName: "dir"))
     var stateDir: String?
 
     @Flag(help: "Treat pg_restore errors as warnings (listed) instead of failing.")
@@ -208,7 +226,9 @@ struct CopyOptions: ParsableArguments {
     @Option(help: "What to copy: all, schema-only or data-only.")
     var dumpScope: MigrationConfig.DumpScope = .all
 
-    @Option(help: ArgumentHelp("Directory for the dump (created 0700, removed after success). Default: a private directory under $TMPDIR.", valueName: "dir"))
+    @Option(
+        help: ArgumentHelp(
+            "Directory for the dump (created 0700, removed after success). Default: a private directory under $TMPDIR.", valueName: "dir"))
     var dumpPath: String?
 
     @Flag(help: "Do not ANALYZE the target after the restore.")
@@ -267,14 +287,16 @@ struct OnlineOptions: ParsableArguments {
     @Flag(help: "Fail when --publication does not exist instead of creating it.")
     var noAutoCreatePublication = false
 
-    @Flag(help: ArgumentHelp(
-        "Before starting, remove what an interrupted run recorded in the state directory (its subscription, slot and "
-            + "publication, as --mode cleanup does), then start afresh. Never drops objects this tool did not create."))
+    @Flag(
+        help: ArgumentHelp(
+            "Before starting, remove what an interrupted run recorded in the state directory (its subscription, slot and "
+                + "publication, as --mode cleanup does), then start afresh. Never drops objects this tool did not create."))
     var forceClean = false
 
-    @Option(help: ArgumentHelp(
-        "With --mode cleanup: also drop this replication slot although the recorded run did not create it "
-            + "(e.g. one kept by --keep-slot). A slot in use by a consumer is never dropped.", valueName: "slot"))
+    @Option(
+        help: ArgumentHelp(
+            "With --mode cleanup: also drop this replication slot although the recorded run did not create it "
+                + "(e.g. one kept by --keep-slot). A slot in use by a consumer is never dropped.", valueName: "slot"))
     var dropForeignSlot: String?
 
     @Flag(help: "At cutover, make the source database read-only and end its sessions, so nothing is written after the barrier.")
@@ -286,7 +308,10 @@ struct OnlineOptions: ParsableArguments {
     @Flag(help: "With --mode cleanup: list what would be dropped, drop nothing.")
     var dryRun = false
 
-    @Option(help: "Warn when the slot holds more WAL than this, in MiB (1024×1024 bytes). Default: 10% of max_slot_wal_keep_size, or 10 GB when unlimited.")
+    @Option(
+        help:
+            "Warn when the slot holds more WAL than this, in MiB (1024×1024 bytes). Default: 10% of max_slot_wal_keep_size, or 10 GB when unlimited."
+    )
     var maxRetainedWalMb: UInt64?
 
     func settings() throws -> OnlineSettings {
@@ -323,7 +348,10 @@ struct OnlineOptions: ParsableArguments {
 }
 
 struct VerifyOptions: ParsableArguments {
-    @Option(help: "After an offline restore (and at a frozen online cutover): off, warn, or strict (a mismatch fails the run). Default: strict, warn with --allow-restore-errors.")
+    @Option(
+        help:
+            "After an offline restore (and at a frozen online cutover): off, warn, or strict (a mismatch fails the run). Default: strict, warn with --allow-restore-errors."
+    )
     var verify: VerifySettings.Mode?
 
     @Option(help: "List up to this many differing rows, by key, for each table that differs.")

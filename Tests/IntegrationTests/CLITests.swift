@@ -80,16 +80,27 @@ struct CLITests {
         let closedPort = try TestCluster.freePort()
         let wrongPassword = "WrongPassw0rd!"
         let cases: [(name: String, arguments: [String], status: Int32, expect: [String])] = [
-            ("wrong password", ["--source", source.url(database: sourceDatabase, password: wrongPassword), "--target", good],
-             1, ["cannot connect to the source", "password authentication failed"]),
-            ("unreachable host", ["--source", "postgresql://postgres:pw@127.0.0.1:\(closedPort)/x?connect_timeout=3", "--target", good],
-             1, ["cannot connect to the source", "\(closedPort)"]),
-            ("missing database", ["--source", source.url(database: "no_such_db"), "--target", good],
-             1, ["cannot connect to the source", "no_such_db", "does not exist"]),
-            ("malformed connection string", ["--source", "postgresql://postgres:Secr3tPw@[::1/db", "--target", good],
-             64, ["--source is not a valid connection string"]),
-            ("missing pg_dump", ["--source", source.url(database: sourceDatabase), "--target", good, "--pg-bin-dir", "/nonexistent/bin"],
-             1, ["pg_dump not found in /nonexistent/bin", "--pg-bin-dir"]),
+            (
+                "wrong password", ["--source", source.url(database: sourceDatabase, password: wrongPassword), "--target", good],
+                1, ["cannot connect to the source", "password authentication failed"]
+            ),
+            (
+                "unreachable host", ["--source", "postgresql://postgres:pw@127.0.0.1:\(closedPort)/x?connect_timeout=3", "--target", good],
+                1, ["cannot connect to the source", "\(closedPort)"]
+            ),
+            (
+                "missing database", ["--source", source.url(database: "no_such_db"), "--target", good],
+                1, ["cannot connect to the source", "no_such_db", "does not exist"]
+            ),
+            (
+                "malformed connection string", ["--source", "postgresql://postgres:Secr3tPw@[::1/db", "--target", good],
+                64, ["--source is not a valid connection string"]
+            ),
+            (
+                "missing pg_dump",
+                ["--source", source.url(database: sourceDatabase), "--target", good, "--pg-bin-dir", "/nonexistent/bin"],
+                1, ["pg_dump not found in /nonexistent/bin", "--pg-bin-dir"]
+            ),
             ("missing source", ["--target", good], 64, ["missing --source"]),
         ]
         for testCase in cases {
@@ -151,15 +162,20 @@ struct CLITests {
         try await blocker.execute("BEGIN; LOCK TABLE sales.orders IN ACCESS EXCLUSIVE MODE")
         let dumpPath = NSTemporaryDirectory() + "pgdm-cancel-\(UUID().uuidString)"
         let running = try CLI.start(
-            ["--source", source.url(database: sourceDatabase), "--target", target.url(database: SharedClusters.uniqueName("cancelled")),
-             "--dump-path", dumpPath, "--copy-method", copyMethod.rawValue],
+            [
+                "--source", source.url(database: sourceDatabase), "--target", target.url(database: SharedClusters.uniqueName("cancelled")),
+                "--dump-path", dumpPath, "--copy-method", copyMethod.rawValue,
+            ],
             ignoreSIGINT: startedWithSIGINTIgnored)
         #expect(await running.waitForStderr("stage=Dump"))
         // pg_dump (dump path) or our catalog session taking its locks (native) is held by the lock.
-        let dumpers = { allCommandLines().filter { $0.arguments.first?.hasSuffix("pg_dump") == true && $0.arguments.contains { $0.contains(dumpPath) } } }
+        let dumpers = {
+            allCommandLines().filter { $0.arguments.first?.hasSuffix("pg_dump") == true && $0.arguments.contains { $0.contains(dumpPath) } }
+        }
         let waitingSessions = {
             try await blocker.scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'")
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+            )
         }
         // Under a loaded machine (CI runs every suite at once) reaching the lock can take a while; what is
         // asserted is that it is reached, then that the signal frees it within seconds.
@@ -197,10 +213,12 @@ struct CLITests {
         #expect(onTerminal.output.contains("\r\u{1B}[Kcopy progress: "), "\(onTerminal.output)")
         #expect(onTerminal.output.contains("\r\u{1B}[KINFO stage=Restore"), "the next event replaces the live line")
 
-        let inLog = try await CLI.run(["--verify", "off"], environment: [
-            "PG_DBMIGRATOR_SOURCE": source.url(database: sourceDatabase),
-            "PG_DBMIGRATOR_TARGET": target.url(database: SharedClusters.uniqueName("log")),
-        ])
+        let inLog = try await CLI.run(
+            ["--verify", "off"],
+            environment: [
+                "PG_DBMIGRATOR_SOURCE": source.url(database: sourceDatabase),
+                "PG_DBMIGRATOR_TARGET": target.url(database: SharedClusters.uniqueName("log")),
+            ])
         #expect(inLog.status == 0)
         #expect(inLog.stderr.contains("INFO stage=Restore copy progress: "))
         #expect(!inLog.stderr.contains("\u{1B}["))

@@ -36,7 +36,10 @@ struct ClientTests {
         let from = try await source.connect(database: database)
         let to = try await target.connect(database: database)
         let ddl = "CREATE TABLE t (id int PRIMARY KEY, payload text, data bytea)"
-        try await from.execute(ddl + "; INSERT INTO t SELECT g, repeat(md5(g::text), 5) || E'\\t\\n\\\\', decode(md5(g::text), 'hex') FROM generate_series(1, 20000) g")
+        try await from.execute(
+            ddl
+                + "; INSERT INTO t SELECT g, repeat(md5(g::text), 5) || E'\\t\\n\\\\', decode(md5(g::text), 'hex') FROM generate_series(1, 20000) g"
+        )
         try await to.execute(ddl)
 
         try await from.beginCopyOut("COPY t TO STDOUT")
@@ -73,8 +76,10 @@ struct ClientTests {
         let sourceDatabase = try await OfflineMigrationTests.sampleSource()
         let targetDatabase = SharedClusters.uniqueName("forms")
         let socketSource = try ConnectionString(
-            "host=\(source.socketDirectory) port=\(source.port) user=postgres dbname=\(sourceDatabase) password=\(TestCluster.superuserPassword)")
-        let uriTarget = try ConnectionString(target.url(database: targetDatabase) + "?sslmode=disable&connect_timeout=10&application_name=forms_test")
+            "host=\(source.socketDirectory) port=\(source.port) user=postgres dbname=\(sourceDatabase) password=\(TestCluster.superuserPassword)"
+        )
+        let uriTarget = try ConnectionString(
+            target.url(database: targetDatabase) + "?sslmode=disable&connect_timeout=10&application_name=forms_test")
         _ = try await Migrator(config: MigrationConfig(source: socketSource, target: uriTarget)).run()
         let expected = try await Fingerprint.of(source, database: sourceDatabase)
         let actual = try await Fingerprint.of(target, database: targetDatabase)

@@ -1,7 +1,8 @@
 import Foundation
-@testable import PGDBMigrator
 import PostgresClient
 import Testing
+
+@testable import PGDBMigrator
 
 /// The wrong arguments a tired operator gives: each is refused with a clear
 /// message, and the source and everything that is not ours are unchanged
@@ -27,8 +28,9 @@ struct DestructiveMistakesTests {
                     """
                 ).rows.compactMap { $0[0] },
                 slots: try await connection.query(
-                    "SELECT slot_name || ':' || coalesce(plugin, '') FROM pg_replication_slots WHERE database = current_database() ORDER BY 1")
-                    .rows.compactMap { $0[0] },
+                    "SELECT slot_name || ':' || coalesce(plugin, '') FROM pg_replication_slots WHERE database = current_database() ORDER BY 1"
+                )
+                .rows.compactMap { $0[0] },
                 publications: try await connection.query("SELECT pubname FROM pg_publication ORDER BY 1").rows.compactMap { $0[0] })
         }
     }
@@ -158,7 +160,9 @@ struct DestructiveMistakesTests {
             try target.connectionString(database: targetDatabase).setting("application_name", to: "billing-app"), label: "app")
         try await app.execute("CREATE TABLE invoices (id int PRIMARY KEY); INSERT INTO invoices SELECT generate_series(1, 50)")
         let before = try await Untouched.of(target, database: targetDatabase)
-        let arguments = ["--source", source.url(database: database), "--target", target.url(database: targetDatabase), "--drop-target-first"]
+        let arguments = [
+            "--source", source.url(database: database), "--target", target.url(database: targetDatabase), "--drop-target-first",
+        ]
 
         // A CDC slot in the target database would go with it.
         let cdc = SharedClusters.uniqueName("target_cdc")
@@ -197,7 +201,9 @@ struct DestructiveMistakesTests {
         let connection = try await target.connect(database: targetDatabase)
         try await connection.execute("CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (7, 'mine')")
         let before = try await Untouched.of(target, database: targetDatabase)
-        let arguments = ["--source", source.url(database: database), "--target", target.url(database: targetDatabase), "--dump-scope", "data-only"]
+        let arguments = [
+            "--source", source.url(database: database), "--target", target.url(database: targetDatabase), "--dump-scope", "data-only",
+        ]
 
         let refused = try await Self.run(arguments)
         #expect(refused.status == 1, "\(refused.stderr)")
@@ -339,15 +345,22 @@ struct DestructiveMistakesTests {
 
         let names = ["--slot-name", "other_slot", "--publication", "other_pub", "--subscription-name", "other_sub"]
         let sameDirectory = try await Self.run(
-            ["--mode", "online", "--source", source.url(database: database), "--target", target.url(database: SharedClusters.uniqueName("x"))]
+            [
+                "--mode", "online", "--source", source.url(database: database), "--target",
+                target.url(database: SharedClusters.uniqueName("x")),
+            ]
                 + names, stateDirectory: stateDirectory)
         #expect(sameDirectory.status == 1)
-        #expect(sameDirectory.stderr.contains("another pg_dbmigrator run (PID \(getpid())) is using the state directory"), "\(sameDirectory.stderr)")
+        #expect(
+            sameDirectory.stderr.contains("another pg_dbmigrator run (PID \(getpid())) is using the state directory"),
+            "\(sameDirectory.stderr)")
 
         let localhost = "postgresql://postgres:\(percentEncode(TestCluster.superuserPassword))@localhost:\(target.port)/\(targetDatabase)"
         let sameTarget = try await Self.run(
-            ["--mode", "offline", "--drop-target-first", "--terminate-target-sessions", "--source", source.url(database: database),
-             "--target", localhost])
+            [
+                "--mode", "offline", "--drop-target-first", "--terminate-target-sessions", "--source", source.url(database: database),
+                "--target", localhost,
+            ])
         #expect(sameTarget.status == 1)
         #expect(sameTarget.stderr.contains("another migration is already running into the target database"), "\(sameTarget.stderr)")
         #expect(sameTarget.stderr.contains("pg_dbmigrator pid \(getpid())"))
@@ -358,7 +371,9 @@ struct DestructiveMistakesTests {
         migrator.cutoverHandle.request()
         _ = try await run.value
         #expect(try await Fingerprint.of(target, database: targetDatabase) == Fingerprint.of(source, database: database))
-        #expect(try await writer.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name IN ('other_slot', $1)", [second.online.slotName]) == "0")
+        #expect(
+            try await writer.scalar(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name IN ('other_slot', $1)", [second.online.slotName]) == "0")
     }
 
     // MARK: - Arguments

@@ -66,7 +66,8 @@ struct FidelityTests {
         let sourceDatabase = try await Self.corpus()
         let targetDatabase = SharedClusters.uniqueName("fidelity_online")
         let setup = try await source.connect(database: sourceDatabase)
-        try await setup.execute("CREATE UNLOGGED TABLE fidelity.scratch (id int PRIMARY KEY, note text); INSERT INTO fidelity.scratch VALUES (1, 'before')")
+        try await setup.execute(
+            "CREATE UNLOGGED TABLE fidelity.scratch (id int PRIMARY KEY, note text); INSERT INTO fidelity.scratch VALUES (1, 'before')")
         let config = try await OnlineMigrationTests.config(source: sourceDatabase, target: targetDatabase) {
             $0.online.freezeSourceAtCutover = true
         }

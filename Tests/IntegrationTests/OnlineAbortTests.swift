@@ -26,7 +26,9 @@ struct OnlineAbortTests {
     static func resumeAndCompare(_ names: Names, source sourceDatabase: String, target targetDatabase: String) async throws {
         let (source, target) = try await SharedClusters.get()
         let targetConnection = try await target.connect(database: targetDatabase)
-        #expect(try await targetConnection.scalar("SELECT subenabled::text FROM pg_subscription WHERE subname = $1", [names.subscription]) == "false")
+        #expect(
+            try await targetConnection.scalar("SELECT subenabled::text FROM pg_subscription WHERE subname = $1", [names.subscription])
+                == "false")
         try await targetConnection.execute("ALTER SUBSCRIPTION \(SQL.identifier(names.subscription)) ENABLE")
         // Tables only: sequences are synced at cutover, which an aborted run never reached.
         func tables(_ cluster: TestCluster, _ database: String) async throws -> Fingerprint {
@@ -44,7 +46,8 @@ struct OnlineAbortTests {
         }
         #expect(actual == expected, "\(actual.differences(from: expected))")
         try await targetConnection.execute(
-            "ALTER SUBSCRIPTION \(SQL.identifier(names.subscription)) DISABLE; ALTER SUBSCRIPTION \(SQL.identifier(names.subscription)) SET (slot_name = NONE); DROP SUBSCRIPTION \(SQL.identifier(names.subscription))")
+            "ALTER SUBSCRIPTION \(SQL.identifier(names.subscription)) DISABLE; ALTER SUBSCRIPTION \(SQL.identifier(names.subscription)) SET (slot_name = NONE); DROP SUBSCRIPTION \(SQL.identifier(names.subscription))"
+        )
         let admin = try await source.connect()
         try await admin.query("SELECT pg_drop_replication_slot($1)", [names.slot])
     }
@@ -77,7 +80,8 @@ struct OnlineAbortTests {
         let (source, _) = try await SharedClusters.get()
         // Big enough that pg_dump runs for a while.
         let sourceDatabase = try await OnlinePreflightTests.smallSource(
-            "CREATE TABLE big (id int PRIMARY KEY, pad text); INSERT INTO big SELECT g, repeat('x', 300) FROM generate_series(1, 600000) g;")
+            "CREATE TABLE big (id int PRIMARY KEY, pad text); INSERT INTO big SELECT g, repeat('x', 300) FROM generate_series(1, 600000) g;"
+        )
         let names = Names()
         let running = try CLI.start(try await Self.arguments(sourceDatabase, SharedClusters.uniqueName("never"), names))
         #expect(await running.waitForStderr("stage=Dump"))
@@ -195,8 +199,9 @@ struct OnlineAbortTests {
         let dryEvents = EventLog()
         _ = try await Migrator(config: cleanup, onEvent: dryEvents.record).run()
         let listed = dryEvents.all.last?.detail["objects"]?.description ?? ""
-        #expect(listed.contains("would drop subscription") && listed.contains("would drop replication slot")
-            && listed.contains("would drop publication") && !listed.contains("would make the source database"), "\(listed)")
+        #expect(
+            listed.contains("would drop subscription") && listed.contains("would drop replication slot")
+                && listed.contains("would drop publication") && !listed.contains("would make the source database"), "\(listed)")
         #expect(dryEvents.all.contains { $0.detail["retained_wal_bytes"] != nil })
         var objects = try await OnlineMigrationTests.replicationObjects(config)
         #expect(objects.slot && objects.publication && objects.subscription != nil, "a dry run changes nothing")
@@ -205,11 +210,12 @@ struct OnlineAbortTests {
         _ = try await Migrator(config: cleanup).run()
         objects = try await OnlineMigrationTests.replicationObjects(config)
         #expect(!objects.slot && !objects.publication && objects.subscription == nil)
-        #expect(try await admin.scalar(
-            """
-            SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
-            WHERE d.datname = $1 AND 'default_transaction_read_only=on' = ANY (s.setconfig)
-            """, [sourceDatabase]) == "1", "the DBA's read-only setting stays")
+        #expect(
+            try await admin.scalar(
+                """
+                SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+                WHERE d.datname = $1 AND 'default_transaction_read_only=on' = ANY (s.setconfig)
+                """, [sourceDatabase]) == "1", "the DBA's read-only setting stays")
         try await admin.execute("ALTER DATABASE \(SQL.identifier(sourceDatabase)) RESET default_transaction_read_only")
         let writer = try await source.connect(database: sourceDatabase)
 

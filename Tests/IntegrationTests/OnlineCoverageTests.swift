@@ -46,8 +46,10 @@ struct OnlineCoverageTests {
         let (source, target) = try await SharedClusters.get()
         let database = try await Self.source()
         let targetDatabase = SharedClusters.uniqueName("regex_copy")
-        let arguments = ["--source", source.url(database: database), "--target", target.url(database: targetDatabase),
-                         "--table", "public.(t1|gen)", "--state-dir", DestructiveMistakesTests.stateDirectory()]
+        let arguments = [
+            "--source", source.url(database: database), "--target", target.url(database: targetDatabase),
+            "--table", "public.(t1|gen)", "--state-dir", DestructiveMistakesTests.stateDirectory(),
+        ]
         let result = try await CLI.run(arguments)
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stderr.contains("2 table(s) match"), "\(result.stderr)")
@@ -55,8 +57,10 @@ struct OnlineCoverageTests {
         #expect(Set(copied.tables.keys) == ["public.t1", "public.gen"])
         // The identity sequence of a selected table is part of the set: verify compares it.
         let verify = try await CLI.run(
-            ["--mode", "verify", "--source", source.url(database: database), "--target", target.url(database: targetDatabase),
-             "--table", "public.(t1|gen)"])
+            [
+                "--mode", "verify", "--source", source.url(database: database), "--target", target.url(database: targetDatabase),
+                "--table", "public.(t1|gen)",
+            ])
         #expect(verify.status == 0, "\(verify.stderr)")
     }
 
@@ -67,22 +71,30 @@ struct OnlineCoverageTests {
         let targetDatabase = SharedClusters.uniqueName("typo")
         for mode in ["offline", "online", "verify"] {
             let result = try await CLI.run(
-                ["--mode", mode, "--source", source.url(database: database), "--target", target.url(database: targetDatabase),
-                 "--table", "public.typo_tbl", "--state-dir", DestructiveMistakesTests.stateDirectory()])
+                [
+                    "--mode", mode, "--source", source.url(database: database), "--target", target.url(database: targetDatabase),
+                    "--table", "public.typo_tbl", "--state-dir", DestructiveMistakesTests.stateDirectory(),
+                ])
             #expect(result.status == 1, "\(mode): \(result.stderr)")
-            #expect(result.stderr.contains("these patterns match nothing on the source: --table public.typo_tbl"), "\(mode): \(result.stderr)")
+            #expect(
+                result.stderr.contains("these patterns match nothing on the source: --table public.typo_tbl"), "\(mode): \(result.stderr)")
         }
         // Dotted names as pg_dump reads them: this database's name may lead; another's, or a fourth part, may not.
-        let cases = [("\(database).public.t1", nil), ("otherdb.public.t1", "cross-database references are not implemented"),
-                     ("a.b.c.d", "improper qualified name (too many dotted names)")]
+        let cases = [
+            ("\(database).public.t1", nil), ("otherdb.public.t1", "cross-database references are not implemented"),
+            ("a.b.c.d", "improper qualified name (too many dotted names)"),
+        ]
         for (pattern, refusal) in cases {
             let result = try await CLI.run(
-                ["--mode", "verify", "--source", source.url(database: database), "--target", source.url(database: database + "_x"),
-                 "--table", pattern])
+                [
+                    "--mode", "verify", "--source", source.url(database: database), "--target", source.url(database: database + "_x"),
+                    "--table", pattern,
+                ])
             if let refusal {
                 #expect(result.status == 1 && result.stderr.contains(refusal), "\(pattern): \(result.stderr)")
             } else {
-                #expect(!result.stderr.contains("cross-database") && !result.stderr.contains("match nothing"), "\(pattern): \(result.stderr)")
+                #expect(
+                    !result.stderr.contains("cross-database") && !result.stderr.contains("match nothing"), "\(pattern): \(result.stderr)")
             }
         }
         let admin = try await target.connect()
@@ -112,8 +124,9 @@ struct OnlineCoverageTests {
         let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
         let message = error?.message ?? ""
         #expect(error?.stage == .validate)
-        #expect(message.contains("--freeze-source-at-cutover needs") && message.contains("ownership of the database")
-            && message.contains("CREATE on the database") && message.contains("TRIGGER on"), "\(message)")
+        #expect(
+            message.contains("--freeze-source-at-cutover needs") && message.contains("ownership of the database")
+                && message.contains("CREATE on the database") && message.contains("TRIGGER on"), "\(message)")
         #expect(try await admin.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) == "0")
         try await admin.execute("DROP PUBLICATION \(SQL.identifier(config.online.publication))")
     }
@@ -134,7 +147,8 @@ struct OnlineCoverageTests {
             let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
             #expect(error?.stage == .validate)
             #expect(error?.message.contains(expect) == true, "\(error?.message ?? "")")
-            #expect(try await setup.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) == "0")
+            #expect(
+                try await setup.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) == "0")
             try await setup.execute("DROP PUBLICATION \(SQL.identifier(config.online.publication))")
         }
     }
@@ -148,14 +162,18 @@ struct OnlineCoverageTests {
         try await writer.execute("BEGIN; INSERT INTO public.t2 VALUES (50, 'open')")
         let names = OnlineAbortTests.Names()
         let arguments = try await OnlineAbortTests.arguments(database, SharedClusters.uniqueName("never"), names)
-        let result = try await CLI.start(arguments + ["--lock-timeout-secs", "12", "--state-dir", DestructiveMistakesTests.stateDirectory()])
-            .wait(timeout: 90)
+        let result = try await CLI.start(
+            arguments + ["--lock-timeout-secs", "12", "--state-dir", DestructiveMistakesTests.stateDirectory()]
+        )
+        .wait(timeout: 90)
         try await writer.execute("ROLLBACK")
         #expect(result.status == 1, "\(result.stderr)")
-        #expect(result.stderr.contains("waiting 10 s for transactions that were writing when it began to end (creating the replication slot)"),
-                "\(result.stderr)")
-        #expect(result.stderr.contains("gave up after") && result.stderr.contains("long-writer")
-            && result.stderr.contains("INSERT INTO public.t2"), "\(result.stderr)")
+        #expect(
+            result.stderr.contains("waiting 10 s for transactions that were writing when it began to end (creating the replication slot)"),
+            "\(result.stderr)")
+        #expect(
+            result.stderr.contains("gave up after") && result.stderr.contains("long-writer")
+                && result.stderr.contains("INSERT INTO public.t2"), "\(result.stderr)")
         #expect(try await writer.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [names.slot]) == "0")
         try await writer.execute("DROP PUBLICATION \(SQL.identifier(names.publication))")
         _ = target
@@ -177,8 +195,9 @@ struct OnlineCoverageTests {
         var resume = config
         resume.resume = true
         let error = await #expect(throws: MigrationError.self) { try await Migrator(config: resume).run() }
-        #expect(error?.message.contains("the tables to migrate changed since the interrupted run began: public.late new") == true,
-                "\(error?.message ?? "")")
+        #expect(
+            error?.message.contains("the tables to migrate changed since the interrupted run began: public.late new") == true,
+            "\(error?.message ?? "")")
         try await writer.execute("DROP TABLE public.late")
         try await OnlineMigrationTests.removeReplicationObjects(config)
     }
@@ -199,8 +218,9 @@ struct OnlineCoverageTests {
         // (The freeze ended the writer's session; a prepared transaction outlives it, and would hold up every later slot.)
         let after = try await source.connect(database: database)
         try await after.execute("ROLLBACK PREPARED \(SQL.literal(gid))")
-        #expect(error?.message.contains("prepared transactions on the source") == true && error?.message.contains(gid) == true,
-                "\(error?.message ?? "")")
+        #expect(
+            error?.message.contains("prepared transactions on the source") == true && error?.message.contains(gid) == true,
+            "\(error?.message ?? "")")
         // The abort undid the freeze: writes are accepted again, with no trigger left behind.
         try await after.execute("INSERT INTO public.t2 VALUES (3, 'after the abort')")
         #expect(try await after.scalar("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgdbmigrator_freeze'") == "0")

@@ -7,7 +7,8 @@ import Testing
 @Suite(.serialized, .timeLimit(.minutes(5)))
 struct OnlineMigrationTests {
     /// Fast heartbeats so tests do not wait on the defaults.
-    static func config(source: String, target: String, _ adjust: (inout MigrationConfig) -> Void = { _ in }) async throws -> MigrationConfig {
+    static func config(source: String, target: String, _ adjust: (inout MigrationConfig) -> Void = { _ in }) async throws -> MigrationConfig
+    {
         let (sourceCluster, targetCluster) = try await SharedClusters.get()
         let suffix = SharedClusters.uniqueName("t")
         var config = MigrationConfig(
@@ -37,11 +38,14 @@ struct OnlineMigrationTests {
     static func replicationObjects(_ config: MigrationConfig) async throws -> (slot: Bool, publication: Bool, subscription: String?) {
         let (source, target) = try await SharedClusters.get()
         let sourceConnection = try await source.connect()
-        let slot = try await sourceConnection.scalar("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) != nil
+        let slot =
+            try await sourceConnection.scalar("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) != nil
         let publicationConnection = try await source.connect(database: config.source.resolvedDatabase!)
-        let publication = try await publicationConnection.scalar("SELECT 1 FROM pg_publication WHERE pubname = $1", [config.online.publication]) != nil
+        let publication =
+            try await publicationConnection.scalar("SELECT 1 FROM pg_publication WHERE pubname = $1", [config.online.publication]) != nil
         let targetConnection = try await target.connect()
-        let subscription = try await targetConnection.scalar("SELECT subenabled::text FROM pg_subscription WHERE subname = $1", [config.online.subscriptionName])
+        let subscription = try await targetConnection.scalar(
+            "SELECT subenabled::text FROM pg_subscription WHERE subname = $1", [config.online.subscriptionName])
         return (slot, publication, subscription)
     }
 
@@ -70,7 +74,8 @@ struct OnlineMigrationTests {
         // CREATE SUBSCRIPTION carried the password; it must not linger in the target's pg_stat_activity.
         let targetAdmin = try await target.connect()
         let lingering = try await targetAdmin.scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND strpos(query, $1) > 0", [TestCluster.superuserPassword])
+            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND strpos(query, $1) > 0", [TestCluster.superuserPassword]
+        )
         #expect(lingering == "0")
         try await Task.sleep(for: .seconds(1.5))  // keep writing while streaming
         let committed = await workload.stop()
@@ -145,11 +150,14 @@ struct OnlineMigrationTests {
         // A session that lifts the read-only default for itself is stopped by the triggers, whatever it sets.
         let walker = try await source.connect(database: sourceDatabase)
         try await walker.execute("SET default_transaction_read_only = off; SET session_replication_role = replica")
-        for write in ["INSERT INTO public.documents (id, title) VALUES (998, 'around')", "UPDATE public.documents SET title = 'x'",
-                      "DELETE FROM public.documents", "TRUNCATE public.documents CASCADE"] {
+        for write in [
+            "INSERT INTO public.documents (id, title) VALUES (998, 'around')", "UPDATE public.documents SET title = 'x'",
+            "DELETE FROM public.documents", "TRUNCATE public.documents CASCADE",
+        ] {
             let walkedAround = await #expect(throws: PostgresError.self) { try await walker.execute(write) }
-            #expect(walkedAround?.sqlState == "25006" && walkedAround?.message.contains("frozen for a migration cutover") == true,
-                    "\(write): \(walkedAround?.message ?? "")")
+            #expect(
+                walkedAround?.sqlState == "25006" && walkedAround?.message.contains("frozen for a migration cutover") == true,
+                "\(write): \(walkedAround?.message ?? "")")
         }
 
         let objects = try await Self.replicationObjects(config)
@@ -175,7 +183,8 @@ struct OnlineMigrationTests {
         _ = try await Migrator(config: cleanup).run()
         #expect(try await Self.replicationObjects(config).slot, "a kept slot is not dropped without --drop-foreign-slot")
         let deadline = Date().addingTimeInterval(30)
-        while try await admin.scalar("SELECT active::text FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) == "true",
+        while try await admin.scalar("SELECT active::text FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName])
+            == "true",
             Date() < deadline
         {
             try await Task.sleep(for: .milliseconds(100))
@@ -285,7 +294,11 @@ struct OnlineMigrationTests {
         _ = try await run.value
         let warning = events.all.first { $0.level == .warning && $0.message.contains("of WAL on the source") }
         #expect(warning != nil)
-        if case .int(let bytes)? = warning?.detail["retained_wal_bytes"] { #expect(bytes > 1) } else { Issue.record("no retained_wal_bytes") }
+        if case .int(let bytes)? = warning?.detail["retained_wal_bytes"] {
+            #expect(bytes > 1)
+        } else {
+            Issue.record("no retained_wal_bytes")
+        }
         #expect(warning?.detail["wal_status"] != nil)
     }
 
@@ -299,7 +312,8 @@ struct OnlineMigrationTests {
         }
         let database = try await source.createDatabase("app")
         let setup = try await source.connect(database: database)
-        try await setup.execute("CREATE TABLE t (id serial PRIMARY KEY, v text); INSERT INTO t (v) SELECT 'row' FROM generate_series(1, 100)")
+        try await setup.execute(
+            "CREATE TABLE t (id serial PRIMARY KEY, v text); INSERT INTO t (v) SELECT 'row' FROM generate_series(1, 100)")
         var config = MigrationConfig(
             mode: .online, source: try source.connectionString(database: database),
             target: try target.connectionString(database: database), jobs: 1)
@@ -326,8 +340,9 @@ struct OnlineMigrationTests {
             Issue.record("the run went on with a lost slot")
         } catch let error as MigrationError {
             // The slot guard or the heartbeat, whichever reads the slot first: both say it is lost and what to do.
-            #expect(error.message.contains("invalidated replication slot") || error.message.contains("was invalidated (wal_status lost)"),
-                    "\(error)")
+            #expect(
+                error.message.contains("invalidated replication slot") || error.message.contains("was invalidated (wal_status lost)"),
+                "\(error)")
             #expect(error.fix?.contains("--mode cleanup") == true, "\(error)")
         }
         #expect(Date().timeIntervalSince(started) < 30)

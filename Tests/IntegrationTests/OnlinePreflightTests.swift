@@ -17,7 +17,9 @@ struct OnlinePreflightTests {
     }
 
     /// Asserts the run failed in Validate with `message` and `fix`, and that no slot, publication, subscription or target database was left.
-    static func expectCleanFailure(_ config: MigrationConfig, message: String, fix: String, on sourceCluster: TestCluster? = nil) async throws {
+    static func expectCleanFailure(_ config: MigrationConfig, message: String, fix: String, on sourceCluster: TestCluster? = nil)
+        async throws
+    {
         let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
         #expect(error?.stage == .validate)
         #expect(error?.message.contains(message) == true, "message: \(error?.message ?? "none")")
@@ -27,8 +29,11 @@ struct OnlinePreflightTests {
         #expect(try await source.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) == "0")
         #expect(try await source.scalar("SELECT count(*) FROM pg_publication WHERE pubname = $1", [config.online.publication]) == "0")
         let targetAdmin = try await target.connect()
-        #expect(try await targetAdmin.scalar("SELECT count(*) FROM pg_subscription WHERE subname = $1", [config.online.subscriptionName]) == "0")
-        #expect(try await targetAdmin.scalar("SELECT count(*) FROM pg_database WHERE datname = $1", [config.target.resolvedDatabase!]) == "0")
+        #expect(
+            try await targetAdmin.scalar("SELECT count(*) FROM pg_subscription WHERE subname = $1", [config.online.subscriptionName]) == "0"
+        )
+        #expect(
+            try await targetAdmin.scalar("SELECT count(*) FROM pg_database WHERE datname = $1", [config.target.resolvedDatabase!]) == "0")
     }
 
     @Test("a source with wal_level = replica is refused with the fix")
@@ -63,7 +68,8 @@ struct OnlinePreflightTests {
     @Test("tables without a primary key or replica identity are listed; --set-replica-identity-full fixes them")
     func replicaIdentity() async throws {
         let (source, target) = try await SharedClusters.get()
-        let database = try await Self.smallSource("CREATE TABLE \"No Key\" (a int, b text); INSERT INTO \"No Key\" VALUES (1, 'x'), (1, 'x');")
+        let database = try await Self.smallSource(
+            "CREATE TABLE \"No Key\" (a int, b text); INSERT INTO \"No Key\" VALUES (1, 'x'), (1, 'x');")
         let config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("identity_copy"))
         try await Self.expectCleanFailure(config, message: "public.\"No Key\"", fix: "--set-replica-identity-full")
         var fixing = config
@@ -85,7 +91,8 @@ struct OnlinePreflightTests {
         let primary = try await TestCluster.start(name: "primary")
         let database = try await primary.createDatabase("app")
         let setup = try await primary.connect(database: database)
-        try await setup.execute("CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items SELECT g, 'v' FROM generate_series(1, 50) g")
+        try await setup.execute(
+            "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items SELECT g, 'v' FROM generate_series(1, 50) g")
         let standby = try await primary.startStandby(name: "standby")
         defer {
             standby.stop()
@@ -142,7 +149,8 @@ struct OnlinePreflightTests {
             #expect(error?.message.contains("already exists") == true && error?.message.contains("this run did not create it") == true)
             #expect(error?.fix?.contains("another --slot-name") == true)
             #expect(try await admin.scalar("SELECT count(*) FROM pg_publication WHERE pubname = $1", [config.online.publication]) == "0")
-            #expect(try await admin.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) == "1")
+            #expect(
+                try await admin.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) == "1")
         }
         try await admin.query("SELECT pg_drop_replication_slot($1)", [config.online.slotName])
 
@@ -159,7 +167,8 @@ struct OnlinePreflightTests {
         let events = EventLog()
         let (migrator, run) = try await OnlineMigrationTests.startStreaming(forced, events: events)
         let targetAdmin = try await target.connect()
-        let conninfo = try await targetAdmin.scalar("SELECT subconninfo FROM pg_subscription WHERE subname = $1", [forced.online.subscriptionName])
+        let conninfo = try await targetAdmin.scalar(
+            "SELECT subconninfo FROM pg_subscription WHERE subname = $1", [forced.online.subscriptionName])
         #expect(conninfo?.contains(source.socketDirectory) == true)
         try await admin.execute("INSERT INTO items VALUES (777, 'via socket')")
         migrator.cutoverHandle.request()

@@ -131,7 +131,9 @@ struct ResumeTests {
         let targetDatabase = SharedClusters.uniqueName("refused")
         let state = Self.stateDirectory()
         defer { try? FileManager.default.removeItem(atPath: state) }
-        let arguments = ["--source", source.url(database: sourceDatabase), "--target", target.url(database: targetDatabase), "--state-dir", state]
+        let arguments = [
+            "--source", source.url(database: sourceDatabase), "--target", target.url(database: targetDatabase), "--state-dir", state,
+        ]
         // A run that fails after recording its settings: its target database is already there and not empty.
         let admin = try await target.connect()
         try await admin.execute("CREATE DATABASE \(SQL.identifier(targetDatabase))")
@@ -149,7 +151,8 @@ struct ResumeTests {
         let dryRun = try await CLI.run(arguments + ["--mode", "cleanup", "--dry-run"])
         #expect(dryRun.status == 0 && dryRun.stderr.contains("would remove the recorded progress"), "\(dryRun.stderr)")
         #expect(FileManager.default.fileExists(atPath: stateFile))
-        _ = FileManager.default.createFile(atPath: state + "/parts.log", contents: Data("started 1/0/1\n".utf8))  // as a killed copy leaves it
+        // As a killed copy leaves it:
+        _ = FileManager.default.createFile(atPath: state + "/parts.log", contents: Data("started 1/0/1\n".utf8))
         let cleanup = try await CLI.run(arguments + ["--mode", "cleanup"])
         #expect(cleanup.status == 0 && cleanup.stderr.contains("removed the recorded progress"), "\(cleanup.stderr)")
         #expect(!FileManager.default.fileExists(atPath: stateFile))
@@ -326,14 +329,19 @@ struct ResumeTests {
         let writes = Task {
             var next = 1_000_000
             while !Task.isCancelled {
-                do { try await writer.execute("INSERT INTO t1 VALUES (\(next), 'written during the run'); UPDATE t2 SET v = v || '!' WHERE id = \(next % 1000 + 1)") } catch { break }
+                do {
+                    try await writer.execute(
+                        "INSERT INTO t1 VALUES (\(next), 'written during the run'); UPDATE t2 SET v = v || '!' WHERE id = \(next % 1000 + 1)"
+                    )
+                } catch { break }
                 next += 1
                 try? await Task.sleep(for: .milliseconds(5))
             }
             return next - 1_000_000
         }
         let arguments = [
-            "--mode", "online", "--source", source.url(database: sourceDatabase), "--target", Self.url(port: relay.port, database: targetDatabase),
+            "--mode", "online", "--source", source.url(database: sourceDatabase), "--target",
+            Self.url(port: relay.port, database: targetDatabase),
             "--slot-name", names.slot, "--publication", names.publication, "--subscription-name", names.subscription,
             "--cutover-poll-secs", "0.5", "--cutover-fast-poll-ms", "100", "--jobs", "2", "--state-dir", state,
         ]
@@ -374,7 +382,8 @@ struct ResumeTests {
         try await writer.execute("INSERT INTO t1 VALUES (999999, 'after the copy')")
         // Holding a lock on the publication stalls its DROP, the teardown's last step.
         let blocker = try await source.connect(database: sourceDatabase)
-        try await blocker.execute("BEGIN; ALTER PUBLICATION \(SQL.identifier(names.publication)) SET (publish = 'insert, update, delete, truncate')")
+        try await blocker.execute(
+            "BEGIN; ALTER PUBLICATION \(SQL.identifier(names.publication)) SET (publish = 'insert, update, delete, truncate')")
         first.signal(SIGINT)
         #expect(await first.waitForStderr("dropped replication slot"))
         try await Task.sleep(for: .milliseconds(300))

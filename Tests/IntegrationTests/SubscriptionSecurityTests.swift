@@ -1,7 +1,8 @@
 import Foundation
-@testable import PGDBMigrator
 import PostgresClient
 import Testing
+
+@testable import PGDBMigrator
 
 /// The subscription the target server opens back to the source is held to the
 /// tool's own standard: TLS as strict, secrets nowhere but `pg_subscription`,
@@ -39,7 +40,8 @@ struct SubscriptionSecurityTests {
         let source = try await TestCluster.start(name: "tls-source", settings: tls.serverSettings)
         // migrator may only come in over TLS with a certificate naming it; the tests' own sessions need neither.
         let hba = source.dataDirectory + "/pg_hba.conf"
-        let rules = "hostssl all \(role) 127.0.0.1/32 scram-sha-256 clientcert=verify-full\n"
+        let rules =
+            "hostssl all \(role) 127.0.0.1/32 scram-sha-256 clientcert=verify-full\n"
             + "hostssl replication \(role) 127.0.0.1/32 scram-sha-256 clientcert=verify-full\n"
             + "host all \(role) 127.0.0.1/32 reject\nhost replication \(role) 127.0.0.1/32 reject\n"
         try (rules + (try String(contentsOfFile: hba, encoding: .utf8))).write(toFile: hba, atomically: false, encoding: .utf8)
@@ -48,8 +50,10 @@ struct SubscriptionSecurityTests {
         await admin.close()
         let target = try await TestCluster.start(
             name: "pgss-target",
-            settings: ["shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all", "log_statement": "all",
-                       "log_min_messages": "info"])
+            settings: [
+                "shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all", "log_statement": "all",
+                "log_min_messages": "info",
+            ])
         let targetAdmin = try await target.connect()
         try await targetAdmin.execute("CREATE EXTENSION pg_stat_statements")
         await targetAdmin.close()
@@ -151,24 +155,29 @@ struct SubscriptionSecurityTests {
             ).rows.first
             if walsender == nil { try await Task.sleep(for: .milliseconds(200)) }
         }
-        #expect(walsender?[0] == "true" && walsender?[1] == "/CN=\(Self.role)", "the apply worker's connection: \(String(describing: walsender))")
+        #expect(
+            walsender?[0] == "true" && walsender?[1] == "/CN=\(Self.role)",
+            "the apply worker's connection: \(String(describing: walsender))")
 
         // A certificate from a CA nobody trusts: the apply worker refuses it rather than streaming.
         try servers.tls.presentRogueCertificate(true)
         try await sourceAdmin.execute(
-            "SELECT pg_reload_conf(); SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = 'pg_dbmigrator_sub'")
+            "SELECT pg_reload_conf(); SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = 'pg_dbmigrator_sub'"
+        )
         try await sourceAdmin.execute("INSERT INTO items VALUES (100001, 'while the certificate was untrusted')")
         let target = try await servers.target.connect(database: targetDatabase)
         var refused = false
         for _ in 0..<150 where !refused {
             try await Task.sleep(for: .milliseconds(200))
-            let log = (try? FileManager.default.contentsOfDirectory(atPath: servers.target.dataDirectory + "/log"))?.compactMap {
-                try? String(contentsOfFile: servers.target.dataDirectory + "/log/" + $0, encoding: .utf8)
-            }.joined() ?? ""
+            let log =
+                (try? FileManager.default.contentsOfDirectory(atPath: servers.target.dataDirectory + "/log"))?.compactMap {
+                    try? String(contentsOfFile: servers.target.dataDirectory + "/log/" + $0, encoding: .utf8)
+                }.joined() ?? ""
             refused = log.contains("certificate verify failed")
         }
         #expect(refused, "the apply worker never refused the untrusted certificate")
-        #expect(try await target.scalar("SELECT count(*) FROM items WHERE id = 100001") == "0", "a row streamed over an untrusted connection")
+        #expect(
+            try await target.scalar("SELECT count(*) FROM items WHERE id = 100001") == "0", "a row streamed over an untrusted connection")
 
         // The trusted certificate back: the worker reconnects and the row arrives.
         try servers.tls.presentRogueCertificate(false)
@@ -191,8 +200,10 @@ struct SubscriptionSecurityTests {
         #expect(argv.contains { $0.contains("pg_dump") && $0.contains("service=pg_dbmigrator") }, "pg_dump was never seen")
         try await Self.assertNoSecret(
             [Self.rolePassword, sslPassword], on: servers.target,
-            alsoIn: ["argv": argv.joined(separator: "\n"), "pg_stat_activity": activity, "state files": stateFiles,
-                     "stderr": result.stderr, "stdout": result.stdout])
+            alsoIn: [
+                "argv": argv.joined(separator: "\n"), "pg_stat_activity": activity, "state files": stateFiles,
+                "stderr": result.stderr, "stdout": result.stdout,
+            ])
     }
 
     @Test("each way the subscription could fail after the copy fails at Validate instead, before the slot exists, leaving no secret")
@@ -212,23 +223,37 @@ struct SubscriptionSecurityTests {
         let cases: [(name: String, source: String, extra: [String], environment: [String: String], expected: String)] = [
             // libpq's default CA file is in the tool's home; the target server has none there.
             ("a CA file that exists only on the migration host", tlsSource, [], withoutRootCert, "root certificate file"),
-            ("sslmode=require in --subscription-source against a server without TLS", plainSource.url(database: plainDatabase),
-             ["--subscription-source", plainSource.url(database: plainDatabase) + "?sslmode=require"], [:], "does not support SSL"),
-            ("a --subscription-source weaker than the tool's own TLS", tlsSource,
-             ["--subscription-source", "host=127.0.0.1 port=\(servers.source.port) user=\(Self.role) dbname=\(database) sslmode=prefer"],
-             Self.environment(servers), "weaker than the sslmode=verify-full"),
-            ("a wrong password for the subscription", tlsSource,
-             ["--subscription-source", Self.sourceString(servers, database: database) + " password=Wrong-Pw-123 "
-                 + "sslmode=verify-full sslrootcert=\(servers.tls.caCertificate) sslcert=\(servers.tls.clientCertificate) "
-                 + "sslkey=\(servers.tls.clientKey) sslpassword='\(servers.tls.clientKeyPassphrase)'"],
-             Self.environment(servers), "password authentication failed"),
+            (
+                "sslmode=require in --subscription-source against a server without TLS", plainSource.url(database: plainDatabase),
+                ["--subscription-source", plainSource.url(database: plainDatabase) + "?sslmode=require"], [:], "does not support SSL"
+            ),
+            (
+                "a --subscription-source weaker than the tool's own TLS", tlsSource,
+                [
+                    "--subscription-source",
+                    "host=127.0.0.1 port=\(servers.source.port) user=\(Self.role) dbname=\(database) sslmode=prefer",
+                ],
+                Self.environment(servers), "weaker than the sslmode=verify-full"
+            ),
+            (
+                "a wrong password for the subscription", tlsSource,
+                [
+                    "--subscription-source",
+                    Self.sourceString(servers, database: database) + " password=Wrong-Pw-123 "
+                        + "sslmode=verify-full sslrootcert=\(servers.tls.caCertificate) sslcert=\(servers.tls.clientCertificate) "
+                        + "sslkey=\(servers.tls.clientKey) sslpassword='\(servers.tls.clientKeyPassphrase)'",
+                ],
+                Self.environment(servers), "password authentication failed"
+            ),
         ]
         for testCase in cases {
             let slot = "slot_" + SharedClusters.uniqueName("late")
             let result = try await CLI.run(
-                ["--mode", "online", "--source", testCase.source,
-                 "--target", servers.target.url(database: SharedClusters.uniqueName("late")) + "?sslmode=disable", "--slot-name", slot,
-                 "--state-dir", try TestCluster.makeDirectory(name: "late-state"), "--no-owner", "--no-acl"] + testCase.extra,
+                [
+                    "--mode", "online", "--source", testCase.source,
+                    "--target", servers.target.url(database: SharedClusters.uniqueName("late")) + "?sslmode=disable", "--slot-name", slot,
+                    "--state-dir", try TestCluster.makeDirectory(name: "late-state"), "--no-owner", "--no-acl",
+                ] + testCase.extra,
                 environment: testCase.environment)
             #expect(result.status == 1, "\(testCase.name): \(result.stderr)")
             #expect(result.stderr.contains("stage=Validate"), "\(testCase.name): \(result.stderr)")

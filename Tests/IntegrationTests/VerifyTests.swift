@@ -15,7 +15,9 @@ struct VerifyTests {
         return (source, target)
     }
 
-    static func verify(_ pair: (source: String, target: String), _ adjust: (inout MigrationConfig) -> Void = { _ in }) async throws -> VerifyReport {
+    static func verify(_ pair: (source: String, target: String), _ adjust: (inout MigrationConfig) -> Void = { _ in }) async throws
+        -> VerifyReport
+    {
         let (source, target) = try await SharedClusters.get()
         var config = MigrationConfig(
             mode: .verify, source: try source.connectionString(database: pair.source),
@@ -39,7 +41,10 @@ struct VerifyTests {
         #expect(clean.tables.count >= 9)
 
         // One character changed: every count still equal.
-        try await Self.onTarget(pair.target, "UPDATE inventory.products SET name = name || 'x' WHERE id = 7; UPDATE inventory.products SET name = left(name, -1) || 'y' WHERE id = 7")
+        try await Self.onTarget(
+            pair.target,
+            "UPDATE inventory.products SET name = name || 'x' WHERE id = 7; UPDATE inventory.products SET name = left(name, -1) || 'y' WHERE id = 7"
+        )
         let changed = try await Self.verify(pair) { $0.verify.showRows = 5 }
         #expect(!changed.matches)
         let products = changed.tables.first { $0.table == "inventory.products" }
@@ -113,7 +118,9 @@ struct VerifyTests {
         try await Self.onTarget(pair.target, "DELETE FROM public.documents WHERE id = (SELECT max(id) FROM public.documents)")
         let bad = try await CLI.run(arguments + ["--json"])
         #expect(bad.status == 1)
-        let lines = bad.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        let lines = bad.stdout.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
         let report = lines.compactMap { $0["report"] as? [String: Any] }.first
         let tables = report?["tables"] as? [[String: Any]] ?? []
         let documents = tables.first { $0["table"] as? String == "public.documents" }

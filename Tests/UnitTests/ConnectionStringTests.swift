@@ -4,7 +4,8 @@ import Testing
 @Suite struct ConnectionStringTests {
     @Test("URIs with percent-encoded parts and query options keep every option")
     func uri() throws {
-        let connection = try ConnectionString("postgresql://app%40corp:p%40ss%3Aw%2Frd@db.example:6543/shop%20db?sslmode=require&application_name=x")
+        let connection = try ConnectionString(
+            "postgresql://app%40corp:p%40ss%3Aw%2Frd@db.example:6543/shop%20db?sslmode=require&application_name=x")
         #expect(connection["user"] == "app@corp")
         #expect(connection.password == "p@ss:w/rd")
         #expect(connection["host"] == "db.example")
@@ -49,7 +50,8 @@ import Testing
         // Whole values only: a short password is never masked inside a word (that would reveal it), and
         // a password= value is masked whatever it is.
         let short = try ConnectionString("host=h user=u password=ro")
-        #expect(short.scrub("query would be affected by row-level security policy") == "query would be affected by row-level security policy")
+        #expect(
+            short.scrub("query would be affected by row-level security policy") == "query would be affected by row-level security policy")
         #expect(short.scrub("password for ro was wrong: 'ro'") == "password for ******** was wrong: '********'")
         #expect(short.scrub("CONNECTION 'host=x password=other'") == "CONNECTION 'host=x password=********'")
     }

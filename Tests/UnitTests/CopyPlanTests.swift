@@ -1,5 +1,6 @@
-@testable import PGDBMigrator
 import Testing
+
+@testable import PGDBMigrator
 
 @Suite struct CopyPlanTests {
     static func table(bytes: Int, blocks: Int = 1000, key: String? = nil) -> CopyTable {
@@ -29,7 +30,9 @@ import Testing
             }
             #expect(to == from)
         }
-        #expect(parts[1].copyOutSQL == "COPY (SELECT \"id\", \"v\" FROM ONLY \"public\".\"big\" WHERE \"id\" >= 250 AND \"id\" < 499) TO STDOUT")
+        #expect(
+            parts[1].copyOutSQL == "COPY (SELECT \"id\", \"v\" FROM ONLY \"public\".\"big\" WHERE \"id\" >= 250 AND \"id\" < 499) TO STDOUT"
+        )
     }
 
     @Test("a key span narrower than the part count gives fewer parts, never an empty condition")
@@ -49,7 +52,8 @@ import Testing
         // Before PostgreSQL 14 (no TID range scans) a table without a key is copied whole.
         let whole = CopyPlan(splitBytes: 100, blockRanges: false).parts(of: Self.table(bytes: 300, blocks: 90), keyBounds: nil)
         #expect(whole.count == 1 && whole[0].isWholeTable)
-        #expect(CopyPlan(splitBytes: 100, blockRanges: false).parts(of: Self.table(bytes: 300, key: "\"id\""), keyBounds: (1, 900)).count == 3)
+        #expect(
+            CopyPlan(splitBytes: 100, blockRanges: false).parts(of: Self.table(bytes: 300, key: "\"id\""), keyBounds: (1, 900)).count == 3)
     }
 
     @Test("parts are capped, ordered largest first")
@@ -75,14 +79,15 @@ import Testing
             "3406; 2606 16420 CONSTRAINT public t t_check postgres",
         ]
         let filtered = RestoreList(lines: lines).excluding(["INDEX 16420", "CONSTRAINT 16412", "CONSTRAINT 16499", "INDEX 16430x"])
-        #expect(filtered == [
-            ";",
-            ";3401; 1259 16420 INDEX public accounts_bid_idx postgres",
-            ";3402; 2606 16412 CONSTRAINT public accounts accounts_pkey postgres",
-            "3403; 2606 16499 FK CONSTRAINT public history history_aid_fkey postgres",
-            "3404; 1259 16430 INDEX public other_idx postgres",
-            "3405; 0 0 COMMENT - INDEX accounts_bid_idx postgres",
-            "3406; 2606 16420 CONSTRAINT public t t_check postgres",
-        ])
+        #expect(
+            filtered == [
+                ";",
+                ";3401; 1259 16420 INDEX public accounts_bid_idx postgres",
+                ";3402; 2606 16412 CONSTRAINT public accounts accounts_pkey postgres",
+                "3403; 2606 16499 FK CONSTRAINT public history history_aid_fkey postgres",
+                "3404; 1259 16430 INDEX public other_idx postgres",
+                "3405; 0 0 COMMENT - INDEX accounts_bid_idx postgres",
+                "3406; 2606 16420 CONSTRAINT public t t_check postgres",
+            ])
     }
 }

@@ -1,6 +1,7 @@
-@testable import PGDBMigrator
 import PostgresClient
 import Testing
+
+@testable import PGDBMigrator
 
 @Suite struct LSNTests {
     @Test func parseAndPrint() {
@@ -43,13 +44,20 @@ import Testing
         #expect(health.observe(errors: 0, workerRunning: true, applied: lsn, caughtUp: false, now: start) == .healthy)
         #expect(health.observe(errors: 1, workerRunning: true, applied: lsn, caughtUp: false, now: start + .seconds(5)) == .newErrors(1))
         #expect(health.observe(errors: 1, workerRunning: false, applied: lsn, caughtUp: false, now: start + .seconds(20)) == .healthy)
-        #expect(health.observe(errors: 2, workerRunning: true, applied: lsn, caughtUp: false, now: start + .seconds(36)) == .failing(.seconds(31)))
+        #expect(
+            health.observe(errors: 2, workerRunning: true, applied: lsn, caughtUp: false, now: start + .seconds(36))
+                == .failing(.seconds(31)))
 
         var recovering = ApplyHealth(grace: .seconds(30))
         _ = recovering.observe(errors: 3, workerRunning: true, applied: lsn, caughtUp: false, now: start)  // baseline: old errors
-        #expect(recovering.observe(errors: 4, workerRunning: true, applied: lsn, caughtUp: false, now: start + .seconds(1)) == .newErrors(4))
-        #expect(recovering.observe(errors: 4, workerRunning: true, applied: LSN("0/200")!, caughtUp: false, now: start + .seconds(2)) == .healthy)
-        #expect(recovering.observe(errors: 4, workerRunning: true, applied: LSN("0/200")!, caughtUp: false, now: start + .seconds(90)) == .healthy)
+        #expect(
+            recovering.observe(errors: 4, workerRunning: true, applied: lsn, caughtUp: false, now: start + .seconds(1)) == .newErrors(4))
+        #expect(
+            recovering.observe(errors: 4, workerRunning: true, applied: LSN("0/200")!, caughtUp: false, now: start + .seconds(2))
+                == .healthy)
+        #expect(
+            recovering.observe(errors: 4, workerRunning: true, applied: LSN("0/200")!, caughtUp: false, now: start + .seconds(90))
+                == .healthy)
     }
 
     @Test("a worker that is briefly absent while starting, or an idle caught-up source, is not a failure")

@@ -1,6 +1,7 @@
 import Foundation
-@testable import PGDBMigrator
 import Testing
+
+@testable import PGDBMigrator
 
 @Suite struct PatternTests {
     @Test("pg_dump name patterns become the regexes pg_dump itself would use")

@@ -1,6 +1,7 @@
-@testable import PGDBMigrator
 import PostgresClient
 import Testing
+
+@testable import PGDBMigrator
 
 /// What `--resume` does, decided from the recorded state alone: every row of the table.
 @Suite struct ResumePlanTests {
@@ -40,8 +41,10 @@ import Testing
     @Test("online: barrier recorded → teardown only; subscription → re-attach; otherwise the copy restarts from a new slot")
     func online() {
         let rows: [(RunState, ResumePlan)] = [
-            (state(touched: true, prepared: true, slot: true, subscription: true, barrier: "1/2A"),
-             .finishTeardown(barrier: LSN("1/2A")!)),
+            (
+                state(touched: true, prepared: true, slot: true, subscription: true, barrier: "1/2A"),
+                .finishTeardown(barrier: LSN("1/2A")!)
+            ),
             (state(touched: true, prepared: true, slot: true, subscription: true), .reattach),
             (state(touched: true, prepared: true, slot: true), .restartOnlineCopy(recreateTarget: true)),
             (state(touched: true, slot: true), .restartOnlineCopy(recreateTarget: true)),

@@ -1,8 +1,9 @@
 import Foundation
 import Logging
-@testable import PGDBMigrator
 import PostgresClient
 import Testing
+
+@testable import PGDBMigrator
 
 /// How the subscription's connection string is made from the tool's own: no server needed.
 @Suite struct SubscriptionConnectionTests {
@@ -31,7 +32,9 @@ import Testing
         #expect(result["application_name"] == nil && result["passfile"] == nil && result["client_encoding"] == nil)
     }
 
-    @Test("--subscription-source weaker than the tool's own sslmode is refused; as strict or stricter, it is used with the password filled in")
+    @Test(
+        "--subscription-source weaker than the tool's own sslmode is refused; as strict or stricter, it is used with the password filled in"
+    )
     func givenSource() throws {
         let own = "host=db user=app dbname=shop password=pw sslmode=verify-full"
         for weaker in ["sslmode=require", "sslmode=disable", ""] {
@@ -79,7 +82,9 @@ import Testing
         #expect(!connection.redacted.contains("sesame") && !connection.secretFreeKeywordValue.contains("sslpassword"))
         #expect(connection.redacted.contains("sslkey=/k"))
         #expect(connection.scrub("could not load key: open sesame was wrong") == "could not load key: ******** was wrong")
-        #expect(connection.scrub("query would be affected by row-level security policy") == "query would be affected by row-level security policy")
+        #expect(
+            connection.scrub("query would be affected by row-level security policy")
+                == "query would be affected by row-level security policy")
         #expect(!ConnectionString.redactUnparsed("host=db sslpassword=hunter2 =broken").contains("hunter2"))
     }
 }

@@ -66,12 +66,14 @@ struct Subscription {
     /// there is none. (pg_subscription is shared by the cluster, but a subscription's comment is kept
     /// in its own database's pg_description: only a session there can read it.)
     func owner(on target: Connection) async throws -> OwnershipMark.Owner? {
-        guard let row = try await target.query(
-            """
-            SELECT obj_description(s.oid, 'pg_subscription') FROM pg_subscription s
-            WHERE s.subname = $1 AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-            """, [name]
-        ).rows.first else { return nil }
+        guard
+            let row = try await target.query(
+                """
+                SELECT obj_description(s.oid, 'pg_subscription') FROM pg_subscription s
+                WHERE s.subname = $1 AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                """, [name]
+            ).rows.first
+        else { return nil }
         return OwnershipMark.owner(ofObjectCommented: row[0], runID: runID)
     }
 

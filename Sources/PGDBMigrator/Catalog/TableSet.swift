@@ -72,14 +72,16 @@ struct TableSet: Sendable, Equatable, Codable {
         {
             let named = NamePattern(pattern)
             guard named.partCount <= most else {
-                throw MigrationError(stage, "improper qualified name (too many dotted names): \(pattern)",
-                                     fix: "write schema.table (or database.schema.table) for a table, schema (or database.schema) for a schema")
+                throw MigrationError(
+                    stage, "improper qualified name (too many dotted names): \(pattern)",
+                    fix: "write schema.table (or database.schema.table) for a table, schema (or database.schema) for a schema")
             }
             if named.partCount == most, let regex = named.databaseRegex(parts: most),
                 try await source.scalar("SELECT $1 ~ $2", [database, regex]) != "t"
             {
-                throw MigrationError(stage, "cross-database references are not implemented: \(pattern) (connected to \(SQL.identifier(database)))",
-                                     fix: "leave out the database part, or point --source at that database")
+                throw MigrationError(
+                    stage, "cross-database references are not implemented: \(pattern) (connected to \(SQL.identifier(database)))",
+                    fix: "leave out the database part, or point --source at that database")
             }
         }
         var unmatched: [String] = []

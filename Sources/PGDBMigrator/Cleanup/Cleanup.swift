@@ -30,8 +30,9 @@ struct Cleanup {
         }
 
         for line in found { events.info(.cleanup, line) }
-        events.info(.complete, found.isEmpty ? "nothing to clean up" : "cleanup \(settings.dryRun ? "dry run " : "")complete",
-                    ["objects": .list(found)])
+        events.info(
+            .complete, found.isEmpty ? "nothing to clean up" : "cleanup \(settings.dryRun ? "dry run " : "")complete",
+            ["objects": .list(found)])
         return MigrationOutcome(mode: .cleanup, cutoverTriggered: false, warnings: [], duration: ContinuousClock.now - started)
     }
 
@@ -39,7 +40,10 @@ struct Cleanup {
     /// what it leaves alone. Shared by `--mode cleanup` and `--force-clean`.
     func removeLeftovers(of recorded: RunState?, dryRun: Bool) async throws -> [String] {
         if let recorded, recorded.settings["--mode"] == MigrationConfig.Mode.online.rawValue {
-            let given = RunState.settings(of: { var online = config; online.mode = .online; return online }())
+            let given = RunState.settings(
+                of: {
+                    var online = config; online.mode = .online; return online
+                }())
             let differing = ["--slot-name", "--publication", "--subscription-name"].filter { recorded.settings[$0] != given[$0] }
             guard differing.isEmpty else {
                 throw MigrationError(
@@ -89,8 +93,9 @@ struct Cleanup {
             if !dryRun { try await publication.drop(on: source) }
             found.append("\(verb) publication \(SQL.identifier(settings.publication)) on the source")
         case let owner?:
-            kept("publication \(SQL.identifier(settings.publication)) on the source", owner.reason,
-                 removal: "DROP PUBLICATION \(SQL.identifier(settings.publication))")
+            kept(
+                "publication \(SQL.identifier(settings.publication)) on the source", owner.reason,
+                removal: "DROP PUBLICATION \(SQL.identifier(settings.publication))")
         case nil:
             break
         }
@@ -118,18 +123,21 @@ struct Cleanup {
             if settings.dropForeignSlot == name { events.info(.cleanup, "no replication slot \(SQL.identifier(name)) on the source") }
             return nil
         }
-        events.info(.cleanup, "replication slot \(SQL.identifier(name)): \(slot.summary)",
-                    ["slot": .string(name), "retained_wal_bytes": .int(slot.retainedBytes)])
+        events.info(
+            .cleanup, "replication slot \(SQL.identifier(name)): \(slot.summary)",
+            ["slot": .string(name), "retained_wal_bytes": .int(slot.retainedBytes)])
         let foreignButNamed = settings.dropForeignSlot == name
         guard ours || foreignButNamed else {
-            kept("replication slot \(SQL.identifier(name)) on the source (\(slot.summary))",
-                 "the recorded run did not create it",
-                 removal: slot.activePID == nil ? "pass --drop-foreign-slot \(name) if you are sure no one needs it" : nil)
+            kept(
+                "replication slot \(SQL.identifier(name)) on the source (\(slot.summary))",
+                "the recorded run did not create it",
+                removal: slot.activePID == nil ? "pass --drop-foreign-slot \(name) if you are sure no one needs it" : nil)
             return nil
         }
         if foreignButNamed && !ours, let pid = slot.activePID {
-            kept("replication slot \(SQL.identifier(name)) on the source (\(slot.summary))",
-                 "a consumer is attached to it (walsender pid \(pid)); a slot in use is never dropped", removal: nil)
+            kept(
+                "replication slot \(SQL.identifier(name)) on the source (\(slot.summary))",
+                "a consumer is attached to it (walsender pid \(pid)); a slot in use is never dropped", removal: nil)
             return nil
         }
         // Ours: wait for our own subscription's walsender to let go. Anyone else's: one attempt, and a

@@ -62,8 +62,10 @@ extension OnlineSettings {
         try Self.checkSlotName(slotName, flag: "--slot-name")
         try Self.checkIdentifier(publication, flag: "--publication")
         try Self.checkIdentifier(subscriptionName, flag: "--subscription-name")
-        for (flag, interval) in [("--cutover-poll-secs", pollInterval), ("--cutover-fast-poll-ms", fastPollInterval),
-                                 ("--cutover-timeout-secs", cutoverTimeout), ("apply failure grace", applyFailureGrace)]
+        for (flag, interval) in [
+            ("--cutover-poll-secs", pollInterval), ("--cutover-fast-poll-ms", fastPollInterval),
+            ("--cutover-timeout-secs", cutoverTimeout), ("apply failure grace", applyFailureGrace),
+        ]
         where interval <= .zero || interval > Self.longestInterval {
             throw MigrationError(.validate, "\(flag) must be more than 0 and at most 30 days")
         }

@@ -68,7 +68,8 @@ struct Cutover {
             let report = try await VerifyRun(config: config, events: events, tables: tables).verify(checkSequences: false)
             if !report.matches {
                 throw MigrationError(
-                    .cutover, "verify at cutover found differences, so nothing was dropped: "
+                    .cutover,
+                    "verify at cutover found differences, so nothing was dropped: "
                         + report.problems.prefix(10).joined(separator: "; "),
                     fix: "inspect the tables named; the subscription and slot are kept (disabled) and the source unfrozen")
             }
@@ -79,8 +80,10 @@ struct Cutover {
             let sync = SequenceSync(sequences: tables.sequences)
             sequences = try await sessions.retrying { source, target in try await sync.run(source: source, target: target) }
             for (name, reason) in sequences.failures.sorted(by: { $0.key < $1.key }) {
-                events.emit(MigrationEvent(stage: .cutover, level: .error, message: "could not sync sequence \(name): \(reason)",
-                    detail: ["sequence": .string(name)]))
+                events.emit(
+                    MigrationEvent(
+                        stage: .cutover, level: .error, message: "could not sync sequence \(name): \(reason)",
+                        detail: ["sequence": .string(name)]))
             }
             events.info(.cutover, "synced \(sequences.synced) sequence(s)", ["sequences": .int(sequences.synced)])
         }
@@ -115,7 +118,9 @@ struct Cutover {
                     .cutover,
                     "the target did not apply up to the barrier \(barrier) within \(settings.cutoverTimeout) (applied: \(reading.appliedLSN)"
                         + (reading.workerRunning ? ")" : ", apply worker not running)"),
-                    fix: "nothing was dropped; check the target's server log for apply errors, then run again with a longer --cutover-timeout-secs")
+                    fix:
+                        "nothing was dropped; check the target's server log for apply errors, then run again with a longer --cutover-timeout-secs"
+                )
             }
             try await Task.sleep(for: settings.fastPollInterval)
         }

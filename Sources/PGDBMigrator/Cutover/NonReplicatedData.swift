@@ -20,7 +20,8 @@ struct NonReplicatedData {
             let table = CopyTable(oid: "", name: name, bytes: 0, blocks: 0, columns: "", integerKey: nil)
             let result = try await copy.run(.whole(table)) { _ in }
             events.info(
-                .cutover, "copied unlogged table \(shown) again (\(result.rows) rows)", ["table": .string(shown), "rows": .int(result.rows)])
+                .cutover, "copied unlogged table \(shown) again (\(result.rows) rows)",
+                ["table": .string(shown), "rows": .int(result.rows)])
         }
         let count = try await copyLargeObjects(source: source, target: target)
         if count > 0 { events.info(.cutover, "copied \(count) large object(s) again", ["large_objects": .int(count)]) }

@@ -26,7 +26,8 @@ struct DatabaseCopy {
     private func dumpAndRestore(snapshot: String?, afterDump: () async -> Void) async throws -> [String] {
         let copy = DumpRestore(config: config, tools: report.tools, events: events, tables: report.tables)
         let recorded = store.current.copy
-        if resumePlan.reusesFinishedDump, recorded.dumpComplete, let path = recorded.dumpPath, FileManager.default.fileExists(atPath: path) {
+        if resumePlan.reusesFinishedDump, recorded.dumpComplete, let path = recorded.dumpPath, FileManager.default.fileExists(atPath: path)
+        {
             let directory = DumpDirectory(root: path)
             events.info(.dump, "reusing the dump the interrupted run finished in \(path)", ["path": .string(path)])
             await afterDump()
@@ -52,7 +53,7 @@ struct DatabaseCopy {
             ["bytes": .int(bytes), "seconds": .double(dumpSeconds)])
         do {
             return try await restore(from: directory, with: copy)
-        } catch where config.mode == .offline && !(error is CancellationError) {
+        } catch  where config.mode == .offline && !(error is CancellationError) {
             keep = true
             events.warning(.restore, "the finished dump stays in \(directory.root) for --resume; remove it if you start over")
             throw error

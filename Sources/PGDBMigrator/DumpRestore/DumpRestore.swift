@@ -94,7 +94,9 @@ struct DumpRestore {
         let exit = try await child.run()
         let errors = errorLines(exit, scrubbing: config.target)
         var tolerated: [String] = []
-        if !exit.succeeded && skippingExisting && exit.code == 1 && !errors.isEmpty && errors.allSatisfy({ $0.contains("already exists") || $0.contains("is already member of publication") }) {
+        if !exit.succeeded && skippingExisting && exit.code == 1 && !errors.isEmpty
+            && errors.allSatisfy({ $0.contains("already exists") || $0.contains("is already member of publication") })
+        {
             events.info(
                 .restore, "\(errors.count) object(s) of the \(section) section were already made by the interrupted run; skipped",
                 ["section": .string(section), "existing": .list(errors)])

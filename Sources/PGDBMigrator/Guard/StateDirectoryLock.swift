@@ -23,7 +23,8 @@ final class StateDirectoryLock: Sendable {
             throw MigrationError(
                 .validate,
                 "another pg_dbmigrator run\(holder.map { $0.isEmpty ? "" : " (PID \($0))" } ?? "") is using the state directory \(directory)",
-                fix: "wait for it to finish, or stop it (kill -INT \(holder ?? "<pid>")); two runs must never work on one migration at once")
+                fix: "wait for it to finish, or stop it (kill -INT \(holder ?? "<pid>")); two runs must never work on one migration at once"
+            )
         }
         let pid = Array("\(getpid())\n".utf8)
         _ = ftruncate(descriptor, 0)

@@ -11,7 +11,8 @@ struct QualifiedName: Sendable, Hashable, Codable, CustomStringConvertible {
     /// `schema.name` as messages show it (quotes only where a name needs them, roughly as `quote_ident`).
     var shown: String {
         func part(_ text: String) -> String {
-            let plain = text.first.map { $0 == "_" || ($0.isLetter && $0.isLowercase) } == true
+            let plain =
+                text.first.map { $0 == "_" || ($0.isLetter && $0.isLowercase) } == true
                 && text.allSatisfy { $0 == "_" || $0.isNumber || ($0.isLetter && $0.isLowercase) } && text.allSatisfy(\.isASCII)
             return plain ? text : SQL.identifier(text)
         }

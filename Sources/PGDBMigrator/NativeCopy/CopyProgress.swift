@@ -80,10 +80,12 @@ final class CopyProgress: Sendable {
             let eta = rate > 0 ? max(Double(totalBytes - state.copiedBytes), 0) / rate : 0
             let parts = state.inFlight.sorted { $0.key.label < $1.key.label }
             return Line(
-                message: "copy progress: \(formatBytes(state.copiedBytes)) (\(Int(fraction * 100))% of \(formatBytes(totalBytes)) on disk), "
+                message:
+                    "copy progress: \(formatBytes(state.copiedBytes)) (\(Int(fraction * 100))% of \(formatBytes(totalBytes)) on disk), "
                     + "\(formatBytes(Int(rate)))/s, \(state.finishedTables)/\(state.tables.count) tables done"
                     + (rate > 0 && fraction < 1 ? ", ETA \(formatSeconds(eta))" : "")
-                    + (parts.isEmpty ? "" : "; copying " + parts.map { "\($0.key.label) \(formatBytes($0.value))" }.joined(separator: ", ")),
+                    + (parts.isEmpty
+                        ? "" : "; copying " + parts.map { "\($0.key.label) \(formatBytes($0.value))" }.joined(separator: ", ")),
                 detail: [
                     "progress": .bool(true), "bytes": .int(state.copiedBytes), "total_bytes": .int(totalBytes),
                     "bytes_per_second": .double(rate), "eta_seconds": .double(eta),

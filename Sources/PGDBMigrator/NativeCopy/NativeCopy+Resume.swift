@@ -16,11 +16,13 @@ extension NativeCopy {
         var finished: [CopyTable] = []
         var clearing: Set<String> = []
         var emptied: [CopyTable] = []
-        for (table, tableParts) in Dictionary(grouping: parts, by: \.table).sorted(by: { $0.key.name.description < $1.key.name.description }) {
+        for (table, tableParts) in Dictionary(grouping: parts, by: \.table).sorted(by: { $0.key.name.description < $1.key.name.description }
+        ) {
             let pending = tableParts.filter { recorded[$0.key] != true }
             if report.tables.unlogged.contains(table.name) {
                 events.info(
-                    .restore, "copying unlogged table \(table.name) again in full: a crash of the target empties unlogged tables, "
+                    .restore,
+                    "copying unlogged table \(table.name) again in full: a crash of the target empties unlogged tables, "
                         + "so a resumed copy never trusts them", ["table": .string(table.name.description)])
                 emptied.append(table)
                 work += tableParts
@@ -41,7 +43,8 @@ extension NativeCopy {
             try await self.target.withConnection(label: "resume", stage: .restore) { target in
                 for table in emptied {
                     if !report.tables.unlogged.contains(table.name) {
-                        events.info(.restore, "copying \(table.name) again in full: it is split by blocks, which cannot be resumed part by part")
+                        events.info(
+                            .restore, "copying \(table.name) again in full: it is split by blocks, which cannot be resumed part by part")
                     }
                     try await LockWait(server: self.target, events: events, stage: .restore, timeout: config.lockTimeout)
                         .watching("emptying \(table.name) on the target to copy it again", session: target) {
@@ -53,10 +56,11 @@ extension NativeCopy {
                 // Crash recovery also resets unlogged sequences (an unlogged table's identity, PostgreSQL 15+):
                 // they are set from the source again, like the rows.
                 if emptied.contains(where: { report.tables.unlogged.contains($0.name) }) {
-                    let unlogged = Set(try await target.query(
-                        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                            + "WHERE c.relkind = 'S' AND c.relpersistence = 'u'"
-                    ).rows.map { QualifiedName(schema: $0[0]!, name: $0[1]!) })
+                    let unlogged = Set(
+                        try await target.query(
+                            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                + "WHERE c.relkind = 'S' AND c.relpersistence = 'u'"
+                        ).rows.map { QualifiedName(schema: $0[0]!, name: $0[1]!) })
                     let sequences = report.tables.sequences.filter(unlogged.contains)
                     if !sequences.isEmpty {
                         let sourceSession = try await source.connect(label: "resume", stage: .restore)

@@ -21,8 +21,10 @@ extension NativeCopy {
             .restore,
             "copying \(tableCount) table(s) in \(work.count) part(s), \(formatBytes(progress.totalBytes)), "
                 + "with \(copyWorkers) copy and \(config.indexJobs) index worker(s)",
-            ["tables": .int(tableCount), "parts": .int(work.count), "bytes": .int(progress.totalBytes),
-             "jobs": .int(copyWorkers), "index_jobs": .int(config.indexJobs)])
+            [
+                "tables": .int(tableCount), "parts": .int(work.count), "bytes": .int(progress.totalBytes),
+                "jobs": .int(copyWorkers), "index_jobs": .int(config.indexJobs),
+            ])
         let reporter = Task { [events] in await progress.report(every: .seconds(2), to: events) }
         defer { reporter.cancel() }
 
@@ -30,7 +32,9 @@ extension NativeCopy {
             for worker in 0..<copyWorkers {
                 group.addTask {
                     defer {
-                        if running.withLock({ $0 -= 1; return $0 }) == 0 {
+                        if running.withLock({
+                            $0 -= 1; return $0
+                        }) == 0 {
                             reporter.cancel()
                             Task { await indexWork.close() }
                         }

@@ -57,7 +57,8 @@ struct NativeCopy {
             let resolved = try await TableSet.resolve(config.filter, inSnapshotOn: session, stage: .dump)
             guard resolved == report.tables else {
                 throw MigrationError(
-                    .dump, "the tables to migrate changed between Validate and the snapshot (a table was created, dropped or "
+                    .dump,
+                    "the tables to migrate changed between Validate and the snapshot (a table was created, dropped or "
                         + "renamed meanwhile): " + report.tables.differences(from: resolved).joined(separator: ", "),
                     fix: "run again once no schema change is under way on the source")
             }

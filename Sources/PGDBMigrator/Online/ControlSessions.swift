@@ -46,7 +46,9 @@ actor ControlSessions {
                 if ContinuousClock.now - since > giveUpAfter {
                     throw MigrationError(
                         events.currentPhase, "lost the connection to a server for over \(giveUpAfter): \(error.message)",
-                        fix: "nothing was dropped; when the servers are reachable, resume with ALTER SUBSCRIPTION … ENABLE on the target, or clean up")
+                        fix:
+                            "nothing was dropped; when the servers are reachable, resume with ALTER SUBSCRIPTION … ENABLE on the target, or clean up"
+                    )
                 }
                 events.warning(
                     events.currentPhase, "lost a connection to a server (\(error.message)); reconnecting in \(delay)",

@@ -88,7 +88,8 @@ struct OnlineMigration {
     }
 
     private func copyAndStream(
-        plan: ResumePlan, store: RunStateStore, started: ContinuousClock.Instant, slot: inout ReplicationSlot?, slotGuard: inout Task<Void, Never>?
+        plan: ResumePlan, store: RunStateStore, started: ContinuousClock.Instant, slot: inout ReplicationSlot?,
+        slotGuard: inout Task<Void, Never>?
     ) async throws -> MigrationOutcome {
         var findings: OnlinePreflight.Findings?
         let report = try await Preflight(config: config, events: events, resumePlan: plan).run { source, target, tables in
@@ -116,19 +117,24 @@ struct OnlineMigration {
         try leftovers.setDurably(\.sourceIdentity, try await SourceIdentity.read(on: source))
         events.info(
             .prepareSnapshot,
-            "creating replication slot \(SQL.identifier(settings.slotName)); this waits for transactions already writing on the source to finish")
-        let newSlot = try await LockWait(server: config.sourceEndpoint, events: events, stage: .prepareSnapshot, timeout: config.lockTimeout)
-            .watching("creating the replication slot", blockers: .transactions(olderThan: began)) { [config, settings] in
-                try await ReplicationSlot.create(named: settings.slotName, on: config.source)
-            }
+            "creating replication slot \(SQL.identifier(settings.slotName)); this waits for transactions already writing on the source to finish"
+        )
+        let newSlot = try await LockWait(
+            server: config.sourceEndpoint, events: events, stage: .prepareSnapshot, timeout: config.lockTimeout
+        )
+        .watching("creating the replication slot", blockers: .transactions(olderThan: began)) { [config, settings] in
+            try await ReplicationSlot.create(named: settings.slotName, on: config.source)
+        }
         slot = newSlot
         leftovers.set(\.slotCreated, true)
         slotGuard = startSlotGuard()
         events.info(
             .prepareSnapshot,
             "created replication slot \(SQL.identifier(settings.slotName)) at \(newSlot.consistentPoint) with snapshot \(newSlot.snapshotName)",
-            ["slot": .string(settings.slotName), "consistent_lsn": .string(newSlot.consistentPoint.description),
-             "snapshot": .string(newSlot.snapshotName)])
+            [
+                "slot": .string(settings.slotName), "consistent_lsn": .string(newSlot.consistentPoint.description),
+                "snapshot": .string(newSlot.snapshotName),
+            ])
 
         // The copy, as of the slot's snapshot.
         let copy = DatabaseCopy(config: config, report: report, events: events, store: store, resumePlan: plan)
@@ -149,7 +155,8 @@ struct OnlineMigration {
     /// change since, so enabling the subscription again carries on where it stopped.
     private func reattach(store: RunStateStore, started: ContinuousClock.Instant) async throws -> MigrationOutcome {
         events.info(
-            .validate, "resuming the interrupted run recorded in \(store.path): it was streaming; re-attaching to its slot and subscription",
+            .validate,
+            "resuming the interrupted run recorded in \(store.path): it was streaming; re-attaching to its slot and subscription",
             ["state": .string(store.path)])
         let report = try await Preflight(config: config, events: events, resumePlan: .reattach).run()
         try store.checkTables(report.tables, of: config)
@@ -172,7 +179,8 @@ struct OnlineMigration {
         leftovers.set(\.frozenDatabase, nil)
         if frozen != nil || hadTriggers {
             events.warning(
-                .streamApply, "the interrupted cutover had frozen the source database \(SQL.identifier(freeze.database)); it accepts writes again")
+                .streamApply,
+                "the interrupted cutover had frozen the source database \(SQL.identifier(freeze.database)); it accepts writes again")
         }
         try await subscription().enable(on: target)
         events.info(
@@ -208,19 +216,24 @@ struct OnlineMigration {
         store.finish()
         let duration = ContinuousClock.now - started
         // The setting is in the undo only when this run set it: a DBA's own read-only setting stays.
-        let undo = settings.freezeSourceAtCutover
-            ? SourceFreeze(database: config.sourceEndpoint.databaseName).undoSQL(resettingReadOnly: leftovers.snapshot.frozenDatabase != nil) : nil
+        let undo =
+            settings.freezeSourceAtCutover
+            ? SourceFreeze(database: config.sourceEndpoint.databaseName).undoSQL(
+                resettingReadOnly: leftovers.snapshot.frozenDatabase != nil) : nil
         var detail: [String: EventValue] = ["barrier_lsn": .string(barrier.description), "seconds": .double(duration.seconds)]
         if let sequenceFailures { detail["sequences_failed"] = .int(sequenceFailures.count) }
         if let undo { detail["undo_freeze"] = .string(undo) }
         // Kept on purpose, and from now on no run's to drop: removing them is the operator's explicit act.
         var kept: [String] = []
         if settings.keepSubscription {
-            kept.append("subscription \(SQL.identifier(settings.subscriptionName)) on the target (disabled; remove with: \(subscription().removalSQL))")
+            kept.append(
+                "subscription \(SQL.identifier(settings.subscriptionName)) on the target (disabled; remove with: \(subscription().removalSQL))"
+            )
         }
         if settings.keepSlot {
-            kept.append("replication slot \(SQL.identifier(settings.slotName)) on the source (it retains WAL until dropped; remove with: "
-                + "\(Cleanup.command(for: config)) --drop-foreign-slot \(settings.slotName))")
+            kept.append(
+                "replication slot \(SQL.identifier(settings.slotName)) on the source (it retains WAL until dropped; remove with: "
+                    + "\(Cleanup.command(for: config)) --drop-foreign-slot \(settings.slotName))")
         }
         if !kept.isEmpty { detail["kept"] = .list(kept) }
         events.info(
@@ -277,7 +290,8 @@ struct OnlineMigration {
         do {
             try await heartbeat(sessions)
             events.info(.cutover, "cutover requested")
-            result = try await Cutover(config: config, events: events, sessions: sessions, leftovers: leftovers, tables: report.tables).run()
+            result = try await Cutover(config: config, events: events, sessions: sessions, leftovers: leftovers, tables: report.tables)
+                .run()
         } catch {
             await sessions.close()
             throw error
@@ -330,10 +344,11 @@ struct OnlineMigration {
         case .healthy:
             return
         case .newErrors(let count):
-            events.emit(MigrationEvent(
-                stage: .streamApply, level: .error,
-                message: "the target's apply worker reported an error (\(count) so far); PostgreSQL retries it",
-                detail: ["apply_errors": .int(count)]))
+            events.emit(
+                MigrationEvent(
+                    stage: .streamApply, level: .error,
+                    message: "the target's apply worker reported an error (\(count) so far); PostgreSQL retries it",
+                    detail: ["apply_errors": .int(count)]))
         case .failing(let duration):
             // The worker may be between its error and writing it (or restarting): give the log a few seconds.
             var serverError = await ServerLog.lastApplyError(of: settings.subscriptionName, on: target)
@@ -367,9 +382,12 @@ struct OnlineMigration {
                 leftovers.set(\.frozenDatabase, nil)
                 if undone { events.info(.cutover, "the source database \(SQL.identifier(freeze.database)) accepts writes again") }
             } catch {
-                events.emit(MigrationEvent(
-                    stage: .cutover, level: .error,
-                    message: "could not undo the freeze of the source database (\(error)); run on the source: \(freeze.undoSQL(resettingReadOnly: state.frozenDatabase != nil))"))
+                events.emit(
+                    MigrationEvent(
+                        stage: .cutover, level: .error,
+                        message:
+                            "could not undo the freeze of the source database (\(error)); run on the source: \(freeze.undoSQL(resettingReadOnly: state.frozenDatabase != nil))"
+                    ))
             }
         }
         if state.subscriptionCreated, let target = try? await config.targetEndpoint.connect(label: "abort") {

@@ -48,7 +48,8 @@ struct OnlinePreflight {
                     "the publication \(SQL.identifier(settings.publication)) does not carry exactly the migrated tables' changes: "
                         + problems.joined(separator: "; "),
                     fix: "let this run create its own (pass a --publication name that does not exist), or change the publication "
-                        + "to publish every migrated table, all of insert, update, delete and truncate, without row filters or column lists")
+                        + "to publish every migrated table, all of insert, update, delete and truncate, without row filters or column lists"
+                )
             }
         }
         try await checkReplicaIdentity(source, tables: tables.published)
@@ -69,16 +70,20 @@ struct OnlinePreflight {
             try await Subscription.probe(on: target, connectingTo: conninfo, events: events)
         } catch is SecretKeepingStatement.Exposed {
             events.warning(
-                .validate, "the subscription's connection is not tried before the copy: as a non-superuser, trying it would put "
-                    + "its password in the target's server log (log_min_messages is below error); it is tried when the subscription is created")
+                .validate,
+                "the subscription's connection is not tried before the copy: as a non-superuser, trying it would put "
+                    + "its password in the target's server log (log_min_messages is below error); it is tried when the subscription is created"
+            )
             return conninfo
         } catch let error as PostgresError {
             let targetDatabase = config.targetEndpoint.databaseName
-            if error.sqlState == PostgresError.insufficientPrivilege, try await target.scalar("SELECT current_database()") != targetDatabase {
+            if error.sqlState == PostgresError.insufficientPrivilege, try await target.scalar("SELECT current_database()") != targetDatabase
+            {
                 // Before PostgreSQL 16 only superusers subscribe; after, CREATE on the database is needed too,
                 // which a non-superuser may have on the target database (made later) but not on this one.
                 events.warning(
-                    .validate, "cannot try the subscription's connection before the target database exists (\(error.message)); "
+                    .validate,
+                    "cannot try the subscription's connection before the target database exists (\(error.message)); "
                         + "it is tried when the subscription is created")
                 return conninfo
             }
@@ -100,7 +105,8 @@ struct OnlinePreflight {
         // First: a standby's own settings (wal_level, slots) would only mislead about the fix.
         if try await source.scalar("SELECT pg_is_in_recovery()") == "t" {
             throw MigrationError(
-                .validate, "the source is a standby (in recovery): the publication and the replication slot an online "
+                .validate,
+                "the source is a standby (in recovery): the publication and the replication slot an online "
                     + "migration needs are created, and streamed from, on the primary",
                 fix: "point --source at the primary; an offline copy (--mode offline) may read from a standby")
         }
@@ -319,12 +325,14 @@ struct OnlinePreflight {
         ).rows[0]
         if let unlogged = row[0] {
             events.warning(
-                .validate, "unlogged tables are not replicated: copied again at cutover with --freeze-source-at-cutover, else as of the snapshot: \(unlogged)",
+                .validate,
+                "unlogged tables are not replicated: copied again at cutover with --freeze-source-at-cutover, else as of the snapshot: \(unlogged)",
                 ["tables": .string(unlogged)])
         }
         if let count = Int(row[1] ?? "0"), count > 0 {
             events.warning(
-                .validate, "\(count) large object(s) are not replicated: copied again at cutover with --freeze-source-at-cutover, else as of the snapshot",
+                .validate,
+                "\(count) large object(s) are not replicated: copied again at cutover with --freeze-source-at-cutover, else as of the snapshot",
                 ["large_objects": .int(count)])
         }
         events.info(.validate, "schema changes (DDL) are not replicated: do not change the schema until cutover")

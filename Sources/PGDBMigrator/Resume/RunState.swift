@@ -193,7 +193,8 @@ final class RunStateStore: Sendable {
         }
         guard recorded == tables else {
             throw MigrationError(
-                stage, "the tables to migrate changed since the interrupted run began: "
+                stage,
+                "the tables to migrate changed since the interrupted run began: "
                     + recorded.differences(from: tables).joined(separator: ", "),
                 fix: "undo that schema change on the source, or start over: "
                     + Cleanup.command(recordedIn: current, config: config))

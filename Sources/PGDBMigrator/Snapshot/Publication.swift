@@ -14,18 +14,19 @@ struct Publication {
     /// The tables whose changes the publication carries, as leaf tables: with
     /// `publish_via_partition_root` it lists roots, which stand for their partitions.
     func publishedTables(on source: Connection) async throws -> Set<QualifiedName> {
-        Set(try await source.query(
-            """
-            SELECT n.nspname, c.relname
-            FROM pg_publication_tables pt
-            JOIN pg_namespace pn ON pn.nspname = pt.schemaname
-            JOIN pg_class p ON p.relname = pt.tablename AND p.relnamespace = pn.oid
-            -- pg_partition_tree lists a partitioned table's leaves, and nothing for a table that is not in a tree
-            JOIN LATERAL (SELECT relid FROM pg_partition_tree(p.oid) WHERE isleaf UNION SELECT p.oid WHERE p.relkind = 'r') leaf ON true
-            JOIN pg_class c ON c.oid = leaf.relid JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE pt.pubname = $1
-            """, [name]
-        ).rows.map { QualifiedName(schema: $0[0]!, name: $0[1]!) })
+        Set(
+            try await source.query(
+                """
+                SELECT n.nspname, c.relname
+                FROM pg_publication_tables pt
+                JOIN pg_namespace pn ON pn.nspname = pt.schemaname
+                JOIN pg_class p ON p.relname = pt.tablename AND p.relnamespace = pn.oid
+                -- pg_partition_tree lists a partitioned table's leaves, and nothing for a table that is not in a tree
+                JOIN LATERAL (SELECT relid FROM pg_partition_tree(p.oid) WHERE isleaf UNION SELECT p.oid WHERE p.relkind = 'r') leaf ON true
+                JOIN pg_class c ON c.oid = leaf.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE pt.pubname = $1
+                """, [name]
+            ).rows.map { QualifiedName(schema: $0[0]!, name: $0[1]!) })
     }
 
     /// Why the publication does not carry exactly every change of `tables`, one
@@ -39,9 +40,11 @@ struct Publication {
         var problems = wanted.subtracting(published).map { "it does not publish \($0.shown)" }.sorted()
         problems += published.subtracting(wanted).map { "it publishes \($0.shown), which the migration does not carry" }.sorted()
         let viaRoot = await source.serverVersion >= 130_000 ? "pubviaroot" : "false"  // (PostgreSQL 13+)
-        guard let row = try await source.query(
-            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate, \(viaRoot) FROM pg_publication WHERE pubname = $1", [name]
-        ).rows.first else { return ["it does not exist"] }
+        guard
+            let row = try await source.query(
+                "SELECT pubinsert, pubupdate, pubdelete, pubtruncate, \(viaRoot) FROM pg_publication WHERE pubname = $1", [name]
+            ).rows.first
+        else { return ["it does not exist"] }
         let actions = zip(["insert", "update", "delete", "truncate"], row.prefix(4)).filter { $0.1 != "t" }.map(\.0)
         if !actions.isEmpty { problems.append("it does not publish \(actions.joined(separator: ", ")) (publish = …)") }
         if row[4] == "t" {
@@ -54,7 +57,9 @@ struct Publication {
                 """, [name]
             ).rows.map { QualifiedName(schema: $0[0]!, name: $0[1]!) }
             problems += roots.filter { !tables.contains($0) }
-                .map { "it publishes through the partition root \($0.shown) (publish_via_partition_root), which the migration does not carry" }
+                .map {
+                    "it publishes through the partition root \($0.shown) (publish_via_partition_root), which the migration does not carry"
+                }
         }
         if await source.serverVersion >= 150_000 {
             problems += try await source.query(
@@ -101,9 +106,11 @@ struct Publication {
 
     /// Who created the publication, by its mark; nil when there is none of that name.
     func owner(on source: Connection) async throws -> OwnershipMark.Owner? {
-        guard let row = try await source.query(
-            "SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = $1", [name]
-        ).rows.first else { return nil }
+        guard
+            let row = try await source.query(
+                "SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = $1", [name]
+            ).rows.first
+        else { return nil }
         return OwnershipMark.owner(ofObjectCommented: row[0], runID: runID)
     }
 

@@ -78,15 +78,17 @@ actor ReplicationSlot {
     }
 
     static func describe(named name: String, on source: Connection) async throws -> Description? {
-        guard let row = try await source.query(
-            """
-            SELECT coalesce(plugin, 'physical'), coalesce(database, '-'), active_pid::text,
-                   coalesce(pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)), '0 bytes'),
-                   coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint::text,
-                   coalesce(wal_status, 'unknown')
-            FROM pg_replication_slots WHERE slot_name = $1
-            """, [name]
-        ).rows.first else { return nil }
+        guard
+            let row = try await source.query(
+                """
+                SELECT coalesce(plugin, 'physical'), coalesce(database, '-'), active_pid::text,
+                       coalesce(pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)), '0 bytes'),
+                       coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint::text,
+                       coalesce(wal_status, 'unknown')
+                FROM pg_replication_slots WHERE slot_name = $1
+                """, [name]
+            ).rows.first
+        else { return nil }
         return Description(
             name: name, plugin: row[0] ?? "?", database: row[1] ?? "?", activePID: row[2], retainedWAL: row[3] ?? "?",
             retainedBytes: Int(row[4] ?? "0") ?? 0, walStatus: row[5] ?? "?")

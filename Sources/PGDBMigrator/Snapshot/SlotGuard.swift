@@ -19,13 +19,15 @@ struct SlotGuard {
     }
 
     static func read(slot: String, on connection: Connection) async throws -> Reading? {
-        guard let row = try await connection.query(
-            """
-            SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint::text,
-                   coalesce(wal_status, 'unknown'), safe_wal_size::text
-            FROM pg_replication_slots WHERE slot_name = $1
-            """, [slot]
-        ).rows.first else { return nil }
+        guard
+            let row = try await connection.query(
+                """
+                SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint::text,
+                       coalesce(wal_status, 'unknown'), safe_wal_size::text
+                FROM pg_replication_slots WHERE slot_name = $1
+                """, [slot]
+            ).rows.first
+        else { return nil }
         return Reading(
             retainedBytes: UInt64(row[0] ?? "0") ?? 0, walStatus: row[1] ?? "unknown", safeWALSize: row[2].flatMap { Int64($0) })
     }
@@ -45,7 +47,9 @@ struct SlotGuard {
         while !Task.isCancelled {
             do {
                 let current: Connection
-                if let connection { current = connection } else {
+                if let connection {
+                    current = connection
+                } else {
                     current = try await Endpoint(role: .source, connectionString: source).connect(label: "slot-guard")
                     connection = current
                 }

@@ -55,7 +55,8 @@ struct Endpoint: Sendable {
         let names = others.map(\.keyword).joined(separator: ", ")
         if options["service"] != nil || ProcessInfo.processInfo.environment["PGSERVICE"] != nil {
             throw MigrationError(
-                .validate, "the --\(role) connection string gives \(names) and also names a service (service= or PGSERVICE): "
+                .validate,
+                "the --\(role) connection string gives \(names) and also names a service (service= or PGSERVICE): "
                     + "the tool passes \(names) to pg_dump and pg_restore through a service file of its own, which cannot include yours",
                 fix: "put \(names) in your service file (pg_service.conf) instead of the connection string")
         }

@@ -39,7 +39,8 @@ struct PostgresTools: Sendable {
             }
             return Tool(name: name, path: path, major: major, versionLine: line)
         }
-        return PostgresTools(pgDump: try await find("pg_dump"), pgRestore: try await find("pg_restore"), vacuumdb: try await find("vacuumdb"))
+        return PostgresTools(
+            pgDump: try await find("pg_dump"), pgRestore: try await find("pg_restore"), vacuumdb: try await find("vacuumdb"))
     }
 
     /// `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → 15.

@@ -15,8 +15,9 @@ struct TargetDatabase {
     func checkDrop(on session: Connection, terminatingSessions: Bool) async throws {
         let name = self.target.databaseName
         guard !Self.protectedNames.contains(name) else {
-            throw MigrationError(.validate, "\(SQL.identifier(name)) is never dropped: every server needs it",
-                                 fix: "point --target at the database to migrate into")
+            throw MigrationError(
+                .validate, "\(SQL.identifier(name)) is never dropped: every server needs it",
+                fix: "point --target at the database to migrate into")
         }
         let size = try await session.query(
             """
@@ -46,7 +47,8 @@ struct TargetDatabase {
                 fix: "drop those slots yourself if no one needs them (pg_drop_replication_slot), or point --target elsewhere")
         }
         let what = "\(size[0] ?? "?"), \(size[1] ?? "?") table(s)"
-        let connected = sessions.isEmpty ? "no other session connected" : "\(sessions.count) session(s) connected: " + sessions.joined(separator: "; ")
+        let connected =
+            sessions.isEmpty ? "no other session connected" : "\(sessions.count) session(s) connected: " + sessions.joined(separator: "; ")
         guard sessions.isEmpty || terminatingSessions else {
             throw MigrationError(
                 .validate,
@@ -54,10 +56,13 @@ struct TargetDatabase {
                 fix: "stop those sessions, or add --terminate-target-sessions to end them when the database is dropped")
         }
         events.warning(
-            .validate, "--drop-target-first: the target database \(SQL.identifier(name)) (\(what)) will be dropped and re-created; "
+            .validate,
+            "--drop-target-first: the target database \(SQL.identifier(name)) (\(what)) will be dropped and re-created; "
                 + connected + (sessions.isEmpty ? "" : ", ended when it is dropped (--terminate-target-sessions)"),
-            ["database": .string(name), "size": .string(size[0] ?? "?"), "tables": .int(Int(size[1] ?? "0") ?? 0),
-             "sessions": .list(sessions)])
+            [
+                "database": .string(name), "size": .string(size[0] ?? "?"), "tables": .int(Int(size[1] ?? "0") ?? 0),
+                "sessions": .list(sessions),
+            ])
     }
 
     /// The database to connect to while `name` itself is being created or dropped.

@@ -60,7 +60,9 @@ enum SchemaComparison {
 
     static func differences(of tables: [String], source: Connection, target: Connection) async throws -> [String: [String]] {
         guard !tables.isEmpty else { return [:] }
-        let list = "{" + tables.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
+        let list =
+            "{"
+            + tables.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
             .joined(separator: ",") + "}"
         async let sourceRows = source.query(describeSQL, [list])
         async let targetRows = target.query(describeSQL, [list])
@@ -74,7 +76,8 @@ enum SchemaComparison {
         for table in tables {
             let mine = sourceSchema[table] ?? []
             let theirs = targetSchema[table] ?? []
-            let lines = mine.subtracting(theirs).sorted().map { "missing on the target: \($0)" }
+            let lines =
+                mine.subtracting(theirs).sorted().map { "missing on the target: \($0)" }
                 + theirs.subtracting(mine).sorted().map { "only on the target: \($0)" }
             if !lines.isEmpty { differences[table] = lines }
         }
@@ -135,7 +138,10 @@ enum RowDifferences {
             case (.some, nil): lines.append("\(what) \(key): missing on the target")
             case (nil, .some): lines.append("\(what) \(key): only on the target")
             case let (a?, b?) where a != b:
-                lines.append(part.table.keyColumns.isEmpty ? "row \(key): \(a.values.reduce(0, +)) on the source, \(b.values.reduce(0, +)) on the target" : "key \(key): content differs")
+                lines.append(
+                    part.table.keyColumns.isEmpty
+                        ? "row \(key): \(a.values.reduce(0, +)) on the source, \(b.values.reduce(0, +)) on the target"
+                        : "key \(key): content differs")
             default: break
             }
         }

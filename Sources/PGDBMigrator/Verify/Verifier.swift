@@ -64,10 +64,13 @@ struct Verifier {
                 differingRows: rows, bytes: table.bytes)
             report.tables.append(entry)
             if !entry.matches {
-                events.emit(MigrationEvent(
-                    stage: .verify, level: .error, message: "table \(table.name) differs",
-                    detail: ["table": .string(table.name), "source_rows": .int(entry.sourceRows),
-                             "target_rows": .int(entry.targetRows), "ranges": .list(entry.differingRanges)]))
+                events.emit(
+                    MigrationEvent(
+                        stage: .verify, level: .error, message: "table \(table.name) differs",
+                        detail: [
+                            "table": .string(table.name), "source_rows": .int(entry.sourceRows),
+                            "target_rows": .int(entry.targetRows), "ranges": .list(entry.differingRanges),
+                        ]))
             }
         }
         report.seconds = (ContinuousClock.now - started).seconds
@@ -119,15 +122,17 @@ struct Verifier {
                 var start = low
                 while start <= high {
                     let end = start + step
-                    parts.append(Part(table: table, condition: "\(key) >= \(start) AND \(key) < \(end)", label: "\(key) in [\(start), \(end))"))
+                    parts.append(
+                        Part(table: table, condition: "\(key) >= \(start) AND \(key) < \(end)", label: "\(key) in [\(start), \(end))"))
                     start = end
                 }
             } else {
                 let keyExpression = table.keyColumns.isEmpty ? "t::text" : "ROW(\(table.keyColumns.joined(separator: ", ")))::text"
                 for bucket in 0..<count {
-                    parts.append(Part(
-                        table: table, condition: "(hashtext(\(keyExpression)) & 2147483647) % \(count) = \(bucket)",
-                        label: "hash bucket \(bucket + 1) of \(count)"))
+                    parts.append(
+                        Part(
+                            table: table, condition: "(hashtext(\(keyExpression)) & 2147483647) % \(count) = \(bucket)",
+                            label: "hash bucket \(bucket + 1) of \(count)"))
                 }
             }
         }
@@ -155,9 +160,10 @@ struct Verifier {
                         async let sourceRow = sourceConnection.query(sql)
                         async let targetRow = targetConnection.query(sql)
                         let (sourceSum, targetSum) = try await (sourceRow.rows[0], targetRow.rows[0])
-                        results.append(PartResult(
-                            part: part, sourceRows: Int(sourceSum[0] ?? "0") ?? 0, targetRows: Int(targetSum[0] ?? "0") ?? 0,
-                            matches: sourceSum == targetSum))
+                        results.append(
+                            PartResult(
+                                part: part, sourceRows: Int(sourceSum[0] ?? "0") ?? 0, targetRows: Int(targetSum[0] ?? "0") ?? 0,
+                                matches: sourceSum == targetSum))
                     }
                     await sourceConnection.close()
                     await targetConnection.close()

@@ -41,19 +41,23 @@ struct VerifyRun {
         let verified = report.tables.count + report.missingOnTarget.count
         guard verified == set.tables.count else {
             throw MigrationError(
-                stage, "verify compared \(verified) table(s) but the migration carries \(set.tables.count): "
+                stage,
+                "verify compared \(verified) table(s) but the migration carries \(set.tables.count): "
                     + "a table was dropped or renamed on the source during the run",
                 fix: "find the table that changed (DDL is not migrated while a migration runs), then verify again")
         }
         let bytes = report.tables.reduce(0) { $0 + $1.bytes }
         let rate = report.seconds > 0 ? Double(bytes) / 1_000_000 / report.seconds : 0
-        events.emit(MigrationEvent(
-            stage: .verify, level: report.matches ? .info : .error,
-            message: report.matches
-                ? "\(report.tables.count) table(s) match (\(report.tables.reduce(0) { $0 + $1.sourceRows }) rows, \(formatBytes(bytes)) in \(formatSeconds(report.seconds)))"
-                : "\(report.problems.count) difference(s) between source and target",
-            detail: ["tables": .int(report.tables.count), "seconds": .double(report.seconds), "mb_per_second": .double(rate),
-                     "problems": .list(report.problems)]))
+        events.emit(
+            MigrationEvent(
+                stage: .verify, level: report.matches ? .info : .error,
+                message: report.matches
+                    ? "\(report.tables.count) table(s) match (\(report.tables.reduce(0) { $0 + $1.sourceRows }) rows, \(formatBytes(bytes)) in \(formatSeconds(report.seconds)))"
+                    : "\(report.problems.count) difference(s) between source and target",
+                detail: [
+                    "tables": .int(report.tables.count), "seconds": .double(report.seconds), "mb_per_second": .double(rate),
+                    "problems": .list(report.problems),
+                ]))
         return report
     }
 

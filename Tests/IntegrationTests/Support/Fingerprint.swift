@@ -54,14 +54,15 @@ struct Fingerprint: Equatable, CustomStringConvertible {
                 sequences[name] = try await connection.query("SELECT last_value::text || '/' || is_called::text FROM \(name)").rows[0][0]
             } else {
                 let result = try await connection.query(
-                    "SELECT count(*)::text || ':' || coalesce(md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))), '-') FROM ONLY \(name) t")
+                    "SELECT count(*)::text || ':' || coalesce(md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))), '-') FROM ONLY \(name) t"
+                )
                 tables[name] = result.rows[0][0]
             }
         }
         var largeObjects: [String: String] = [:]
         for row in try await connection.query(
-            "SELECT oid::text, md5(lo_get(oid)) FROM pg_largeobject_metadata ORDER BY oid").rows
-        {
+            "SELECT oid::text, md5(lo_get(oid)) FROM pg_largeobject_metadata ORDER BY oid"
+        ).rows {
             largeObjects[row[0]!] = row[1]
         }
         return Fingerprint(tables: tables, sequences: sequences, largeObjects: largeObjects)

@@ -88,7 +88,11 @@ final class TCPRelay: @unchecked Sendable {
     private final class Finished: @unchecked Sendable {
         private let lock = NSLock()
         private var count = 0
-        func oneMore() -> Bool { lock.withLock { count += 1; return count == 2 } }
+        func oneMore() -> Bool {
+            lock.withLock {
+                count += 1; return count == 2
+            }
+        }
     }
 
     private func pump(from input: Int32, to output: Int32, _ finished: Finished) {

@@ -34,24 +34,34 @@ struct TLSFiles {
         try "subjectAltName=IP:127.0.0.1,DNS:localhost\n".write(toFile: extensions, atomically: true, encoding: .utf8)
         for authority in ["ca", "rogue-ca"] {
             try await openssl(
-                ["req", "-x509"] + curve + ["-nodes", "-keyout", "\(directory)/\(authority).key", "-out", "\(directory)/\(authority).crt",
-                 "-days", "2", "-subj", "/CN=pgdm test \(authority)"])
+                ["req", "-x509"] + curve + [
+                    "-nodes", "-keyout", "\(directory)/\(authority).key", "-out", "\(directory)/\(authority).crt",
+                    "-days", "2", "-subj", "/CN=pgdm test \(authority)",
+                ])
         }
         // server.* from the trusted CA, rogue.* (same names) from the other one.
         for (name, authority) in [("server", "ca"), ("rogue", "rogue-ca")] {
             try await openssl(
-                ["req"] + curve + ["-nodes", "-keyout", "\(directory)/\(name).key", "-out", "\(directory)/\(name).csr", "-subj", "/CN=127.0.0.1"])
+                ["req"] + curve + [
+                    "-nodes", "-keyout", "\(directory)/\(name).key", "-out", "\(directory)/\(name).csr", "-subj", "/CN=127.0.0.1",
+                ])
             try await openssl(
-                ["x509", "-req", "-in", "\(directory)/\(name).csr", "-CA", "\(directory)/\(authority).crt", "-CAkey",
-                 "\(directory)/\(authority).key", "-CAcreateserial", "-out", "\(directory)/\(name).crt", "-days", "2",
-                 "-extfile", extensions])
+                [
+                    "x509", "-req", "-in", "\(directory)/\(name).csr", "-CA", "\(directory)/\(authority).crt", "-CAkey",
+                    "\(directory)/\(authority).key", "-CAcreateserial", "-out", "\(directory)/\(name).crt", "-days", "2",
+                    "-extfile", extensions,
+                ])
         }
         try await openssl(
-            ["req"] + curve + ["-keyout", files.clientKey, "-passout", "pass:\(files.clientKeyPassphrase)", "-out", "\(directory)/client.csr",
-             "-subj", "/CN=\(clientName)"])
+            ["req"] + curve + [
+                "-keyout", files.clientKey, "-passout", "pass:\(files.clientKeyPassphrase)", "-out", "\(directory)/client.csr",
+                "-subj", "/CN=\(clientName)",
+            ])
         try await openssl(
-            ["x509", "-req", "-in", "\(directory)/client.csr", "-CA", files.caCertificate, "-CAkey", "\(directory)/ca.key",
-             "-CAcreateserial", "-out", files.clientCertificate, "-days", "2"])
+            [
+                "x509", "-req", "-in", "\(directory)/client.csr", "-CA", files.caCertificate, "-CAkey", "\(directory)/ca.key",
+                "-CAcreateserial", "-out", files.clientCertificate, "-days", "2",
+            ])
         for file in try FileManager.default.contentsOfDirectory(atPath: directory) {
             let path = directory + "/" + file
             chmod(path, file.hasSuffix(".key") ? 0o600 : 0o644)

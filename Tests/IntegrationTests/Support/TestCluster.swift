@@ -1,6 +1,7 @@
 import Foundation
-@testable import PGDBMigrator
 import PostgresClient
+
+@testable import PGDBMigrator
 
 /// A throwaway PostgreSQL server for tests: `initdb` into a temporary
 /// directory, `pg_ctl start` on a free loopback port, password (SCRAM) auth
@@ -34,8 +35,10 @@ final class TestCluster: @unchecked Sendable {
         try chownToServerUser(passwordFile)
         try await runAsServerUser(
             bin + "/initdb",
-            ["-D", cluster.dataDirectory, "-U", superuser, "--pwfile=\(passwordFile)", "-A", "scram-sha-256",
-             "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+            [
+                "-D", cluster.dataDirectory, "-U", superuser, "--pwfile=\(passwordFile)", "-A", "scram-sha-256",
+                "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
+            ])
         var options: [String: String] = [
             "port": String(port), "listen_addresses": "127.0.0.1", "unix_socket_directories": directory,
             "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
@@ -56,7 +59,9 @@ final class TestCluster: @unchecked Sendable {
     /// Restarts the server (fast shutdown: sessions are ended, as in a real restart).
     /// `-l` again, or the new postmaster would keep our output pipe open forever.
     func restart() async throws {
-        try await TestCluster.runAsServerUser(try await TestCluster.serverBinDirectory() + "/pg_ctl", ["-D", dataDirectory, "-l", directory + "/server.log", "-m", "fast", "-w", "-t", "60", "restart"])
+        try await TestCluster.runAsServerUser(
+            try await TestCluster.serverBinDirectory() + "/pg_ctl",
+            ["-D", dataDirectory, "-l", directory + "/server.log", "-m", "fast", "-w", "-t", "60", "restart"])
     }
 
     /// A streaming standby of this cluster (`pg_basebackup -R`), on a port and directory of its own.
@@ -66,8 +71,10 @@ final class TestCluster: @unchecked Sendable {
         let standby = TestCluster(directory: directory, port: try TestCluster.freePort())
         try await TestCluster.runAsServerUser(
             bin + "/pg_basebackup",
-            ["-D", standby.dataDirectory, "-R", "-X", "stream", "--no-sync", "--checkpoint=fast",
-             "-d", "host=127.0.0.1 port=\(port) user=\(TestCluster.superuser) password=\(TestCluster.superuserPassword)"])
+            [
+                "-D", standby.dataDirectory, "-R", "-X", "stream", "--no-sync", "--checkpoint=fast",
+                "-d", "host=127.0.0.1 port=\(port) user=\(TestCluster.superuser) password=\(TestCluster.superuserPassword)",
+            ])
         let options = [
             "port=\(standby.port)", "listen_addresses=127.0.0.1", "unix_socket_directories=\(directory)", "hot_standby=on",
             "wal_level=logical", "max_wal_senders=10", "max_replication_slots=10", "max_prepared_transactions=5",
@@ -82,7 +89,9 @@ final class TestCluster: @unchecked Sendable {
     /// Crashes the server (immediate shutdown: no checkpoint) and starts it again: crash recovery
     /// runs, which empties unlogged tables.
     func crashAndRestart() async throws {
-        try await TestCluster.runAsServerUser(try await TestCluster.serverBinDirectory() + "/pg_ctl", ["-D", dataDirectory, "-l", directory + "/server.log", "-m", "immediate", "-w", "-t", "60", "restart"])
+        try await TestCluster.runAsServerUser(
+            try await TestCluster.serverBinDirectory() + "/pg_ctl",
+            ["-D", dataDirectory, "-l", directory + "/server.log", "-m", "immediate", "-w", "-t", "60", "restart"])
     }
 
     /// Blocking on purpose: it runs from `atexit`, where nothing async can.
@@ -119,7 +128,11 @@ final class TestCluster: @unchecked Sendable {
     func load(file: String, into database: String) async throws {
         let psql = try await TestCluster.clientBinary("psql")
         let result = try await TestCluster.run(
-            psql, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", file, "-o", "/dev/null", "--dbname=host=127.0.0.1 port=\(port) user=\(TestCluster.superuser) dbname=\(database)"],
+            psql,
+            [
+                "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", file, "-o", "/dev/null",
+                "--dbname=host=127.0.0.1 port=\(port) user=\(TestCluster.superuser) dbname=\(database)",
+            ],
             environment: ["PGPASSWORD": TestCluster.superuserPassword])
         guard result.status == 0 else { throw TestSupportError("psql -f \(file) failed: \(result.output)") }
     }
@@ -143,7 +156,8 @@ final class TestCluster: @unchecked Sendable {
     static var isRoot: Bool { getuid() == 0 }
 
     static func runAsServerUser(_ executable: String, _ arguments: [String]) async throws {
-        let result = isRoot
+        let result =
+            isRoot
             ? try await run("/usr/sbin/runuser", ["-u", "postgres", "--", executable] + arguments)
             : try await run(executable, arguments)
         guard result.status == 0 else {
