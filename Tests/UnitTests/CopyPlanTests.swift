@@ -3,8 +3,8 @@ import Testing
 @testable import PGDBMigrator
 
 @Suite struct CopyPlanTests {
-    static func table(bytes: Int, blocks: Int = 1000, key: String? = nil) -> CopyTable {
-        CopyTable(
+    static func table(bytes: Int, blocks: Int = 1000, key: String? = nil) -> CatalogTable {
+        CatalogTable(
             oid: "16384", name: QualifiedName(schema: "public", name: "big"), bytes: bytes, blocks: blocks, columns: "\"id\", \"v\"",
             integerKey: key)
     }

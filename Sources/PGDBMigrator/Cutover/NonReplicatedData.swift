@@ -15,9 +15,8 @@ struct NonReplicatedData {
             for session in [source, target] { try await session.pinTextFormats(encoding: encoding) }
         }
         let copy = TableCopy(source: source, target: target)
-        for name in tables {
-            let shown = name.shown
-            let table = CopyTable(oid: "", name: name, bytes: 0, blocks: 0, columns: "", integerKey: nil)
+        for table in try await TableCatalog.tables(tables, on: source) {
+            let shown = table.name.shown
             let result = try await copy.run(.whole(table)) { _ in }
             events.info(
                 .cutover, "copied unlogged table \(shown) again (\(result.rows) rows)",

@@ -1,6 +1,6 @@
 /// One unit of the native copy: a whole table, or one part of a split table.
 struct CopyPart: Sendable, Hashable, Codable {
-    var table: CopyTable
+    var table: CatalogTable
     /// 0-based; `count` is 1 for a whole table.
     var index: Int
     var count: Int
@@ -28,7 +28,7 @@ struct CopyPart: Sendable, Hashable, Codable {
     }
 
     /// The whole table as one part.
-    static func whole(_ table: CopyTable) -> CopyPart { CopyPart(table: table, index: 0, count: 1, range: nil, bytes: table.bytes) }
+    static func whole(_ table: CatalogTable) -> CopyPart { CopyPart(table: table, index: 0, count: 1, range: nil, bytes: table.bytes) }
 
     var isWholeTable: Bool { range == nil }
     var isBlockRange: Bool {
@@ -66,7 +66,7 @@ struct CopyPlan {
 
     /// The parts of one table; `keyBounds` is the integer key's min and max in
     /// the snapshot (nil: split by blocks, if ``blockRanges``).
-    func parts(of table: CopyTable, keyBounds: (min: Int64, max: Int64)?) -> [CopyPart] {
+    func parts(of table: CatalogTable, keyBounds: (min: Int64, max: Int64)?) -> [CopyPart] {
         let whole = [CopyPart.whole(table)]
         var count = partCount(bytes: table.bytes)
         guard count > 1 else { return whole }

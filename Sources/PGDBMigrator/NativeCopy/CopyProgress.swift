@@ -9,7 +9,7 @@ final class CopyProgress: Sendable {
         var copiedBytes = 0
         /// Parts being copied → bytes so far.
         var inFlight: [CopyPart: Int] = [:]
-        var tables: [CopyTable: TableState] = [:]
+        var tables: [CatalogTable: TableState] = [:]
         var finishedTables = 0
     }
 

@@ -10,12 +10,12 @@ extension NativeCopy {
     /// in full, because block ranges of two snapshots cannot be mixed. An
     /// unlogged table is always copied again in full: a crash of the target
     /// since (crash recovery empties unlogged tables) leaves no trace in our record.
-    func remainingWork(_ parts: [CopyPart]) async throws -> (work: [CopyPart], finished: [CopyTable], clearing: Set<String>) {
+    func remainingWork(_ parts: [CopyPart]) async throws -> (work: [CopyPart], finished: [CatalogTable], clearing: Set<String>) {
         let recorded = store.parts
         var work: [CopyPart] = []
-        var finished: [CopyTable] = []
+        var finished: [CatalogTable] = []
         var clearing: Set<String> = []
-        var emptied: [CopyTable] = []
+        var emptied: [CatalogTable] = []
         for (table, tableParts) in Dictionary(grouping: parts, by: \.table).sorted(by: { $0.key.name.description < $1.key.name.description }
         ) {
             let pending = tableParts.filter { recorded[$0.key] != true }

@@ -129,7 +129,7 @@ struct NativeCopy {
     var binaryAllowed: Bool { report.sourceServerVersion / 10_000 == report.targetServerVersion / 10_000 }
 
     /// Splits the tables above `--split-tables-larger-than`, reading integer key bounds in the snapshot.
-    private func plan(_ tables: [CopyTable], on session: Connection) async throws -> [CopyPart] {
+    private func plan(_ tables: [CatalogTable], on session: Connection) async throws -> [CopyPart] {
         let plan = CopyPlan(splitBytes: config.splitTablesLargerThan, blockRanges: report.sourceServerVersion >= 140_000)
         var parts: [CopyPart] = []
         for table in tables {

@@ -25,15 +25,15 @@ struct Verifier {
         let sourceConnection = try await open(source, role: .source)
         let targetConnection = try await open(target, role: .target)
         // The migration's tables on both sides; without filters, also every other table the target holds.
-        async let sourceTablesQuery = Catalog.tables(on: sourceConnection, names: tables.tables)
-        async let targetTablesQuery = Catalog.tables(on: targetConnection, names: tables.filter.isEmpty ? nil : tables.tables)
+        async let sourceTablesQuery = TableCatalog.tables(tables.tables, on: sourceConnection)
+        async let targetTablesQuery = TableCatalog.tables(tables.filter.isEmpty ? nil : tables.tables, on: targetConnection)
         let (sourceTables, targetTables) = try await (sourceTablesQuery, targetTablesQuery)
 
         var report = VerifyReport()
         let targetByName = Dictionary(targetTables.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         let sourceNames = Set(sourceTables.map(\.name))
-        report.missingOnTarget = sourceTables.map(\.name).filter { targetByName[$0] == nil }.sorted()
-        report.extraOnTarget = targetTables.map(\.name).filter { !sourceNames.contains($0) }.sorted()
+        report.missingOnTarget = sourceTables.map(\.name).filter { targetByName[$0] == nil }.map(\.shown).sorted()
+        report.extraOnTarget = targetTables.map(\.name).filter { !sourceNames.contains($0) }.map(\.shown).sorted()
         let common = sourceTables.filter { targetByName[$0.name] != nil }
 
         report.schemaDifferences = try await SchemaComparison.differences(
@@ -45,7 +45,7 @@ struct Verifier {
 
         let parts = try await Self.plan(common, splitBytes: settings.splitBytes, source: sourceConnection)
         let results = try await checksum(parts)
-        var byTable: [String: [PartResult]] = [:]
+        var byTable: [QualifiedName: [PartResult]] = [:]
         for result in results { byTable[result.part.table.name, default: []].append(result) }
         for table in common {
             let tableResults = byTable[table.name] ?? []
@@ -58,7 +58,7 @@ struct Verifier {
                 }
             }
             let entry = VerifyReport.TableResult(
-                table: table.name, sourceRows: tableResults.reduce(0) { $0 + $1.sourceRows },
+                table: table.name.shown, sourceRows: tableResults.reduce(0) { $0 + $1.sourceRows },
                 targetRows: tableResults.reduce(0) { $0 + $1.targetRows }, matches: differing.isEmpty,
                 differingRanges: differing.count == tableResults.count && tableResults.count == 1 ? [] : differing.map(\.part.label),
                 differingRows: rows, bytes: table.bytes)
@@ -66,9 +66,9 @@ struct Verifier {
             if !entry.matches {
                 events.emit(
                     MigrationEvent(
-                        stage: .verify, level: .error, message: "table \(table.name) differs",
+                        stage: .verify, level: .error, message: "table \(table.name.shown) differs",
                         detail: [
-                            "table": .string(table.name), "source_rows": .int(entry.sourceRows),
+                            "table": .string(table.name.shown), "source_rows": .int(entry.sourceRows),
                             "target_rows": .int(entry.targetRows), "ranges": .list(entry.differingRanges),
                         ]))
             }
@@ -90,7 +90,7 @@ struct Verifier {
 
     /// A table, or one key range / hash bucket of it.
     struct Part: Sendable {
-        var table: Catalog.Table
+        var table: CatalogTable
         /// SQL condition selecting the part's rows (`true` for a whole table).
         var condition: String
         var label: String
@@ -106,7 +106,7 @@ struct Verifier {
     /// Whole tables, except those over `splitBytes`: split by ranges of an
     /// integer primary key, or else into buckets by a hash of the key (or of
     /// the whole row) — never by physical position, which differs between servers.
-    static func plan(_ tables: [Catalog.Table], splitBytes: Int, source: Connection) async throws -> [Part] {
+    static func plan(_ tables: [CatalogTable], splitBytes: Int, source: Connection) async throws -> [Part] {
         var parts: [Part] = []
         for table in tables.sorted(by: { $0.bytes > $1.bytes }) {
             let count = CopyPlan(splitBytes: splitBytes).partCount(bytes: table.bytes)

@@ -2,7 +2,7 @@
 /// plus tables, sequences and schema that differ.
 public struct VerifyReport: Sendable, Encodable {
     public struct TableResult: Sendable, Encodable {
-        /// `schema.table`, quoted as `quote_ident` does.
+        /// `schema.table`, each part double-quoted where it needs it.
         public var table: String
         public var sourceRows: Int
         public var targetRows: Int

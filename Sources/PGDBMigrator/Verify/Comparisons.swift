@@ -1,45 +1,5 @@
 import PostgresClient
 
-/// The tables verify compares, as each server's catalog describes them.
-enum Catalog {
-    struct Table: Sendable {
-        /// `quote_ident(schema).quote_ident(table)`: the same text on both servers.
-        var name: String
-        var bytes: Int
-        /// Quoted primary key columns (empty when there is none).
-        var keyColumns: [String]
-        /// The quoted column when the primary key is a single int2/int4/int8 column.
-        var integerKey: String?
-    }
-
-    /// The ordinary tables (partitions included, parents excluded: they hold
-    /// no rows) of `names` that exist on this server; nil `names`: every one in user schemas.
-    static func tables(on connection: Connection, names: [QualifiedName]?) async throws -> [Table] {
-        let rows = try await connection.query(
-            """
-            SELECT n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname),
-                   NULL, NULL, pg_relation_size(c.oid)::text,
-                   (SELECT string_agg(quote_ident(a.attname), ',' ORDER BY array_position(i.indkey::int2[], a.attnum))
-                    FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-                    WHERE i.indrelid = c.oid AND i.indisprimary),
-                   (SELECT format_type(a.atttypid, NULL) FROM pg_index i JOIN pg_attribute a
-                      ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-                    WHERE i.indrelid = c.oid AND i.indisprimary AND i.indnatts = 1)
-            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind = 'r' AND c.relpersistence <> 't'
-              AND \(UserSchemas.predicate("n.nspname"))
-              AND ($1::text[] IS NULL OR (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[])))
-            ORDER BY 3
-            """, [names.map { SQL.textArray($0.map(\.schema)) }, names.map { SQL.textArray($0.map(\.name)) }]
-        ).rows
-        return rows.map { row in
-            let keys = row[6].map { $0.split(separator: ",").map(String.init) } ?? []
-            let integerKey = ["smallint", "integer", "bigint"].contains(row[7] ?? "") ? keys.first : nil
-            return Table(name: row[2]!, bytes: Int(row[5] ?? "0") ?? 0, keyColumns: keys, integerKey: integerKey)
-        }
-    }
-}
-
 /// Columns and types, indexes and constraints, table by table.
 enum SchemaComparison {
     static let describeSQL = """
@@ -58,12 +18,10 @@ enum SchemaComparison {
         FROM rel JOIN pg_constraint c ON c.conrelid = rel.oid
         """
 
-    static func differences(of tables: [String], source: Connection, target: Connection) async throws -> [String: [String]] {
+    /// What differs, by table (``QualifiedName/shown``).
+    static func differences(of tables: [QualifiedName], source: Connection, target: Connection) async throws -> [String: [String]] {
         guard !tables.isEmpty else { return [:] }
-        let list =
-            "{"
-            + tables.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
-            .joined(separator: ",") + "}"
+        let list = SQL.textArray(tables.map(\.description))
         async let sourceRows = source.query(describeSQL, [list])
         async let targetRows = target.query(describeSQL, [list])
         func group(_ rows: [[String?]]) -> [String: Set<String>] {
@@ -74,12 +32,12 @@ enum SchemaComparison {
         let (sourceSchema, targetSchema) = try await (group(sourceRows.rows), group(targetRows.rows))
         var differences: [String: [String]] = [:]
         for table in tables {
-            let mine = sourceSchema[table] ?? []
-            let theirs = targetSchema[table] ?? []
+            let mine = sourceSchema[table.description] ?? []
+            let theirs = targetSchema[table.description] ?? []
             let lines =
                 mine.subtracting(theirs).sorted().map { "missing on the target: \($0)" }
                 + theirs.subtracting(mine).sorted().map { "only on the target: \($0)" }
-            if !lines.isEmpty { differences[table] = lines }
+            if !lines.isEmpty { differences[table.shown] = lines }
         }
         return differences
     }
@@ -87,20 +45,11 @@ enum SchemaComparison {
 
 /// Sequences whose target value is behind the source's (or missing).
 enum SequenceComparison {
-    static let listSQL = """
-        SELECT n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind = 'S' AND \(UserSchemas.predicate("n.nspname"))
-        ORDER BY 3
-        """
-
     static func behind(_ wanted: [QualifiedName], source: Connection, target: Connection) async throws -> [VerifyReport.SequenceResult] {
-        let wanted = Set(wanted)
-        let sequences = try await source.query(listSQL).rows
-            .filter { wanted.contains(QualifiedName(schema: $0[0]!, name: $0[1]!)) }.map { $0[2]! }
         var behind: [VerifyReport.SequenceResult] = []
-        for name in sequences {
-            let sql = "SELECT last_value::text, is_called::text FROM \(name)"
+        for sequence in wanted.sorted(by: { $0.shown < $1.shown }) {
+            let name = sequence.shown
+            let sql = "SELECT last_value::text, is_called::text FROM \(sequence)"
             let sourceState = try await source.query(sql).rows[0]
             guard let targetState = try? await target.query(sql).rows[0] else {
                 behind.append(.init(sequence: name, source: describe(sourceState), target: "missing"))
