@@ -50,8 +50,12 @@ struct DestructiveMistakesTests {
         let database = try await OnlinePreflightTests.smallSource()
         let before = try await Untouched.of(source, database: database)
         let password = TestCluster.superuserPassword
+        // Another port that leads to the same server (a proxy, a port forward).
+        let alias = try TCPRelay(to: source.port)
+        defer { alias.stop() }
         let spellings = [
             "postgresql://postgres:\(percentEncode(password))@localhost:\(source.port)/\(database)",
+            "postgresql://postgres:\(percentEncode(password))@127.0.0.1:\(alias.port)/\(database)",
             "postgresql://postgres:\(percentEncode(password))@127.0.0.1:\(source.port)/\(database)?connect_timeout=10",
             "host=\(source.socketDirectory) port=\(source.port) dbname=\(database) user=postgres password=\(password)",
         ]
@@ -63,6 +67,7 @@ struct DestructiveMistakesTests {
                 let result = try await Self.run(mode + ["--source", source.url(database: database), "--target", target])
                 #expect(result.status == 1, "\(mode) \(target): \(result.stderr)")
                 #expect(result.stderr.contains("the source and the target are the same database"), "\(mode): \(result.stderr)")
+                #expect(result.stderr.contains("an advisory lock held through the source connection was refused"), "\(result.stderr)")
                 #expect(!result.stderr.contains(password))
             }
         }
@@ -78,6 +83,26 @@ struct DestructiveMistakesTests {
         let result = try await Self.run(["--source", source.url(database: database), "--target", source.url(database: copy)])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(try await Fingerprint.of(source, database: copy) == Fingerprint.of(source, database: database))
+    }
+
+    @Test("a publication replaced under the run by one that is not marked as its own is left in place at cutover")
+    func cutoverDropsOnlyMarkedPublication() async throws {
+        let (source, _) = try await SharedClusters.get()
+        let database = try await OnlinePreflightTests.smallSource()
+        let config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("not_ours_pub"))
+        let events = EventLog()
+        let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: events)
+        let admin = try await source.connect(database: database)
+        try await admin.execute("COMMENT ON PUBLICATION \(SQL.identifier(config.online.publication)) IS 'the reporting team''s'")
+        migrator.cutoverHandle.request()
+        _ = try await run.value
+        #expect(try await admin.scalar("SELECT 1 FROM pg_publication WHERE pubname = $1", [config.online.publication]) == "1")
+        #expect(
+            events.all.contains {
+                $0.level == .warning && $0.message.contains("left the publication")
+                    && $0.message.contains("pg_dbmigrator did not create it")
+            }, "\(events.all.map(\.message))")
+        try await admin.execute("DROP PUBLICATION \(SQL.identifier(config.online.publication))")
     }
 
     // MARK: - Slots that are not ours
@@ -407,6 +432,12 @@ struct DestructiveMistakesTests {
             #expect(result.status == 64, "\(arguments): status \(result.status), \(result.stderr)")
             #expect(result.stderr.contains(says), "\(arguments): \(result.stderr)")
         }
+        // PostgreSQL would connect to the first 63 bytes of the name, which the target lock would not match.
+        let longName = try await Self.run([
+            "--source", source.url(database: database), "--target", target.url(database: String(repeating: "t", count: 64)),
+        ])
+        #expect(longName.status == 64, "\(longName.stderr)")
+        #expect(longName.stderr.contains("the --target database name is 64 bytes long"), "\(longName.stderr)")
         #expect(try await Untouched.of(source, database: database) == before, "no publication or slot was created")
     }
 }

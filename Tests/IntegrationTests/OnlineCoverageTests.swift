@@ -131,26 +131,46 @@ struct OnlineCoverageTests {
         try await admin.execute("DROP PUBLICATION \(SQL.identifier(config.online.publication))")
     }
 
-    @Test("an existing publication that misses a table, filters rows or skips an action is refused at Validate, naming it")
+    @Test("an existing publication that does not carry exactly the set's changes is refused at Validate, naming why")
     func existingPublicationCoverage() async throws {
         let (source, _) = try await SharedClusters.get()
         let database = try await Self.source()
         let setup = try await source.connect(database: database)
-        let cases: [(publication: String, expect: String)] = [
-            ("FOR TABLE public.t1, public.gen, public.t2, public.items", "it does not publish other.t1"),
-            ("FOR ALL TABLES WITH (publish = 'insert, update')", "it does not publish delete, truncate"),
-            ("FOR TABLE public.t1 WHERE (id > 10), other.t1, public.gen, public.t2, public.items", "it has a row filter on public.t1"),
+        try await setup.execute(
+            "CREATE TABLE public.parted (id int PRIMARY KEY) PARTITION BY RANGE (id); "
+                + "CREATE TABLE public.parted_1 PARTITION OF public.parted FOR VALUES FROM (0) TO (100)")
+        let everything = "public.t1, other.t1, public.gen, public.t2, public.items, public.parted_1"
+        let cases: [(publication: String, filter: ObjectFilter, expect: String)] = [
+            ("FOR TABLE public.t1, public.gen, public.t2, public.items, public.parted_1", ObjectFilter(), "it does not publish other.t1"),
+            ("FOR ALL TABLES WITH (publish = 'insert, update')", ObjectFilter(), "it does not publish delete, truncate"),
+            (
+                "FOR TABLE public.t1 WHERE (id > 10), other.t1, public.gen, public.t2, public.items, public.parted_1", ObjectFilter(),
+                "it has a row filter on public.t1"
+            ),
+            (
+                "FOR TABLE public.t1 (id), other.t1, public.gen, public.t2, public.items, public.parted_1", ObjectFilter(),
+                "it has a column list on public.t1"
+            ),
+            ("FOR ALL TABLES", ObjectFilter(excludeSchemas: ["other"]), "it publishes other.t1, which the migration does not carry"),
+            (
+                "FOR TABLE public.parted, \(everything) WITH (publish_via_partition_root = true)",
+                ObjectFilter(excludeTables: ["public.parted"]),
+                "it publishes through the partition root public.parted (publish_via_partition_root), which the migration does not carry"
+            ),
         ]
-        for (definition, expect) in cases {
-            let config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("covered"))
+        for (definition, filter, expect) in cases {
+            let config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("covered")) {
+                $0.filter = filter
+            }
             try await setup.execute("CREATE PUBLICATION \(SQL.identifier(config.online.publication)) \(definition)")
             let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
             #expect(error?.stage == .validate)
-            #expect(error?.message.contains(expect) == true, "\(error?.message ?? "")")
+            #expect(error?.message.contains(expect) == true, "\(definition): \(error?.message ?? "")")
             #expect(
                 try await setup.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) == "0")
             try await setup.execute("DROP PUBLICATION \(SQL.identifier(config.online.publication))")
         }
+        try await setup.execute("DROP TABLE public.parted")
     }
 
     @Test("creating the slot behind a writing transaction: reported every 10 s naming it, given up after --lock-timeout-secs")
@@ -248,4 +268,33 @@ struct OnlineCoverageTests {
         #expect(objects.slot && objects.subscription == "false", "nothing dropped; the subscription disabled")
         try await OnlineMigrationTests.removeReplicationObjects(config)
     }
+
+    @Test(
+        "a table created between Validate and the slot's snapshot stops the copy, whichever method reads the snapshot",
+        arguments: MigrationConfig.CopyMethod.allCases)
+    func tableCreatedBeforeTheSnapshot(method: MigrationConfig.CopyMethod) async throws {
+        let (source, _) = try await SharedClusters.get()
+        let database = try await Self.source()
+        let config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("late_table")) {
+            $0.filter = ObjectFilter(schemas: ["public"])
+            $0.copyMethod = method
+        }
+        // Uncommitted, the table is invisible to Validate; the slot waits for this transaction, so its snapshot has it.
+        let writer = try await source.connect(database: database)
+        try await writer.execute("BEGIN; CREATE TABLE public.late (id int PRIMARY KEY); INSERT INTO public.late VALUES (1)")
+        let events = EventLog()
+        let run = Task { try await Migrator(config: config, onEvent: events.record).run() }
+        while !events.stages.contains(.prepareSnapshot) { try await Task.sleep(for: .milliseconds(50)) }
+        try await Task.sleep(for: .seconds(1))
+        try await writer.execute("COMMIT")
+        let error = await #expect(throws: MigrationError.self) { try await run.value }
+        #expect(error?.stage == .dump)
+        #expect(
+            error?.message.contains("the tables to migrate changed between Validate and the snapshot") == true
+                && error?.message.contains("public.late new") == true, "\(error?.message ?? "")")
+        #expect(!events.stages.contains(.streamApply), "nothing was streamed")
+        try await writer.execute("DROP TABLE public.late")
+        try await OnlineMigrationTests.removeReplicationObjects(config)
+    }
+
 }

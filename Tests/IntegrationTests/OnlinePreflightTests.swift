@@ -86,7 +86,7 @@ struct OnlinePreflightTests {
         #expect(actual == expected, "\(actual.differences(from: expected))")
     }
 
-    @Test("a standby as the online source is refused at Validate, naming the primary; an offline copy from it works")
+    @Test("a standby as online source is refused naming the primary; offline from it works, never onto its primary")
     func standbySource() async throws {
         let primary = try await TestCluster.start(name: "primary")
         let database = try await primary.createDatabase("app")
@@ -111,6 +111,16 @@ struct OnlinePreflightTests {
         offline.stateDirectory = DestructiveMistakesTests.stateDirectory()
         _ = try await Migrator(config: offline).run()
         #expect(try await Fingerprint.of(target, database: config.target.resolvedDatabase!) == Fingerprint.of(primary, database: database))
+
+        // The standby and its primary serve one database: the primary is never a target of its own standby.
+        let before = try await Fingerprint.of(primary, database: database)
+        var onto = offline
+        onto.target = try primary.connectionString(database: database)
+        onto.dropTargetFirst = true
+        onto.terminateTargetSessions = true
+        let refused = await #expect(throws: MigrationError.self) { try await Migrator(config: onto).run() }
+        #expect(refused?.message.contains("the source is a standby of the other") == true, "\(refused?.message ?? "")")
+        #expect(try await Fingerprint.of(primary, database: database) == before)
     }
 
     @Test("REPLICA IDENTITY FULL on a column type without equality (json, json[], point) is refused with what would work")

@@ -403,4 +403,51 @@ struct ResumeTests {
         #expect(publication == "0")
         _ = target
     }
+
+    @Test("a crash of the target while the run is stopped empties its unlogged tables: the re-attach copies them again")
+    func reattachAfterTargetCrash() async throws {
+        let source = try await TestCluster.start(name: "reattach-crash-source")
+        let target = try await TestCluster.start(name: "reattach-crash-target")
+        defer {
+            source.stop()
+            target.stop()
+        }
+        let database = try await source.createDatabase("app")
+        let setup = try await source.connect(database: database)
+        try await setup.execute(
+            "CREATE TABLE kept (id int PRIMARY KEY, v text); INSERT INTO kept SELECT g, 'k' FROM generate_series(1, 500) g; "
+                + "CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY, v text); "
+                + "INSERT INTO scratch SELECT g, md5(g::text) FROM generate_series(1, 2000) g")
+        var config = MigrationConfig(
+            mode: .online, source: try source.connectionString(database: database),
+            target: try target.connectionString(database: database), jobs: 2)
+        config.online.pollInterval = .milliseconds(300)
+        config.online.fastPollInterval = .milliseconds(100)
+        let state = Self.stateDirectory()
+        config.stateDirectory = state
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        let streaming = EventLog()
+        let (_, first) = try await OnlineMigrationTests.startStreaming(config, events: streaming)
+        while !streaming.stages.contains(.lag) { try await Task.sleep(for: .milliseconds(50)) }
+        first.cancel()
+        await #expect(throws: MigrationCancelled.self) { try await first.value }
+
+        // (Test servers run with synchronous_commit off: what the run committed is made durable before the crash.)
+        try await target.connect(database: database).execute("CHECKPOINT")
+        try await target.crashAndRestart()
+        let crashed = try await target.connect(database: database)
+        #expect(try await crashed.scalar("SELECT count(*) FROM scratch") == "0", "crash recovery emptied the unlogged table")
+        try await setup.execute("INSERT INTO kept VALUES (501, 'while stopped')")
+
+        var resume = config
+        resume.resume = true
+        let events = EventLog()
+        let (migrator, second) = try await OnlineMigrationTests.startStreaming(resume, events: events)
+        migrator.cutoverHandle.request()
+        _ = try await second.value
+        #expect(events.all.contains { $0.message.contains("re-attached") })
+        #expect(events.all.contains { $0.message.contains("copied unlogged table public.scratch again (2000 rows)") })
+        try await OnlineMigrationTests.expectSameContent(source, target, database: database)
+    }
+
 }

@@ -50,6 +50,9 @@ struct TableSet: Sendable, Equatable, Codable {
             + other.relations.subtracting(relations).map { "\($0.shown) new" }
     }
 
+    /// The unlogged ones of `tables`, sorted: the stream does not carry them, so they are copied again.
+    var unloggedTables: [QualifiedName] { tables.filter(unlogged.contains) }
+
     /// The tables whose changes the stream must carry: `tables` less the unlogged ones.
     var published: [QualifiedName] { tables.filter { !unlogged.contains($0) } }
 
@@ -163,6 +166,21 @@ struct TableSet: Sendable, Equatable, Codable {
         let set = try await resolve(filter, on: session, stage: stage)
         try await session.execute("SET LOCAL search_path = ''")
         return set
+    }
+
+    /// Resolves the filter again inside the copy's snapshot and refuses a set that
+    /// differs from this one (resolved at Validate): a table created, dropped or
+    /// renamed in between would be copied without being published, or published
+    /// without being copied.
+    func checkUnchanged(inSnapshotOn session: Connection, stage: Stage) async throws {
+        let resolved = try await Self.resolve(filter, inSnapshotOn: session, stage: stage)
+        guard resolved == self else {
+            throw MigrationError(
+                stage,
+                "the tables to migrate changed between Validate and the snapshot (a table was created, dropped or "
+                    + "renamed meanwhile): " + differences(from: resolved).joined(separator: ", "),
+                fix: "run again once no schema change is under way on the source")
+        }
     }
 
     /// Every relation of a kind `pg_dump` selects, in user schemas, not temporary.

@@ -44,6 +44,13 @@ extension MigrationConfig {
                 "--drop-target-first would drop \(SQL.identifier(database)), which every server needs; it is never dropped",
                 fix: "point --target at the database to migrate into")
         }
+        // PostgreSQL would cut a longer name to 63 bytes and connect to that database, while the
+        // same-database check and the target lock would key on the whole name.
+        for (role, connection) in [("source", source), ("target", target)] {
+            if let database = connection.resolvedDatabase {
+                try OnlineSettings.checkIdentifier(database, flag: "the --\(role) database name")
+            }
+        }
         guard lockTimeout > .zero, lockTimeout <= OnlineSettings.longestInterval else {
             throw refuse("--lock-timeout-secs must be more than 0 and at most 30 days")
         }

@@ -25,7 +25,7 @@ struct Cutover {
             let sourceEndpoint = config.sourceEndpoint
             let freeze = SourceFreeze(database: sourceEndpoint.databaseName, runID: leftovers.runID)
             let lockWait = LockWait(server: sourceEndpoint, events: events, stage: .cutover, timeout: config.lockTimeout)
-            let (ended, alreadyReadOnly) = try await freeze.freeze(on: source, tables: tables.tables, lockWait: lockWait) {
+            let (ended, left, alreadyReadOnly) = try await freeze.freeze(on: source, tables: tables.tables, lockWait: lockWait) {
                 try leftovers.setDurably(\.frozenDatabase, freeze.database)
             }
             events.info(
@@ -35,6 +35,13 @@ struct Cutover {
                     + (alreadyReadOnly ? " (it already was by its own settings, which this run will leave as they are)" : "")
                     + "; ended \(ended) session(s)",
                 ["sessions_ended": .int(ended)])
+            if !left.isEmpty {
+                events.warning(
+                    .cutover,
+                    "\(left.count) session(s) on the source could not be ended (the source role may not signal them); "
+                        + "the triggers reject their writes to the migrated tables",
+                    ["sessions": .list(left)])
+            }
         }
 
         // Everything committed so far has its commit record before this point.
@@ -46,7 +53,7 @@ struct Cutover {
         try await waitForApply(past: barrier)
         if settings.freezeSourceAtCutover {
             let (source, target) = await sessions.current
-            try await NonReplicatedData(tables: tables.tables.filter(tables.unlogged.contains), events: events)
+            try await NonReplicatedData(tables: tables.unloggedTables, events: events)
                 .copy(source: source, target: target)
         }
 
@@ -136,10 +143,14 @@ struct ReplicationTeardown {
     var settings: OnlineSettings { config.online }
 
     func run(source: Connection, target: Connection) async throws {
-        let subscription = Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication)
+        let runID = leftovers.runID
+        let subscription = Subscription(
+            name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication, runID: runID)
         let created = leftovers.snapshot
         if !created.subscriptionCreated {
             // A resumed teardown that had already dropped it.
+        } else if let owner = try await subscription.owner(on: target), owner != .thisRun {
+            leaveAlone("subscription", settings.subscriptionName, "target", owner, \.subscriptionCreated)
         } else if settings.keepSubscription {
             if settings.keepSlot {
                 try await subscription.disable(on: target)
@@ -164,9 +175,27 @@ struct ReplicationTeardown {
         }
 
         if leftovers.snapshot.publicationCreated {
-            try await Publication(name: settings.publication).drop(on: source)
-            leftovers.set(\.publicationCreated, false)
-            events.info(.cutover, "dropped publication \(SQL.identifier(settings.publication)) on the source")
+            let publication = Publication(name: settings.publication, runID: runID)
+            if let owner = try await publication.owner(on: source), owner != .thisRun {
+                leaveAlone("publication", settings.publication, "source", owner, \.publicationCreated)
+            } else {
+                try await publication.drop(on: source)
+                leftovers.set(\.publicationCreated, false)
+                events.info(.cutover, "dropped publication \(SQL.identifier(settings.publication)) on the source")
+            }
         }
+    }
+
+    /// The run recorded creating an object of this name, but the one there now
+    /// is not marked as this run's (replaced since, by hand or by another run):
+    /// it is not ours to drop, and no longer ours to track.
+    private func leaveAlone(
+        _ kind: String, _ name: String, _ server: String, _ owner: OwnershipMark.Owner,
+        _ field: WritableKeyPath<RunState.OnlineState, Bool> & Sendable
+    ) {
+        leftovers.set(field, false)
+        events.warning(
+            .cutover, "left the \(kind) \(SQL.identifier(name)) on the \(server) in place: \(owner.reason)",
+            [kind: .string(name)])
     }
 }

@@ -8,6 +8,8 @@ struct NonReplicatedData {
     /// The migration's unlogged tables.
     var tables: [QualifiedName]
     var events: EventEmitter
+    /// Where the events go: the frozen cutover, or a re-attach after an interruption.
+    var stage: Stage = .cutover
 
     func copy(source: Connection, target: Connection) async throws {
         if !tables.isEmpty {
@@ -19,11 +21,11 @@ struct NonReplicatedData {
             let shown = table.name.shown
             let result = try await copy.run(.whole(table)) { _ in }
             events.info(
-                .cutover, "copied unlogged table \(shown) again (\(result.rows) rows)",
+                stage, "copied unlogged table \(shown) again (\(result.rows) rows)",
                 ["table": .string(shown), "rows": .int(result.rows)])
         }
         let count = try await copyLargeObjects(source: source, target: target)
-        if count > 0 { events.info(.cutover, "copied \(count) large object(s) again", ["large_objects": .int(count)]) }
+        if count > 0 { events.info(stage, "copied \(count) large object(s) again", ["large_objects": .int(count)]) }
     }
 
     /// Makes the target's large objects equal to the source's: content

@@ -51,13 +51,13 @@ struct SourceFreeze {
     /// after the barrier, stop the freeze, named. Returns how many sessions were ended.
     func freeze(
         on source: Connection, tables: [QualifiedName], lockWait: LockWait, record: () throws -> Void
-    ) async throws -> (sessionsEnded: Int, alreadyReadOnly: Bool) {
+    ) async throws -> (sessionsEnded: Int, sessionsLeft: [String], alreadyReadOnly: Bool) {
         let alreadyReadOnly = try await isInPlace(on: source)
         if !alreadyReadOnly {
             try record()
             try await source.execute("ALTER DATABASE \(SQL.identifier(database)) SET default_transaction_read_only = on")
         }
-        let ended = try await endOtherSessions(on: source)
+        let (ended, left) = try await endOtherSessions(on: source)
         let prepared = try await source.query(
             "SELECT gid, owner, prepared::text FROM pg_prepared_xacts WHERE database = current_database() ORDER BY prepared"
         ).rows.map { "\(SQL.literal($0[0] ?? "?")) (owner \($0[1] ?? "?"), prepared \($0[2] ?? "?"))" }
@@ -70,29 +70,41 @@ struct SourceFreeze {
         try await lockWait.watching("installing the freeze triggers on the source's tables", session: source) {
             try await installTriggers(on: source, tables: tables)
         }
-        return (ended, alreadyReadOnly)
+        return (ended, left, alreadyReadOnly)
     }
 
-    /// Ends the database's other client sessions and waits until they are gone,
-    /// so no transaction of theirs can commit after the barrier.
-    private func endOtherSessions(on source: Connection) async throws -> Int {
+    /// Ends the database's other client sessions that this role may signal (a
+    /// non-superuser may not end a superuser's, nor, without pg_signal_backend,
+    /// another role's) and waits up to 10 s until they are gone, so no
+    /// transaction of theirs can commit after the barrier. Returns how many were
+    /// ended and those still there: their transactions' writes to migrated tables
+    /// hold up the triggers' installation until they end, and the triggers reject
+    /// their later ones.
+    private func endOtherSessions(on source: Connection) async throws -> (ended: Int, left: [String]) {
         let frozenAt = try await source.scalar("SELECT clock_timestamp()::text")
         let ended = try await source.scalar(
             """
-            SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+            SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity a
             WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+              AND ((SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+                   OR (NOT (SELECT rolsuper FROM pg_roles WHERE oid = a.usesysid)
+                       AND (pg_has_role(current_user, a.usesysid, 'USAGE') OR pg_has_role(current_user, 'pg_signal_backend', 'USAGE'))))
             """, [database])
+        var left: [String] = []
         for _ in 0..<200 {
-            let left = try await source.scalar(
+            left = try await source.query(
                 """
-                SELECT count(*) FROM pg_stat_activity
+                SELECT format('pid %s (user %s, application %s)', pid, usename, quote_literal(application_name))
+                FROM pg_stat_activity
                 WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'
                   AND backend_start < $2::timestamptz
-                """, [database, frozenAt])
-            if left == "0" { break }
+                ORDER BY pid
+                """, [database, frozenAt]
+            ).rows.compactMap { $0[0] }
+            if left.isEmpty { break }
             try await Task.sleep(for: .milliseconds(50))
         }
-        return Int(ended ?? "0") ?? 0
+        return (Int(ended ?? "0") ?? 0, left)
     }
 
     /// The schema, its function and a trigger pair per table, in one transaction: all or nothing.

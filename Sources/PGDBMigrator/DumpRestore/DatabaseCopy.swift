@@ -41,6 +41,7 @@ struct DatabaseCopy {
         try store.update { $0.copy = RunState.CopyState(dumpPath: directory.root) }
         var detail: [String: EventValue] = ["jobs": .int(config.jobs), "path": .string(directory.root)]
         if let snapshot { detail["snapshot"] = .string(snapshot) }
+        if let snapshot { try await checkTablesUnchanged(in: snapshot) }
         events.info(.dump, "dumping the source with pg_dump", detail)
         let dumpStarted = ContinuousClock.now
         try await copy.dump(into: directory, snapshot: snapshot)
@@ -57,6 +58,17 @@ struct DatabaseCopy {
             keep = true
             events.warning(.restore, "the finished dump stays in \(directory.root) for --resume; remove it if you start over")
             throw error
+        }
+    }
+
+    /// pg_dump reads the snapshot with the names Validate resolved, and `--schema`
+    /// selects whatever the schema holds in the snapshot: the two must agree, or a
+    /// table would be copied but never streamed.
+    private func checkTablesUnchanged(in snapshot: String) async throws {
+        try await config.sourceEndpoint.withConnection(label: "catalog", stage: .dump) { session in
+            try await session.importSnapshot(snapshot)
+            try await report.tables.checkUnchanged(inSnapshotOn: session, stage: .dump)
+            try await session.execute("COMMIT")
         }
     }
 

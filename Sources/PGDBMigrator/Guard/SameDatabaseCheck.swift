@@ -18,27 +18,27 @@ struct SameDatabaseCheck {
 
     func run() async throws {
         let sourceSession = try await source.connect(label: "same-database check")
-        let same: Result<Bool, Error>
+        let same: Result<String?, Error>
         do {
             same = .success(try await reachesSameDatabase(holdingLockOn: sourceSession))
         } catch {
             same = .failure(error)
         }
         await sourceSession.close()  // which also releases its lock
-        guard try !same.get() else {
+        if let detected = try same.get() {
             throw MigrationError(
                 .validate,
                 "the source and the target are the same database (\(SQL.identifier(source.databaseName))): "
                     + "--source \(source.connectionString.redacted) and --target \(target.connectionString.redacted) "
-                    + "reach one database (an advisory lock held through the source connection was refused to the target's, "
-                    + "or one server is a standby of the other); nothing was changed",
+                    + "reach one database (\(detected)); nothing was changed",
                 fix: "check --source and --target (and PG_DBMIGRATOR_SOURCE / PG_DBMIGRATOR_TARGET): "
                     + "the target must be another database, on this server or another")
         }
     }
 
     /// Takes a lock of a random key through the source session and asks for it through a target session.
-    private func reachesSameDatabase(holdingLockOn sourceSession: Connection) async throws -> Bool {
+    /// Returns what showed that both reach one database, or nil when they do not.
+    private func reachesSameDatabase(holdingLockOn sourceSession: Connection) async throws -> String? {
         let keys = [String(Self.lockClass), String(Int32.random(in: 1...Int32.max))]
         try await sourceSession.query("SELECT pg_advisory_lock($1::int, $2::int)", keys)
         let targetSession: Connection
@@ -46,7 +46,7 @@ struct SameDatabaseCheck {
             targetSession = try await target.connect(label: "same-database check")
         } catch {
             // Only a target database that does not exist yet cannot be the source.
-            if try await targetDatabaseIsMissing() { return false }
+            if try await targetDatabaseIsMissing() { return nil }
             throw error
         }
         let granted = try await targetSession.scalar("SELECT pg_try_advisory_lock($1::int, $2::int)", keys) == "t"
@@ -61,7 +61,11 @@ struct SameDatabaseCheck {
             sameThroughReplication = mine == theirs && !mine.hasPrefix("unknown/")
         }
         await targetSession.close()
-        return !granted || sameThroughReplication
+        if !granted { return "an advisory lock held through the source connection was refused to the target's" }
+        if sameThroughReplication {
+            return "\(sourceInRecovery ? "the source" : "the target") is a standby of the other: same system identifier and database"
+        }
+        return nil
     }
 
     private func targetDatabaseIsMissing() async throws -> Bool {

@@ -21,14 +21,17 @@ actor TargetLock {
     static func acquire(target: Endpoint) async throws -> TargetLock {
         let name = target.databaseName
         let application = "pg_dbmigrator pid \(getpid()) (run on \(name))"
+        // Advisory locks are per database: every run must take it in the same one, or two runs would not see
+        // each other. Without that database the run does not start: a run that cannot show it is alone must not write.
         let session: Connection
         do {
             session = try await target.connect(label: "target lock", database: "postgres", applicationName: application)
-        } catch {
-            // No postgres database to hold it in: the target database itself, if it exists. Without either,
-            // the run does not start: a run that cannot show it is alone must not write.
-            guard let own = try? await target.connect(label: "target lock", applicationName: application) else { throw error }
-            session = own
+        } catch let error as MigrationError {
+            throw MigrationError(
+                .validate,
+                "cannot connect to the target server's postgres database, where a run holds its lock against a second run "
+                    + "into the same target: \(error.message)",
+                fix: "let the target role connect to the postgres database (GRANT CONNECT ON DATABASE postgres)")
         }
         try await session.keepAliveWhileIdle()
         let keys = [String(lockClass), String(key(for: name))]

@@ -52,16 +52,7 @@ struct NativeCopy {
             try await session.keepAliveWhileIdle()
             try await session.importSnapshot(snapshot)
             try Task.checkCancellation()
-            // The tables Validate resolved must be the snapshot's: a table created, dropped or renamed in
-            // between would be copied without being published, or published without being copied.
-            let resolved = try await TableSet.resolve(config.filter, inSnapshotOn: session, stage: .dump)
-            guard resolved == report.tables else {
-                throw MigrationError(
-                    .dump,
-                    "the tables to migrate changed between Validate and the snapshot (a table was created, dropped or "
-                        + "renamed meanwhile): " + report.tables.differences(from: resolved).joined(separator: ", "),
-                    fix: "run again once no schema change is under way on the source")
-            }
+            try await report.tables.checkUnchanged(inSnapshotOn: session, stage: .dump)
             let catalog = CopyCatalog(set: report.tables)
             let tables = try await catalog.tables(on: session)
             try Task.checkCancellation()

@@ -182,6 +182,14 @@ struct OnlineMigration {
                 .streamApply,
                 "the interrupted cutover had frozen the source database \(SQL.identifier(freeze.database)); it accepts writes again")
         }
+        // A crash of the target since the copy emptied its unlogged tables, and nothing streams them: they
+        // are copied again (as of now, as the copy had them as of its snapshot), never left empty.
+        try await config.sourceEndpoint.withConnection(label: "unlogged", stage: .streamApply) { sourceCopy in
+            try await config.targetEndpoint.withConnection(label: "unlogged", stage: .streamApply) { targetCopy in
+                try await NonReplicatedData(tables: report.tables.unloggedTables, events: events, stage: .streamApply)
+                    .copy(source: sourceCopy, target: targetCopy)
+            }
+        }
         try await subscription().enable(on: target)
         events.info(
             .streamApply,
