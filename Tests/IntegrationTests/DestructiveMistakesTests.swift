@@ -151,6 +151,39 @@ struct DestructiveMistakesTests {
         try await admin.query("SELECT pg_drop_replication_slot($1)", [active])
     }
 
+    @Test("a user's subscription and publication that carry the configured names survive cleanup and --force-clean")
+    func foreignSubscriptionAndPublication() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let database = try await OnlinePreflightTests.smallSource()
+        let targetDatabase = try await target.createDatabase(SharedClusters.uniqueName("their_target"))
+        let subscription = SharedClusters.uniqueName("their_sub")
+        let publication = SharedClusters.uniqueName("their_pub")
+        let targetAdmin = try await target.connect(database: targetDatabase)
+        try await targetAdmin.execute(
+            "CREATE SUBSCRIPTION \(SQL.identifier(subscription)) CONNECTION 'host=127.0.0.1 port=1 dbname=elsewhere' "
+                + "PUBLICATION \(SQL.identifier(publication)) WITH (connect = false)")
+        let sourceAdmin = try await source.connect(database: database)
+        try await sourceAdmin.execute("CREATE PUBLICATION \(SQL.identifier(publication)) FOR TABLE items")
+        let subscriptions = { try await targetAdmin.scalar("SELECT count(*) FROM pg_subscription WHERE subname = $1", [subscription]) }
+        let before = try await Untouched.of(source, database: database)
+        let common = [
+            "--source", source.url(database: database), "--target", target.url(database: targetDatabase),
+            "--subscription-name", subscription, "--publication", publication,
+        ]
+
+        let cleanup = try await Self.run(["--mode", "cleanup"] + common)
+        #expect(cleanup.status == 0, "\(cleanup.stderr)")
+        #expect(cleanup.stderr.contains("kept subscription \(SQL.identifier(subscription))"), "\(cleanup.stderr)")
+        #expect(!cleanup.stderr.contains("dropped subscription") && !cleanup.stderr.contains("dropped publication"), "\(cleanup.stderr)")
+        let forceClean = try await Self.run(["--mode", "online", "--force-clean"] + common)
+        #expect(forceClean.status != 0, "\(forceClean.stderr)")
+        #expect(try await subscriptions() == "1", "the user's subscription stays")
+        #expect(try await Untouched.of(source, database: database) == before, "the user's publication stays")
+        try await targetAdmin.execute(
+            "ALTER SUBSCRIPTION \(SQL.identifier(subscription)) SET (slot_name = NONE); DROP SUBSCRIPTION \(SQL.identifier(subscription))")
+        try await sourceAdmin.execute("DROP PUBLICATION \(SQL.identifier(publication))")
+    }
+
     /// `pg_recvlogical` attached to a new slot, as a CDC pipeline would be; returns once the slot is in use.
     /// Cancelling the task stops it (SIGTERM to its process group, then SIGKILL).
     static func startConsumer(_ cluster: TestCluster, database: String, slot: String) async throws -> Task<Void, Error> {
@@ -201,6 +234,9 @@ struct DestructiveMistakesTests {
         let refused = try await Self.run(arguments)
         #expect(refused.status == 1, "\(refused.stderr)")
         #expect(refused.stderr.contains("billing-app") && refused.stderr.contains("1 table(s)"), "\(refused.stderr)")
+        let user = try await app.scalar("SELECT current_user") ?? "?"
+        let size = try await app.scalar("SELECT pg_size_pretty(pg_database_size(current_database()))") ?? "?"
+        #expect(refused.stderr.contains("\(user) (billing-app) from 127.0.0.1") && refused.stderr.contains(size), "\(refused.stderr)")
         #expect(refused.stderr.contains("--terminate-target-sessions"))
         #expect(try await app.scalar("SELECT count(*) FROM invoices") == "50", "the application's session lives on")
         #expect(try await Untouched.of(target, database: targetDatabase) == before)
@@ -210,7 +246,7 @@ struct DestructiveMistakesTests {
         #expect(forced.stderr.contains("will be dropped and re-created") && forced.stderr.contains("billing-app"), "\(forced.stderr)")
         #expect(try await Fingerprint.of(target, database: targetDatabase) == Fingerprint.of(source, database: database))
 
-        for maintenance in ["postgres", "template1"] {
+        for maintenance in ["postgres", "template0", "template1"] {
             let result = try await Self.run(
                 ["--source", source.url(database: database), "--target", target.url(database: maintenance), "--drop-target-first"])
             #expect(result.status == 64, "\(result.stderr)")
@@ -316,6 +352,44 @@ struct DestructiveMistakesTests {
         ])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(try await Untouched.of(source, database: other) == dba)
+    }
+
+    @Test("a freeze over a DBA's own read-only setting (spelt yes, 1) leaves it as typed, after an aborted cutover and after Complete")
+    func freezeOverDBAReadOnly() async throws {
+        let (source, _) = try await SharedClusters.get()
+        let database = try await OnlinePreflightTests.smallSource()
+        let admin = try await source.connect()
+        let setting = { try await Untouched.of(source, database: database).settings }
+
+        // An aborted cutover (a prepared transaction stops it after the freeze) undoes only what it did.
+        try await admin.execute("ALTER DATABASE \(SQL.identifier(database)) SET default_transaction_read_only = yes")
+        let typed = try await setting()
+        var config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("dba_frozen")) {
+            $0.online.freezeSourceAtCutover = true
+        }
+        let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: EventLog())
+        let writer = try await source.connect(database: database)
+        let gid = SharedClusters.uniqueName("px")
+        try await writer.execute("SET default_transaction_read_only = off")
+        try await writer.execute("BEGIN; INSERT INTO items VALUES (-1, 'prepared'); PREPARE TRANSACTION \(SQL.literal(gid))")
+        migrator.cutoverHandle.request()
+        await #expect(throws: MigrationError.self) { try await run.value }
+        let finisher = try await source.connect(database: database)
+        try await finisher.execute("ROLLBACK PREPARED \(SQL.literal(gid))")
+        #expect(try await setting() == typed, "the abort reset the DBA's setting")
+        try await OnlineMigrationTests.removeReplicationObjects(config)
+
+        // A completed cutover keeps it too, and says the database already was read-only.
+        try await admin.execute("ALTER DATABASE \(SQL.identifier(database)) SET default_transaction_read_only = '1'")
+        let one = try await setting()
+        config.target = try await SharedClusters.get().target.connectionString(database: SharedClusters.uniqueName("dba_frozen"))
+        let events = EventLog()
+        let (second, completed) = try await OnlineMigrationTests.startStreaming(config, events: events)
+        second.cutoverHandle.request()
+        _ = try await completed.value
+        #expect(events.all.contains { $0.message.contains("it already was by its own settings") }, "\(events.all.map(\.message))")
+        #expect(try await setting() == one)
+        try await admin.execute("ALTER DATABASE \(SQL.identifier(database)) RESET default_transaction_read_only")
     }
 
     @Test("forgetting --resume once keeps the interrupted run's record; --resume then carries on and cuts over")

@@ -199,6 +199,50 @@ struct OnlineCoverageTests {
         _ = target
     }
 
+    @Test("pg_restore behind a target session's lock: given up after --lock-timeout-secs, naming the session and its query")
+    func restoreWaitIsNeverSilent() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let database = try await OnlinePreflightTests.smallSource("COMMENT ON SCHEMA public IS 'the application'")
+        let targetDatabase = try await target.createDatabase(SharedClusters.uniqueName("held_target"))
+        // pg_restore's pre-data pass comments on the schema; this uncommitted comment holds the schema's lock.
+        let holder = try await Connection.connect(
+            try target.connectionString(database: targetDatabase).setting("application_name", to: "schema-holder"), label: "holder")
+        try await holder.execute("BEGIN; COMMENT ON SCHEMA public IS 'held'")
+        let result = try await CLI.start([
+            "--source", source.url(database: database), "--target", target.url(database: targetDatabase),
+            "--lock-timeout-secs", "3", "--state-dir", DestructiveMistakesTests.stateDirectory(),
+        ])
+        .wait(timeout: 90)
+        try await holder.execute("ROLLBACK")
+        #expect(result.status == 1, "\(result.stderr)")
+        #expect(
+            result.stderr.contains("gave up after") && result.stderr.contains("restoring the pre-data section with pg_restore")
+                && result.stderr.contains("schema-holder") && result.stderr.contains("COMMENT ON SCHEMA public"), "\(result.stderr)")
+    }
+
+    @Test("the cutover's apply behind a target session's lock: given up after --lock-timeout-secs, naming the session")
+    func applyWaitIsNeverSilent() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let database = try await Self.source()
+        let targetDatabase = SharedClusters.uniqueName("held_apply")
+        let config = try await OnlineMigrationTests.config(source: database, target: targetDatabase) {
+            $0.lockTimeout = .seconds(3)
+        }
+        let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: EventLog())
+        let holder = try await Connection.connect(
+            try target.connectionString(database: targetDatabase).setting("application_name", to: "report-job"), label: "holder")
+        try await holder.execute("BEGIN; LOCK TABLE public.t2 IN ACCESS EXCLUSIVE MODE")
+        let writer = try await source.connect(database: database)
+        try await writer.execute("UPDATE public.t2 SET v = 'behind the lock'")
+        migrator.cutoverHandle.request()
+        let error = await #expect(throws: MigrationError.self) { try await run.value }
+        try await holder.execute("ROLLBACK")
+        #expect(
+            error?.message.contains("applying up to the barrier") == true && error?.message.contains("report-job") == true
+                && error?.message.contains("RowExclusiveLock lock on") == true, "\(error?.message ?? "")")
+        try await OnlineMigrationTests.removeReplicationObjects(config)
+    }
+
     @Test("--resume refuses when the tables to migrate changed since the interrupted run began")
     func resumeAfterSchemaChange() async throws {
         let (source, _) = try await SharedClusters.get()
@@ -297,4 +341,43 @@ struct OnlineCoverageTests {
         try await OnlineMigrationTests.removeReplicationObjects(config)
     }
 
+    @Test(
+        "the cutover syncs the sequences the filter brings: owned, default-only with --table, free-standing under --schema",
+        arguments: [
+            (ObjectFilter(schemas: ["a"]), Set(["a.free", "a.t_id_seq"])),
+            (ObjectFilter(tables: ["b.u"]), Set(["a.free"])),
+        ])
+    func sequencesOfTheFilter(filter: ObjectFilter, synced: Set<String>) async throws {
+        let (source, target) = try await SharedClusters.get()
+        let database = try await OnlinePreflightTests.smallSource(
+            """
+            CREATE SCHEMA a; CREATE SCHEMA b; CREATE SEQUENCE a.free; CREATE SEQUENCE b.loose;
+            CREATE TABLE a.t (id serial PRIMARY KEY, v text); INSERT INTO a.t (v) VALUES ('t');
+            CREATE TABLE b.u (id bigint PRIMARY KEY DEFAULT nextval('a.free'), v text); INSERT INTO b.u (v) VALUES ('u');
+            """)
+        let targetDatabase = SharedClusters.uniqueName("filtered_sequences")
+        let config = try await OnlineMigrationTests.config(source: database, target: targetDatabase) { $0.filter = filter }
+        let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: EventLog())
+        let writer = try await source.connect(database: database)
+        try await writer.execute(
+            "INSERT INTO a.t (v) SELECT 'later' FROM generate_series(1, 40); INSERT INTO b.u (v) SELECT 'later' FROM generate_series(1, 30); "
+                + "SELECT setval('b.loose', 500)")
+        migrator.cutoverHandle.request()
+        _ = try await run.value
+
+        let copied = try await target.connect(database: targetDatabase)
+        for sequence in ["a.free", "a.t_id_seq", "b.loose"] {
+            let value =
+                "SELECT CASE WHEN to_regclass($1) IS NULL THEN 'absent' ELSE "
+                + "(SELECT last_value::text FROM pg_sequences WHERE schemaname || '.' || sequencename = $1) END"
+            let onTarget = try await copied.scalar(value, [sequence])
+            if synced.contains(sequence) {
+                #expect(try await onTarget == writer.scalar(value, [sequence]), "\(sequence) synced")
+                #expect(onTarget != "absent" && onTarget != nil)
+            } else {
+                #expect(onTarget == "absent", "\(sequence) is outside the filter")
+            }
+        }
+        try await OnlineMigrationTests.removeReplicationObjects(config)
+    }
 }

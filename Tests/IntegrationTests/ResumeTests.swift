@@ -106,6 +106,14 @@ struct ResumeTests {
         #expect(!before.isEmpty && before.count < 6, "copied before the kill: \(before)")
 
         copy.relay.bytesPerSecond = nil
+        // Forgetting --resume once is refused and leaves the record (and the target's tables) as they were.
+        let statePath = copy.state + "/state.json"
+        let recorded = try Data(contentsOf: URL(fileURLWithPath: statePath))
+        let forgot = try await CLI.run(copy.arguments)
+        #expect(forgot.status == 1, "\(forgot.stderr)")
+        #expect(forgot.stderr.contains("an interrupted offline run is recorded") && forgot.stderr.contains("--resume"), "\(forgot.stderr)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: statePath)) == recorded, "the record is untouched")
+
         let resumed = try await CLI.run(copy.arguments + ["--resume"])
         #expect(resumed.status == 0, "\(resumed.stderr)")
         let after = Self.tables(in: resumed.stderr)

@@ -147,7 +147,8 @@ struct TableSet: Sendable, Equatable, Codable {
         for row in try await source.query(sequencesSQL, [SQL.textArray(set.relations.map(\.description))]).rows {
             let name = QualifiedName(schema: row[0]!, name: row[1]!)
             if row[2] == "default" && !set.relations.contains(name) {
-                guard !excludedRelations.contains(name) && !excludedSchemas.contains(name.schema) else { continue }
+                // Without --table it is outside the selected schemas, and pg_dump leaves it out.
+                guard !filter.tables.isEmpty && !excludedRelations.contains(name) else { continue }
                 defaultsOnly.append(name)
             }
             set.sequences.append(name)

@@ -69,8 +69,6 @@ struct Cleanup {
         }
 
         let source = try await config.sourceEndpoint.connect()
-        // A frozen source database starts our session read-only too; this session must be able to write.
-        try await source.execute("SET default_transaction_read_only = off")
         if let recordedSource = recorded?.online.sourceIdentity, try await SourceIdentity.read(on: source) != recordedSource {
             await source.close()
             throw MigrationError(
@@ -142,7 +140,7 @@ struct Cleanup {
         }
         // Ours: wait for our own subscription's walsender to let go. Anyone else's: one attempt, and a
         // consumer that attached meanwhile makes the server refuse it.
-        if !dryRun { try await ReplicationSlot.drop(named: name, on: source, timeout: ours ? .seconds(30) : .zero, events: events) }
+        if !dryRun { try await ReplicationSlot.drop(named: name, on: source, timeout: ours ? config.lockTimeout : .zero, events: events) }
         return "\(dryRun ? "would drop" : "dropped") replication slot \(SQL.identifier(name)) on the source "
             + "(holding \(slot.retainedWAL) of WAL, status \(slot.walStatus))"
     }

@@ -50,7 +50,11 @@ struct Cutover {
             throw MigrationError(.cutover, "cannot read the barrier LSN on the source")
         }
         events.info(.cutover, "waiting for the target to apply up to barrier \(barrier)", ["barrier_lsn": .string(barrier.description)])
-        try await waitForApply(past: barrier)
+        // A target session holding a lock the apply worker needs would hold the cutover up: say whose.
+        try await LockWait(server: config.targetEndpoint, events: events, stage: .cutover, timeout: config.lockTimeout)
+            .watching("applying up to the barrier", blockers: .subscription(settings.subscriptionName)) {
+                try await waitForApply(past: barrier)
+            }
         if settings.freezeSourceAtCutover {
             let (source, target) = await sessions.current
             try await NonReplicatedData(tables: tables.unloggedTables, events: events)
@@ -169,7 +173,7 @@ struct ReplicationTeardown {
         } else if settings.keepSlot {
             events.info(.cutover, "kept replication slot \(SQL.identifier(settings.slotName)) on the source (it retains WAL until dropped)")
         } else {
-            try await ReplicationSlot.drop(named: settings.slotName, on: source, events: events)
+            try await ReplicationSlot.drop(named: settings.slotName, on: source, timeout: config.lockTimeout, events: events)
             leftovers.set(\.slotCreated, false)
             events.info(.cutover, "dropped replication slot \(SQL.identifier(settings.slotName)) on the source")
         }

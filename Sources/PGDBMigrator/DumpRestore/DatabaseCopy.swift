@@ -112,7 +112,9 @@ struct DatabaseCopy {
 
     private func createSchemasOfSelectedTables() async throws {
         let target = try await config.targetEndpoint.connect(stage: .restore)
-        try await TableSchemas.create(Set(report.tables.relations.map(\.schema)).sorted(), on: target)
+        // The sequences too: `--table` brings one a selected table's default uses, wherever it lives.
+        let schemas = Set(report.tables.relations.map(\.schema)).union(report.tables.sequences.map(\.schema))
+        try await TableSchemas.create(schemas.sorted(), on: target)
         await target.close()
     }
 }

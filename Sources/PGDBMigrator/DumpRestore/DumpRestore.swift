@@ -37,12 +37,14 @@ struct DumpRestore {
     }
 
     private func runPgDump(_ formatArguments: [String], snapshot: String?) async throws {
-        let connection = try source.childConnection()
+        let applicationName = "pg_dbmigrator pg_dump \(UUID().uuidString.prefix(8))"
+        let connection = try source.childConnection(applicationName: applicationName)
         defer { connection.remove() }
         var arguments = formatArguments + connection.arguments + tables.pgDumpArguments
         if let snapshot { arguments.append("--snapshot=\(snapshot)") }
         let child = ChildProcess(executable: tools.pgDump.path, arguments: arguments, environment: connection.environment)
-        let exit = try await child.run()
+        let exit = try await LockWait(server: source, events: events, stage: .dump, timeout: config.lockTimeout)
+            .watching("dumping with pg_dump", blockers: .application(applicationName)) { try await child.run() }
         guard exit.succeeded else {
             throw MigrationError(
                 .dump, "pg_dump failed (\(describe(exit))): \(errorLines(exit, scrubbing: config.source).joined(separator: "; "))",
@@ -77,7 +79,8 @@ struct DumpRestore {
     ) async throws -> [String] {
         try Task.checkCancellation()
         let started = ContinuousClock.now
-        let connection = try target.childConnection()
+        let applicationName = "pg_dbmigrator pg_restore \(UUID().uuidString.prefix(8))"
+        let connection = try target.childConnection(applicationName: applicationName)
         defer { connection.remove() }
         var arguments = ["--section=\(section)"] + connection.arguments
         if jobs > 1 { arguments.append("--jobs=\(jobs)") }
@@ -91,7 +94,8 @@ struct DumpRestore {
             environment["PGOPTIONS"] = inherited + serverOptions
         }
         let child = ChildProcess(executable: tools.pgRestore.path, arguments: arguments, environment: environment)
-        let exit = try await child.run()
+        let exit = try await LockWait(server: target, events: events, stage: .restore, timeout: config.lockTimeout)
+            .watching("restoring the \(section) section with pg_restore", blockers: .application(applicationName)) { try await child.run() }
         let errors = errorLines(exit, scrubbing: config.target)
         var tolerated: [String] = []
         if !exit.succeeded && skippingExisting && exit.code == 1 && !errors.isEmpty

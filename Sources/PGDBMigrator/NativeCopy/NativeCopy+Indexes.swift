@@ -11,6 +11,7 @@ extension NativeCopy {
             try await target.keepAliveWhileIdle()
             try await target.execute("SET search_path = ''; SET default_tablespace = ''")
             try await target.raiseMaintenanceWorkMem(to: config.maintenanceWorkMem)
+            let lockWait = LockWait(server: self.target, events: events, stage: .restore, timeout: config.lockTimeout)
             var tolerated: [String] = []
             var pending: IndexBuild? = first
             while true {
@@ -26,7 +27,10 @@ extension NativeCopy {
                 let started = ContinuousClock.now
                 do {
                     // One transaction: a kill never leaves an index without its replica identity or CLUSTER mark.
-                    try await target.execute((["BEGIN"] + build.statements + ["COMMIT"]).joined(separator: "; "))
+                    let transaction = (["BEGIN"] + build.statements + ["COMMIT"]).joined(separator: "; ")
+                    try await lockWait.watching("building \(SQL.identifier(build.name)) on \(build.table)", session: target) {
+                        try await target.execute(transaction)
+                    }
                 } catch let error as PostgresError {
                     let message = "building \(SQL.identifier(build.name)) on \(build.table) failed: \(error)"
                     guard config.allowRestoreErrors else {

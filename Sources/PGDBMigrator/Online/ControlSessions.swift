@@ -70,13 +70,6 @@ actor ControlSessions {
     private func reconnect(replacing old: (source: Connection, target: Connection)) async throws {
         guard old.source === source && old.target === target else { return }
         let freshSource = try await sourceEndpoint.connect(label: "source-control", stage: events.currentPhase)
-        // After a freeze, a new session on the source starts read-only; the teardown must still drop the publication.
-        do {
-            try await freshSource.execute("SET default_transaction_read_only = off")
-        } catch {
-            await freshSource.close()
-            throw error
-        }
         let freshTarget: Connection
         do {
             freshTarget = try await targetEndpoint.connect(label: "target-control", stage: events.currentPhase)

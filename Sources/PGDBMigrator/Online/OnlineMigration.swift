@@ -59,7 +59,7 @@ struct OnlineMigration {
                 _ = try await Subscription.remove(for: config, runID: recorded.runID)
                 if recorded.ownsSlot(named: settings.slotName) {
                     let source = try await config.sourceEndpoint.connect()
-                    _ = try await ReplicationSlot.drop(named: settings.slotName, on: source, events: events)
+                    _ = try await ReplicationSlot.drop(named: settings.slotName, on: source, timeout: config.lockTimeout, events: events)
                     await source.close()
                 }
                 events.warning(
@@ -207,8 +207,6 @@ struct OnlineMigration {
             "resuming: the interrupted run's cutover had applied everything up to barrier \(barrier) and synced the sequences; "
                 + "removing the replication objects it left", ["barrier_lsn": .string(barrier.description)])
         let source = try await config.sourceEndpoint.connect(label: "source-control", stage: .cutover)
-        // A frozen source starts this session read-only too: the teardown must be able to drop the publication.
-        try await source.execute("SET default_transaction_read_only = off")
         let target = try await config.targetEndpoint.connect(label: "target-control", stage: .cutover)
         try await ReplicationTeardown(config: config, events: events, leftovers: leftovers).run(source: source, target: target)
         await source.close()

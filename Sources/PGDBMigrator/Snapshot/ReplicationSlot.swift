@@ -94,13 +94,12 @@ actor ReplicationSlot {
             retainedBytes: Int(row[4] ?? "0") ?? 0, walStatus: row[5] ?? "?")
     }
 
-    /// Drops a slot on the source, waiting up to `timeout` for a walsender still attached to let go of it.
-    /// Returns false when there was no such slot.
-    /// A wait for the walsender is said every ten seconds through `events`, naming it.
+    /// Drops a slot on the source, waiting up to `timeout` (`--lock-timeout-secs`) for a walsender
+    /// still attached to let go of it. Returns false when there was no such slot.
+    /// A wait for the walsender is said every ten seconds through `events`, naming it (PID, user,
+    /// application, address), and so is giving up.
     @discardableResult
-    static func drop(
-        named name: String, on source: Connection, timeout: Duration = .seconds(30), events: EventEmitter? = nil
-    ) async throws -> Bool {
+    static func drop(named name: String, on source: Connection, timeout: Duration, events: EventEmitter? = nil) async throws -> Bool {
         let started = ContinuousClock.now
         let deadline = started + timeout
         var lastReport = started
@@ -116,17 +115,23 @@ actor ReplicationSlot {
                     // became active again between the check and the drop: retry
                 }
             }
-            if ContinuousClock.now - lastReport >= .seconds(10), let active {
+            let reporting = ContinuousClock.now - lastReport >= .seconds(10)
+            if let active, reporting || ContinuousClock.now > deadline {
+                let described = try await source.query(LockWait.sessionsSQL, ["{\(active)}"]).rows.first
+                let holder = described.map(LockWait.describe) ?? "walsender pid \(active)"
+                guard ContinuousClock.now <= deadline else {
+                    throw MigrationError(
+                        events?.currentPhase ?? .cutover,
+                        "gave up after \(Int((ContinuousClock.now - started).seconds)) s waiting for the replication slot "
+                            + "\(SQL.identifier(name)) to be released, held by \(holder)",
+                        fix: "drop it when it is released: SELECT pg_drop_replication_slot(\(SQL.literal(name))); "
+                            + "or raise --lock-timeout-secs")
+                }
                 lastReport = ContinuousClock.now
                 events?.warning(
                     events?.currentPhase ?? .cutover,
-                    "waiting \(Int((lastReport - started).seconds)) s for walsender pid \(active) to release the replication slot "
-                        + "\(SQL.identifier(name)) before dropping it", ["slot": .string(name), "active_pid": .string(active)])
-            }
-            if ContinuousClock.now > deadline {
-                throw MigrationError(
-                    .cutover, "the replication slot \(SQL.identifier(name)) is still in use (walsender pid \(active ?? "?"))",
-                    fix: "drop it when it is released: SELECT pg_drop_replication_slot(\(SQL.literal(name)))")
+                    "waiting \(Int((lastReport - started).seconds)) s for the replication slot \(SQL.identifier(name)) to be released "
+                        + "before dropping it, held by \(holder)", ["slot": .string(name), "active_pid": .string(active)])
             }
             try await Task.sleep(for: .milliseconds(200))
         }

@@ -11,13 +11,26 @@ struct Endpoint: Sendable {
     var connectionString: ConnectionString
 
     /// Opens a connection, turning libpq's failure into a message that names the side and the fix.
+    ///
+    /// A source database read-only by its settings (a DBA's, or the cutover's freeze) starts every
+    /// session read-only; the tool's source sessions write only its own objects (the publication,
+    /// the freeze and its undoing, the teardown), so they lift that for themselves. (A standby
+    /// stays read-only whatever a session sets.)
     func connect(
         label: String? = nil, database: String? = nil, applicationName: String? = nil, stage: Stage = .validate
     ) async throws -> Connection {
         var options = database.map { connectionString.setting("dbname", to: $0) } ?? connectionString
         if let applicationName { options = options.setting("application_name", to: applicationName) }
         do {
-            return try await Connection.connect(options, label: label ?? role.rawValue)
+            let connection = try await Connection.connect(options, label: label ?? role.rawValue)
+            guard role == .source else { return connection }
+            do {
+                try await connection.execute("SET default_transaction_read_only = off")
+            } catch {
+                await connection.close()
+                throw error
+            }
+            return connection
         } catch let error as PostgresError {
             throw MigrationError(
                 stage, "cannot connect to the \(role) (\(options.redacted)): \(error.message)",
@@ -44,8 +57,9 @@ struct Endpoint: Sendable {
     /// in its argv, which every local user can read: the password travels in its environment
     /// (`PGPASSWORD`); the other secrets, which have no environment variable (`sslpassword`), in
     /// a 0600 service file of their own. Call ``ChildConnection/remove()`` once the child is done.
-    func childConnection() throws -> ChildConnection {
-        let options = connectionString
+    /// `applicationName` names its sessions, so that ``LockWait`` can find them.
+    func childConnection(applicationName: String? = nil) throws -> ChildConnection {
+        let options = applicationName.map { connectionString.setting("application_name", to: $0) } ?? connectionString
         var environment: [String: String] = [:]
         if let password = options.password { environment["PGPASSWORD"] = password }
         let others = options.secrets.filter { $0.keyword != "password" }
@@ -80,7 +94,7 @@ struct Endpoint: Sendable {
 }
 
 /// What a child process gets to connect: `--dbname=…` without secrets, and an
-/// environment that carries them (see ``Endpoint/childConnection()``).
+/// environment that carries them (see ``Endpoint/childConnection(applicationName:)``).
 struct ChildConnection: Sendable {
     var arguments: [String]
     var environment: [String: String]

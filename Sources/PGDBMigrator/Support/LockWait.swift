@@ -19,7 +19,12 @@ struct LockWait: Sendable {
     /// Who a wait is on.
     enum Blockers: Sendable {
         /// The sessions a backend's lock request waits behind (`pg_blocking_pids`).
-        case locks(ofBackend: String)
+        case backend(String)
+        /// The same for every session with this `application_name` (a child process's, which
+        /// may open several: `pg_restore --jobs`).
+        case application(String)
+        /// The same for a subscription's apply and table-sync workers.
+        case subscription(String)
         /// Transactions (and prepared transactions) that were writing before a moment
         /// (`timestamptz` text): what creating a logical slot waits for.
         case transactions(olderThan: String)
@@ -31,7 +36,7 @@ struct LockWait: Sendable {
         _ what: String, session: Connection, _ operation: @escaping @Sendable () async throws -> T
     ) async throws -> T {
         let pid = try await session.execute("SELECT pg_backend_pid()").rows.first?[0] ?? "0"
-        return try await watching(what, blockers: .locks(ofBackend: pid), operation)
+        return try await watching(what, blockers: .backend(pid), operation)
     }
 
     /// Runs `operation`, reporting `blockers` while there are any and giving up after `timeout` of them.
@@ -75,13 +80,13 @@ struct LockWait: Sendable {
                 }
                 let blockers: [[String?]]
                 let waitingFor: String?
-                switch wait {
-                case .locks(let pid):
-                    blockers = try await probe!.query(Self.blockersSQL, [pid]).rows
-                    waitingFor = blockers.isEmpty ? nil : try await probe!.scalar(Self.waitingForSQL, [pid])
-                case .transactions(let start):
+                if case .transactions(let start) = wait {
                     blockers = try await probe!.query(Self.olderTransactionsSQL, [start]).rows
                     waitingFor = "transactions that were writing when it began to end"
+                } else {
+                    let pids = try await Self.waitingSessions(wait, on: probe!)
+                    blockers = try await probe!.query(Self.blockersSQL, [pids]).rows
+                    waitingFor = blockers.isEmpty ? nil : try await probe!.scalar(Self.waitingForSQL, [pids])
                 }
                 guard !blockers.isEmpty else {
                     blockedSince = nil
@@ -91,7 +96,7 @@ struct LockWait: Sendable {
                 let since = blockedSince ?? now - pollEvery
                 blockedSince = since
                 let waiting = waitingFor ?? "a lock"
-                let who = blockers.map { "pid \($0[0]!) (\($0[1]!), \($0[2]!), from \($0[3]!), \($0[4]!)): \($0[5]!)" }
+                let who = blockers.map(Self.describe)
                 let seconds = Int((now - since).seconds)
                 let detail: [String: EventValue] = [
                     "waited_seconds": .int(seconds), "blocking_pids": .list(blockers.map { $0[0]! }), "waiting_for": .string(waiting),
@@ -113,19 +118,54 @@ struct LockWait: Sendable {
         }
     }
 
-    /// The sessions holding up `$1`, with what they are doing.
-    static let blockersSQL = """
+    /// The sessions whose lock waits `wait` watches, as an int array literal.
+    private static func waitingSessions(_ wait: Blockers, on probe: Connection) async throws -> String {
+        switch wait {
+        case .backend(let pid): "{\(pid)}"
+        case .application(let name): try await probe.scalar(applicationSessionsSQL, [name]) ?? "{}"
+        case .subscription(let name): try await probe.scalar(subscriptionWorkersSQL, [name]) ?? "{}"
+        case .transactions: "{}"
+        }
+    }
+
+    /// A row of ``sessionsSQL``, ``blockersSQL`` or ``olderTransactionsSQL`` in words.
+    static func describe(_ row: [String?]) -> String {
+        "pid \(row[0] ?? "?") (\(row[1] ?? "?"), \(row[2] ?? "?"), from \(row[3] ?? "?"), \(row[4] ?? "?")): \(row[5] ?? "")"
+    }
+
+    /// The sessions `$1` (an int array), with what they are doing.
+    static let sessionsSQL = """
         SELECT a.pid::text, coalesce(a.usename, '?'), coalesce(nullif(a.application_name, ''), 'no application name'),
                coalesce(host(a.client_addr), 'local socket'), coalesce(a.state, '?'),
                coalesce(left(regexp_replace(a.query, '\\s+', ' ', 'g'), 200), '')
-        FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids($1::int))
+        FROM pg_stat_activity a WHERE a.pid = ANY ($1::int[])
+        ORDER BY 1
+        """
+
+    /// The sessions holding up any of `$1` (an int array), with what they are doing.
+    static let blockersSQL = """
+        WITH waiting AS (SELECT unnest($1::int[]) AS pid),
+        blocking AS (SELECT DISTINCT unnest(pg_blocking_pids(pid)) AS pid FROM waiting)
+        SELECT a.pid::text, coalesce(a.usename, '?'), coalesce(nullif(a.application_name, ''), 'no application name'),
+               coalesce(host(a.client_addr), 'local socket'), coalesce(a.state, '?'),
+               coalesce(left(regexp_replace(a.query, '\\s+', ' ', 'g'), 200), '')
+        FROM pg_stat_activity a WHERE a.pid IN (SELECT pid FROM blocking)
+          -- one of several sessions of a child process may wait on another (pg_restore --jobs): not an outsider
+          AND a.pid NOT IN (SELECT pid FROM waiting)
         UNION ALL
         -- a prepared transaction holds its locks with no session: pg_blocking_pids says pid 0
         SELECT 'prepared transaction ' || quote_literal(p.gid), p.owner::text, 'database ' || p.database, '-',
                'prepared at ' || p.prepared::text, '(COMMIT PREPARED or ROLLBACK PREPARED ends it)'
-        FROM pg_prepared_xacts p WHERE 0 = ANY (pg_blocking_pids($1::int))
+        FROM pg_prepared_xacts p WHERE 0 IN (SELECT pid FROM blocking)
         ORDER BY 1
         """
+
+    /// The sessions of a child process, by the `application_name` it was given.
+    static let applicationSessionsSQL = "SELECT coalesce(array_agg(pid), '{}')::text FROM pg_stat_activity WHERE application_name = $1"
+
+    /// A subscription's workers (apply, table sync) on the target.
+    static let subscriptionWorkersSQL =
+        "SELECT coalesce(array_agg(pid), '{}')::text FROM pg_stat_subscription WHERE subname = $1 AND pid IS NOT NULL"
 
     /// Transactions with an xid that began before `$1`, and prepared transactions: a logical
     /// slot becomes consistent only once every one of them has ended.
@@ -142,9 +182,9 @@ struct LockWait: Sendable {
         ORDER BY 1
         """
 
-    /// What `$1` waits for, in words: the lock mode and the relation, when it is one.
+    /// What one of `$1` (an int array) waits for, in words: the lock mode and the relation, when it is one.
     static let waitingForSQL = """
         SELECT l.mode || ' lock on ' || coalesce(l.relation::regclass::text, l.locktype)
-        FROM pg_locks l WHERE l.pid = $1::int AND NOT l.granted LIMIT 1
+        FROM pg_locks l WHERE l.pid = ANY ($1::int[]) AND NOT l.granted LIMIT 1
         """
 }
