@@ -12,14 +12,15 @@ struct EventRenderer: Sendable {
     private static let terminal = isatty(STDERR_FILENO) == 1
 
     func render(_ event: MigrationEvent) {
+        let event = Flags.render(event)
         if json {
             write(JSONLine.encode(event), to: .standardOutput)
             return
         }
-        if event.detail["progress"] == .string("table") {
-            return  // per-table progress is for programs; the overall line below names the parts in flight
+        if event.kind == .partProgress {
+            return  // per-part progress is for programs; the overall line names the parts in flight
         }
-        if event.detail["progress"] == .bool(true) {
+        if event.kind == .copyProgress {
             // On a terminal, progress is one live line rewritten in place; in a log, a line each time.
             if Self.terminal {
                 Self.lock.withLock {
@@ -70,9 +71,10 @@ struct EventRenderer: Sendable {
     }
 
     /// The last word of a failed run: one line on stderr (and an error object with --json).
-    func failure(stage: Stage?, message: String, fix: String?) {
+    func failure(stage: Stage?, code: MigrationError.Code, message: String, fix: String?) {
+        let (message, fix) = (Flags.render(message), fix.map(Flags.render))
         if json {
-            write(JSONLine.encodeFailure(stage: stage, message: message, fix: fix), to: .standardOutput)
+            write(JSONLine.encodeFailure(stage: stage, code: code, message: message, fix: fix), to: .standardOutput)
         }
         write("error: \(message)\(fix.map { " — \($0)" } ?? "")", to: .standardError)
     }
@@ -93,6 +95,7 @@ enum JSONLine {
         var timestamp: Date
         var level = "error"
         var stage: String?
+        var code: String
         var message: String
         var fix: String?
     }
@@ -113,6 +116,7 @@ enum JSONLine {
         var timestamp: Date
         var level: String
         var stage = "Verify"
+        var kind = MigrationEvent.Kind.message
         var message: String
         var detail: [String: Int] = [:]
         var report: VerifyReport
@@ -125,8 +129,8 @@ enum JSONLine {
         return String(decoding: (try? encoder().encode(line)) ?? Data("{}".utf8), as: UTF8.self)
     }
 
-    static func encodeFailure(stage: Stage?, message: String, fix: String?) -> String {
-        let failure = Failure(timestamp: Date(), stage: stage?.rawValue, message: message, fix: fix)
+    static func encodeFailure(stage: Stage?, code: MigrationError.Code, message: String, fix: String?) -> String {
+        let failure = Failure(timestamp: Date(), stage: stage?.rawValue, code: code.rawValue, message: message, fix: fix)
         return String(decoding: (try? encoder().encode(failure)) ?? Data("{}".utf8), as: UTF8.self)
     }
 }

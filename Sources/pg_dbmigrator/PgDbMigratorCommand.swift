@@ -47,7 +47,13 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
         do {
             try makeConfig().validate()
         } catch let error as MigrationError {
-            throw ValidationError(error.description)
+            if output.json {
+                // The usage error goes to stderr as ArgumentParser prints it; programs get the error object.
+                let line = JSONLine.encodeFailure(
+                    stage: error.stage, code: error.code, message: Flags.render(error.message), fix: error.fix.map(Flags.render))
+                FileHandle.standardOutput.write(Data((line + "\n").utf8))
+            }
+            throw ValidationError(Flags.render(error.description))
         }
     }
 
@@ -81,7 +87,7 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
         logger.logLevel = output.verbose ? .debug : .warning
         let streaming = StreamingFlag()
         let migrator = Migrator(config: config, logger: logger) { event in
-            if event.stage == .streamApply { streaming.set() }
+            if event.kind == .streaming { streaming.set() }
             renderer.render(event)
         }
 
@@ -102,14 +108,15 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
                 renderer.report(report)
                 if config.mode == .verify && !report.matches {
                     renderer.failure(
-                        stage: .verify, message: "source and target differ (\(report.problems.count) difference(s), listed above)", fix: nil
+                        stage: .verify, code: .verifyMismatch,
+                        message: "source and target differ (\(report.problems.count) difference(s), listed above)", fix: nil
                     )
                     throw ExitCode.failure
                 }
             }
             if !outcome.sequenceFailures.isEmpty {
                 renderer.failure(
-                    stage: .cutover,
+                    stage: .cutover, code: .sequenceSync,
                     message: "cutover complete, but \(outcome.sequenceFailures.count) sequence(s) could not be synced: "
                         + outcome.sequenceFailures.keys.sorted().joined(separator: ", "),
                     fix: "set them on the target with setval() before writing to those tables")
@@ -121,14 +128,14 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
                 config.mode == .online
                 ? "replication objects left in place as listed above" : "child processes stopped and temporary files removed"
             renderer.failure(
-                stage: cancelled.stage,
+                stage: cancelled.stage, code: .cancelled,
                 message: "aborted by \(signal == SIGTERM ? "SIGTERM" : "SIGINT") during \(cancelled.stage.rawValue); \(what)", fix: nil)
             throw ExitCode(128 + signal)
         } catch let error as MigrationError {
-            renderer.failure(stage: error.stage, message: error.message, fix: error.fix)
+            renderer.failure(stage: error.stage, code: error.code, message: error.message, fix: error.fix)
             throw ExitCode.failure
         } catch {
-            renderer.failure(stage: nil, message: String(describing: error), fix: nil)
+            renderer.failure(stage: nil, code: .failed, message: String(describing: error), fix: nil)
             throw ExitCode.failure
         }
     }

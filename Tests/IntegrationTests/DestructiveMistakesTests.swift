@@ -64,8 +64,9 @@ struct DestructiveMistakesTests {
         ]
         for target in spellings {
             for mode in modes {
-                let result = try await Self.run(mode + ["--source", source.url(database: database), "--target", target])
+                let result = try await Self.run(mode + ["--source", source.url(database: database), "--target", target, "--json"])
                 #expect(result.status == 1, "\(mode) \(target): \(result.stderr)")
+                #expect(result.failureCode == "same_database", "\(result.stdout)")
                 #expect(result.stderr.contains("the source and the target are the same database"), "\(mode): \(result.stderr)")
                 #expect(result.stderr.contains("an advisory lock held through the source connection was refused"), "\(result.stderr)")
                 #expect(!result.stderr.contains(password))
@@ -408,7 +409,9 @@ struct DestructiveMistakesTests {
 
         let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
         #expect(error?.message.contains("an interrupted online run is recorded") == true, "\(error?.message ?? "")")
-        #expect(error?.fix?.contains("--resume") == true && error?.fix?.contains("--mode cleanup") == true)
+        #expect(
+            error?.fix?.contains("\(MigrationConfig.Setting.resume)") == true
+                && error?.fix?.contains("\(MigrationConfig.Setting.mode) cleanup") == true)
         #expect(try Data(contentsOf: URL(fileURLWithPath: statePath)) == recorded, "the record is untouched")
 
         let writer = try await source.connect(database: database)
@@ -440,7 +443,7 @@ struct DestructiveMistakesTests {
         second.stateDirectory = Self.stateDirectory()
         let publicationError = await #expect(throws: MigrationError.self) { try await Migrator(config: second).run() }
         #expect(publicationError?.message.contains("belongs to another pg_dbmigrator run") == true, "\(publicationError?.message ?? "")")
-        #expect(publicationError?.fix?.contains("--publication") == true)
+        #expect(publicationError?.fix?.contains("\(MigrationConfig.Setting.publication)") == true)
 
         let names = ["--slot-name", "other_slot", "--publication", "other_pub", "--subscription-name", "other_sub"]
         let sameDirectory = try await Self.run(
@@ -450,6 +453,7 @@ struct DestructiveMistakesTests {
             ]
                 + names, stateDirectory: stateDirectory)
         #expect(sameDirectory.status == 1)
+        #expect(sameDirectory.failureCode == nil, "no --json, no error object")
         #expect(
             sameDirectory.stderr.contains("another pg_dbmigrator run (PID \(getpid())) is using the state directory"),
             "\(sameDirectory.stderr)")
@@ -506,6 +510,8 @@ struct DestructiveMistakesTests {
             #expect(result.status == 64, "\(arguments): status \(result.status), \(result.stderr)")
             #expect(result.stderr.contains(says), "\(arguments): \(result.stderr)")
         }
+        let coded = try await Self.run(["--jobs", "0", "--json"] + servers)
+        #expect(coded.status == 64 && coded.failureCode == "invalid_argument", "\(coded.stdout)")
         // PostgreSQL would connect to the first 63 bytes of the name, which the target lock would not match.
         let longName = try await Self.run([
             "--source", source.url(database: database), "--target", target.url(database: String(repeating: "t", count: 64)),

@@ -122,9 +122,9 @@ struct NativeCopyTests {
         let objects = try result.stdout.split(separator: "\n").map {
             try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
         }
-        let details = objects.compactMap { $0["detail"] as? [String: Any] }
-        let overall = details.filter { $0["progress"] as? Bool == true }
-        let perTable = details.filter { $0["progress"] as? String == "table" }
+        let overall = objects.filter { $0["kind"] as? String == "copyProgress" }.compactMap { $0["detail"] as? [String: Any] }
+        let perTable = objects.filter { $0["kind"] as? String == "partProgress" }.compactMap { $0["detail"] as? [String: Any] }
+        #expect(objects.allSatisfy { $0["kind"] != nil }, "every event says its kind")
         #expect(overall.count >= 2, "\(overall)")
         #expect(overall.contains { ($0["bytes"] as? Int ?? 0) > 0 && $0["eta_seconds"] != nil && $0["bytes_per_second"] != nil })
         #expect(!perTable.isEmpty)

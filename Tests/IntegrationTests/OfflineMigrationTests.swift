@@ -90,7 +90,7 @@ struct OfflineMigrationTests {
         }
         #expect(error?.message.contains("not empty") == true)
         #expect(error?.message.contains("public.leftover") == true)
-        #expect(error?.fix?.contains("--drop-target-first") == true)
+        #expect(error?.fix?.contains("\(MigrationConfig.Setting.dropTargetFirst)") == true)
 
         _ = try await Self.migrate(source: sourceDatabase, target: targetDatabase) { $0.dropTargetFirst = true }
         #expect(try await Fingerprint.of(target, database: targetDatabase) == Fingerprint.of(source, database: sourceDatabase))
@@ -119,7 +119,7 @@ struct OfflineMigrationTests {
             try await Self.migrate(source: sourceDatabase, target: targetDatabase)
         }
         #expect(error?.message.contains(role) == true)
-        #expect(error?.fix?.contains("--no-owner") == true)
+        #expect(error?.fix?.contains("\(MigrationConfig.Setting.noOwner)") == true)
 
         _ = try await Self.migrate(source: sourceDatabase, target: targetDatabase) {
             $0.noOwner = true
@@ -156,7 +156,7 @@ struct OfflineMigrationTests {
         }
         #expect(error?.stage == .restore)
         #expect(error?.message.contains("absent_on_target") == true)
-        #expect(error?.fix?.contains("--allow-restore-errors") == true)
+        #expect(error?.fix?.contains("\(MigrationConfig.Setting.allowRestoreErrors)") == true)
 
         let lenientTarget = try await freshTarget()
         let events = EventLog()
@@ -208,6 +208,14 @@ final class EventLog: @unchecked Sendable {
     }
 
     var stages: [Stage] { all.map(\.stage) }
+}
+
+/// A flag one task sets and another reads.
+final class Flag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.withLock { value = true } }
+    var isSet: Bool { lock.withLock { value } }
 }
 
 /// Samples a path's permission bits in the background while it exists.

@@ -187,7 +187,9 @@ struct OnlineAbortTests {
         run.cancel()
         await #expect(throws: MigrationCancelled.self) { try await run.value }
         let abortCommand = events.all.last { $0.detail["cleanup_command"] != nil }?.detail["cleanup_command"]?.description ?? ""
-        #expect(abortCommand.contains("--mode cleanup") && abortCommand.contains("--slot-name '\(config.online.slotName)'"))
+        #expect(
+            abortCommand.contains("\(MigrationConfig.Setting.mode) cleanup")
+                && abortCommand.contains("\(MigrationConfig.Setting.slotName) '\(config.online.slotName)'"))
         #expect(!abortCommand.contains(TestCluster.superuserPassword))
         // A DBA's own read-only setting, which this run did not make: cleanup must leave it.
         let admin = try await source.connect()

@@ -73,9 +73,10 @@ struct OnlineCoverageTests {
             let result = try await CLI.run(
                 [
                     "--mode", mode, "--source", source.url(database: database), "--target", target.url(database: targetDatabase),
-                    "--table", "public.typo_tbl", "--state-dir", DestructiveMistakesTests.stateDirectory(),
+                    "--table", "public.typo_tbl", "--state-dir", DestructiveMistakesTests.stateDirectory(), "--json",
                 ])
             #expect(result.status == 1, "\(mode): \(result.stderr)")
+            #expect(result.failureCode == "table_set", "\(result.stdout)")
             #expect(
                 result.stderr.contains("these patterns match nothing on the source: --table public.typo_tbl"), "\(mode): \(result.stderr)")
         }
@@ -125,7 +126,7 @@ struct OnlineCoverageTests {
         let message = error?.message ?? ""
         #expect(error?.stage == .validate)
         #expect(
-            message.contains("--freeze-source-at-cutover needs") && message.contains("ownership of the database")
+            message.contains("\(MigrationConfig.Setting.freezeSourceAtCutover) needs") && message.contains("ownership of the database")
                 && message.contains("CREATE on the database") && message.contains("TRIGGER on"), "\(message)")
         #expect(try await admin.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) == "0")
         try await admin.execute("DROP PUBLICATION \(SQL.identifier(config.online.publication))")
@@ -210,11 +211,12 @@ struct OnlineCoverageTests {
         try await holder.execute("BEGIN; COMMENT ON SCHEMA public IS 'held'")
         let result = try await CLI.start([
             "--source", source.url(database: database), "--target", target.url(database: targetDatabase),
-            "--lock-timeout-secs", "3", "--state-dir", DestructiveMistakesTests.stateDirectory(),
+            "--lock-timeout-secs", "3", "--state-dir", DestructiveMistakesTests.stateDirectory(), "--json",
         ])
         .wait(timeout: 90)
         try await holder.execute("ROLLBACK")
         #expect(result.status == 1, "\(result.stderr)")
+        #expect(result.failureCode == "lock_timeout", "\(result.stdout)")
         #expect(
             result.stderr.contains("gave up after") && result.stderr.contains("restoring the pre-data section with pg_restore")
                 && result.stderr.contains("schema-holder") && result.stderr.contains("COMMENT ON SCHEMA public"), "\(result.stderr)")
@@ -237,6 +239,7 @@ struct OnlineCoverageTests {
         migrator.cutoverHandle.request()
         let error = await #expect(throws: MigrationError.self) { try await run.value }
         try await holder.execute("ROLLBACK")
+        #expect(error?.code == .lockTimeout)
         #expect(
             error?.message.contains("applying up to the barrier") == true && error?.message.contains("report-job") == true
                 && error?.message.contains("RowExclusiveLock lock on") == true, "\(error?.message ?? "")")

@@ -21,16 +21,19 @@ struct OnlineMigrationTests {
         return config
     }
 
-    /// Runs `config` in the background and returns once the target is streaming.
+    /// Runs `config` in the background and returns once the target is streaming, or once the run ended
+    /// (awaiting the returned task then gives its error).
     static func startStreaming(_ config: MigrationConfig, events: EventLog) async throws -> (Migrator, Task<MigrationOutcome, Error>) {
         let migrator = Migrator(config: config, onEvent: events.record)
-        let run = Task { try await migrator.run() }
+        let ended = Flag()
+        let run = Task {
+            defer { ended.set() }
+            return try await migrator.run()
+        }
         let deadline = Date().addingTimeInterval(120)
-        while !events.stages.contains(.streamApply) {
+        while !events.all.contains(where: { $0.kind == .streaming }) && !ended.isSet {
             if Date() > deadline { throw TestSupportError("the migration never started streaming: \(events.all.map(\.message))") }
-            if events.all.contains(where: { $0.level == .error }) { break }
             try await Task.sleep(for: .milliseconds(50))
-            if run.isCancelled { break }
         }
         return (migrator, run)
     }
@@ -322,7 +325,7 @@ struct OnlineMigrationTests {
         config.stateDirectory = NSTemporaryDirectory() + "pgdm-state-\(UUID().uuidString)"
         let events = EventLog()
         let run = Task { try await Migrator(config: config, onEvent: events.record).run() }
-        while !events.stages.contains(.streamApply) { try await Task.sleep(for: .milliseconds(50)) }
+        while !events.all.contains(where: { $0.kind == .streaming }) { try await Task.sleep(for: .milliseconds(50)) }
 
         // The slot stops advancing while the source writes more WAL than it may keep.
         let targetAdmin = try await target.connect(database: database)
@@ -343,7 +346,7 @@ struct OnlineMigrationTests {
             #expect(
                 error.message.contains("invalidated replication slot") || error.message.contains("was invalidated (wal_status lost)"),
                 "\(error)")
-            #expect(error.fix?.contains("--mode cleanup") == true, "\(error)")
+            #expect(error.fix?.contains("\(MigrationConfig.Setting.mode) cleanup") == true, "\(error)")
         }
         #expect(Date().timeIntervalSince(started) < 30)
     }

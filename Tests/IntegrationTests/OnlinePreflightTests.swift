@@ -71,7 +71,7 @@ struct OnlinePreflightTests {
         let database = try await Self.smallSource(
             "CREATE TABLE \"No Key\" (a int, b text); INSERT INTO \"No Key\" VALUES (1, 'x'), (1, 'x');")
         let config = try await OnlineMigrationTests.config(source: database, target: SharedClusters.uniqueName("identity_copy"))
-        try await Self.expectCleanFailure(config, message: "public.\"No Key\"", fix: "--set-replica-identity-full")
+        try await Self.expectCleanFailure(config, message: "public.\"No Key\"", fix: "\(MigrationConfig.Setting.setReplicaIdentityFull)")
         var fixing = config
         fixing.online.setReplicaIdentityFull = true
         let events = EventLog()
@@ -104,7 +104,7 @@ struct OnlinePreflightTests {
         let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
         #expect(error?.stage == .validate)
         #expect(error?.message.contains("the source is a standby (in recovery)") == true, "\(error?.message ?? "")")
-        #expect(error?.fix?.contains("point --source at the primary") == true)
+        #expect(error?.fix?.contains("point \(MigrationConfig.Setting.source) at the primary") == true)
 
         var offline = config
         offline.mode = .offline
@@ -157,7 +157,7 @@ struct OnlinePreflightTests {
             attempt.online.forceClean = forceClean
             let error = await #expect(throws: MigrationError.self) { try await Migrator(config: attempt).run() }
             #expect(error?.message.contains("already exists") == true && error?.message.contains("this run did not create it") == true)
-            #expect(error?.fix?.contains("another --slot-name") == true)
+            #expect(error?.fix?.contains("another \(MigrationConfig.Setting.slotName)") == true)
             #expect(try await admin.scalar("SELECT count(*) FROM pg_publication WHERE pubname = $1", [config.online.publication]) == "0")
             #expect(
                 try await admin.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) == "1")
@@ -183,7 +183,7 @@ struct OnlinePreflightTests {
         try await admin.execute("INSERT INTO items VALUES (777, 'via socket')")
         migrator.cutoverHandle.request()
         _ = try await run.value
-        let forceCleaned = events.all.filter { $0.message.hasPrefix("--force-clean:") }.map(\.message)
+        let forceCleaned = events.all.filter { $0.message.hasPrefix("\(MigrationConfig.Setting.forceClean):") }.map(\.message)
         #expect(forceCleaned.contains { $0.contains("dropped replication slot") }, "\(forceCleaned)")
         #expect(forceCleaned.contains { $0.contains("dropped subscription") }, "\(forceCleaned)")
         let expected = try await Fingerprint.of(source, database: database)

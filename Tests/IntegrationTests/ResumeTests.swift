@@ -109,8 +109,9 @@ struct ResumeTests {
         // Forgetting --resume once is refused and leaves the record (and the target's tables) as they were.
         let statePath = copy.state + "/state.json"
         let recorded = try Data(contentsOf: URL(fileURLWithPath: statePath))
-        let forgot = try await CLI.run(copy.arguments)
+        let forgot = try await CLI.run(copy.arguments + ["--json"])
         #expect(forgot.status == 1, "\(forgot.stderr)")
+        #expect(forgot.failureCode == "run_state", "\(forgot.stdout)")
         #expect(forgot.stderr.contains("an interrupted offline run is recorded") && forgot.stderr.contains("--resume"), "\(forgot.stderr)")
         #expect(try Data(contentsOf: URL(fileURLWithPath: statePath)) == recorded, "the record is untouched")
 

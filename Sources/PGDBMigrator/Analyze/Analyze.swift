@@ -16,7 +16,7 @@ struct Analyze {
             let lines = exit.output.suffix(5).map { config.target.scrub($0) }
             throw MigrationError(
                 .analyze, "vacuumdb --analyze-only failed: \(lines.joined(separator: "; "))",
-                fix: "the data is restored; run ANALYZE on the target yourself, or pass --skip-analyze")
+                fix: "the data is restored; run ANALYZE on the target yourself, or pass \(Setting.skipAnalyze)")
         }
     }
 }

@@ -43,7 +43,7 @@ struct LagMonitor {
         let applied = sourceRow[1].flatMap(LSN.init)
         if let loss = SlotLoss.describe(slot: slotName, exists: applied != nil, walStatus: sourceRow[2]) {
             throw MigrationError(
-                .streamApply, loss, fix: "clean up with --mode cleanup and start the migration again")
+                .streamApply, loss, fix: "clean up with \(Setting.mode) cleanup and start the migration again", code: .slotLost)
         }
         guard let applied else { preconditionFailure("a slot that exists has a confirmed position") }
         let version = await target.serverVersion

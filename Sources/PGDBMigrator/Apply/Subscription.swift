@@ -32,7 +32,7 @@ struct Subscription {
             throw MigrationError(
                 .streamApply, "cannot create the subscription \(SQL.identifier(name)) on the target: \(source.scrub(error.description))",
                 fix: "the target role must be a superuser (PostgreSQL 15 and older) or a member of pg_create_subscription (16+), "
-                    + "and the target server must reach the source with --subscription-source")
+                    + "and the target server must reach the source with \(Setting.subscriptionSource)", underlying: error)
         }
     }
 

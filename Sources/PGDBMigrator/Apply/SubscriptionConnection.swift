@@ -44,9 +44,9 @@ enum SubscriptionConnection {
             if strength(givenMode) < strength(ownMode) {
                 throw MigrationError(
                     .validate,
-                    "--subscription-source asks sslmode=\(givenMode), weaker than the sslmode=\(ownMode) the tool's own "
+                    "\(Setting.subscriptionSource) asks sslmode=\(givenMode), weaker than the sslmode=\(ownMode) the tool's own "
                         + "connection to the source uses: the target server's apply worker would be less protected than the tool",
-                    fix: "add sslmode=\(ownMode) to --subscription-source"
+                    fix: "add sslmode=\(ownMode) to \(Setting.subscriptionSource)"
                         + (ownMode.hasPrefix("verify") ? ", with sslrootcert= a CA file on the target server" : ""))
             }
             if given.password == nil, let password = own.password, given.resolvedUser == own["user"] ?? own.resolvedUser {

@@ -77,14 +77,15 @@ struct TableSet: Sendable, Equatable, Codable {
             guard named.partCount <= most else {
                 throw MigrationError(
                     stage, "improper qualified name (too many dotted names): \(pattern)",
-                    fix: "write schema.table (or database.schema.table) for a table, schema (or database.schema) for a schema")
+                    fix: "write schema.table (or database.schema.table) for a table, schema (or database.schema) for a schema",
+                    code: .tableSet)
             }
             if named.partCount == most, let regex = named.databaseRegex(parts: most),
                 try await source.scalar("SELECT $1 ~ $2", [database, regex]) != "t"
             {
                 throw MigrationError(
                     stage, "cross-database references are not implemented: \(pattern) (connected to \(SQL.identifier(database)))",
-                    fix: "leave out the database part, or point --source at that database")
+                    fix: "leave out the database part, or point \(Setting.source) at that database", code: .tableSet)
             }
         }
         var unmatched: [String] = []
@@ -114,15 +115,15 @@ struct TableSet: Sendable, Equatable, Codable {
             }
             return found
         }
-        let includedSchemas = try await schemas(filter.schemas, flag: "--schema")
-        let excludedSchemas = try await schemas(filter.excludeSchemas, flag: "--exclude-schema")
-        let includedRelations = try await relations(filter.tables, flag: "--table")
-        let excludedRelations = try await relations(filter.excludeTables, flag: "--exclude-table")
+        let includedSchemas = try await schemas(filter.schemas, flag: "\(Setting.schemas)")
+        let excludedSchemas = try await schemas(filter.excludeSchemas, flag: "\(Setting.excludeSchemas)")
+        let includedRelations = try await relations(filter.tables, flag: "\(Setting.tables)")
+        let excludedRelations = try await relations(filter.excludeTables, flag: "\(Setting.excludeTables)")
         guard unmatched.isEmpty else {
             throw MigrationError(
                 stage, "these patterns match nothing on the source: " + unmatched.joined(separator: ", "),
                 fix: "check their spelling and schema; patterns follow pg_dump's rules (an unqualified table name matches "
-                    + "only what the source role's search_path shows; quote a name to match it exactly)")
+                    + "only what the source role's search_path shows; quote a name to match it exactly)", code: .tableSet)
         }
 
         var set = TableSet(filter: filter, relations: [], tables: [], unlogged: [], extensionMembers: [], sequences: [])
@@ -180,7 +181,7 @@ struct TableSet: Sendable, Equatable, Codable {
                 stage,
                 "the tables to migrate changed between Validate and the snapshot (a table was created, dropped or "
                     + "renamed meanwhile): " + differences(from: resolved).joined(separator: ", "),
-                fix: "run again once no schema change is under way on the source")
+                fix: "run again once no schema change is under way on the source", code: .tableSet)
         }
     }
 

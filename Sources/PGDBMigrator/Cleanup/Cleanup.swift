@@ -39,19 +39,19 @@ struct Cleanup {
     /// Drops (or, with `dryRun`, lists) what the run `recorded` created, and lists
     /// what it leaves alone. Shared by `--mode cleanup` and `--force-clean`.
     func removeLeftovers(of recorded: RunState?, dryRun: Bool) async throws -> [String] {
-        if let recorded, recorded.settings["--mode"] == MigrationConfig.Mode.online.rawValue {
+        if let recorded, recorded.setting(.mode) == MigrationConfig.Mode.online.rawValue {
             let given = RunState.settings(
                 of: {
                     var online = config; online.mode = .online; return online
                 }())
-            let differing = ["--slot-name", "--publication", "--subscription-name"].filter { recorded.settings[$0] != given[$0] }
+            let differing = [Setting.slotName, .publication, .subscriptionName].filter { recorded.setting($0) != given[$0.rawValue] }
             guard differing.isEmpty else {
                 throw MigrationError(
                     .cleanup,
                     "the run recorded in \(RunStateStore.statePath(for: config)) used other names ("
-                        + differing.map { "\($0) \(recorded.settings[$0] ?? "")" }.joined(separator: ", ")
+                        + differing.map { "\($0) \(recorded.setting($0) ?? "")" }.joined(separator: ", ")
                         + "); nothing was changed",
-                    fix: "clean up with that run's names: \(Cleanup.command(recordedIn: recorded, config: config))")
+                    fix: "clean up with that run's names: \(Cleanup.command(recordedIn: recorded, config: config))", code: .runState)
             }
         }
         var found: [String] = []
@@ -73,9 +73,9 @@ struct Cleanup {
             await source.close()
             throw MigrationError(
                 .cleanup,
-                "the run recorded in \(RunStateStore.statePath(for: config)) migrated from another source database than --source "
+                "the run recorded in \(RunStateStore.statePath(for: config)) migrated from another source database than \(Setting.source) "
                     + "\(config.source.redacted): objects of its names here are not its own; nothing was changed",
-                fix: "clean up with that run's source: \(Cleanup.command(recordedIn: recorded!, config: config))")
+                fix: "clean up with that run's source: \(Cleanup.command(recordedIn: recorded!, config: config))", code: .runState)
         }
         let ours = recorded?.ownsSlot(named: settings.slotName) ?? false
         if let line = try await removeSlot(named: settings.slotName, ours: ours, on: source, dryRun: dryRun) { found.append(line) }
@@ -129,7 +129,7 @@ struct Cleanup {
             kept(
                 "replication slot \(SQL.identifier(name)) on the source (\(slot.summary))",
                 "the recorded run did not create it",
-                removal: slot.activePID == nil ? "pass --drop-foreign-slot \(name) if you are sure no one needs it" : nil)
+                removal: slot.activePID == nil ? "pass \(Setting.dropForeignSlot) \(name) if you are sure no one needs it" : nil)
             return nil
         }
         if foreignButNamed && !ours, let pid = slot.activePID {
@@ -151,23 +151,24 @@ struct Cleanup {
             ["kept": .string(what)])
     }
 
-    /// The exact command that cleans up after a run of `config`, for abort messages.
+    /// The settings of the cleanup run that removes what a run of `config` left, in the words of
+    /// ``MigrationConfig/Setting`` (a front end renders them: the CLI as its command line).
     static func command(for config: MigrationConfig) -> String {
         let settings = config.online
-        return "pg_dbmigrator --mode cleanup --source \(shellQuote(config.source.redacted)) --target \(shellQuote(config.target.redacted))"
-            + " --slot-name \(shellQuote(settings.slotName)) --publication \(shellQuote(settings.publication))"
-            + " --subscription-name \(shellQuote(settings.subscriptionName))"
-            + (config.stateDirectory.map { " --state-dir \(shellQuote($0))" } ?? "")
+        return "\(Setting.mode) cleanup \(Setting.source) \(shellQuote(config.source.redacted)) "
+            + "\(Setting.target) \(shellQuote(config.target.redacted)) \(Setting.slotName) \(shellQuote(settings.slotName)) "
+            + "\(Setting.publication) \(shellQuote(settings.publication)) \(Setting.subscriptionName) \(shellQuote(settings.subscriptionName))"
+            + (config.stateDirectory.map { " \(Setting.stateDirectory) \(shellQuote($0))" } ?? "")
     }
 
     /// The cleanup command for the run recorded in `state`, with the servers and names that run used.
     static func command(recordedIn state: RunState, config: MigrationConfig) -> String {
         var recorded = config
-        if let source = state.settings["--source"].flatMap({ try? ConnectionString($0) }) { recorded.source = source }
-        if let target = state.settings["--target"].flatMap({ try? ConnectionString($0) }) { recorded.target = target }
-        recorded.online.slotName = state.settings["--slot-name"] ?? config.online.slotName
-        recorded.online.publication = state.settings["--publication"] ?? config.online.publication
-        recorded.online.subscriptionName = state.settings["--subscription-name"] ?? config.online.subscriptionName
+        if let source = state.setting(.source).flatMap({ try? ConnectionString($0) }) { recorded.source = source }
+        if let target = state.setting(.target).flatMap({ try? ConnectionString($0) }) { recorded.target = target }
+        recorded.online.slotName = state.setting(.slotName) ?? config.online.slotName
+        recorded.online.publication = state.setting(.publication) ?? config.online.publication
+        recorded.online.subscriptionName = state.setting(.subscriptionName) ?? config.online.subscriptionName
         return command(for: recorded)
     }
 

@@ -6,53 +6,58 @@ extension MigrationConfig {
     /// valid for what they name, flags that make sense together. The CLI turns a
     /// failure into exit status 64; the library throws it from ``Migrator/run()``.
     public func validate() throws(MigrationError) {
-        func refuse(_ message: String, fix: String? = nil) -> MigrationError { MigrationError(.validate, message, fix: fix) }
+        func refuse(_ message: String, fix: String? = nil) -> MigrationError {
+            MigrationError(.validate, message, fix: fix, code: .invalidArgument)
+        }
         guard (1...64).contains(jobs), (1...64).contains(indexJobs) else {
-            throw refuse("--jobs and --index-jobs must be between 1 and 64")
+            throw refuse("\(Setting.jobs) and \(Setting.indexJobs) must be between 1 and 64")
         }
         guard splitTablesLargerThan >= 0, splitTablesLargerThan <= Self.maximumSplitBytes else {
-            throw refuse("--split-tables-larger-than must be between 0 and 1PB")
+            throw refuse("\(Setting.splitTablesLargerThan) must be between 0 and 1PB")
         }
         guard maintenanceWorkMem >= 1024 * 1024, maintenanceWorkMem <= Self.maximumMaintenanceWorkMem else {
-            throw refuse("--maintenance-work-mem must be between 1MB and 2047GB (PostgreSQL's limit)")
+            throw refuse("\(Setting.maintenanceWorkMem) must be between 1MB and 2047GB (PostgreSQL's limit)")
         }
         if dumpScope == .dataOnly && dropTargetFirst {
             throw refuse(
-                "--dump-scope data-only loads rows into the target's existing tables; it cannot be combined with --drop-target-first",
-                fix: "drop --drop-target-first, or copy everything with --dump-scope all")
+                "\(Setting.dumpScope) data-only loads rows into the target's existing tables; it cannot be combined with \(Setting.dropTargetFirst)",
+                fix: "drop \(Setting.dropTargetFirst), or copy everything with \(Setting.dumpScope) all")
         }
         if resume && dropTargetFirst {
-            throw refuse("--resume continues what is in the target; it cannot be combined with --drop-target-first")
+            throw refuse("\(Setting.resume) continues what is in the target; it cannot be combined with \(Setting.dropTargetFirst)")
         }
         if resume && online.forceClean {
-            throw refuse("--force-clean starts afresh; it cannot be combined with --resume, which continues the interrupted run")
+            throw refuse(
+                "\(Setting.forceClean) starts afresh; it cannot be combined with \(Setting.resume), which continues the interrupted run")
         }
         if resume && dumpScope == .dataOnly {
             throw refuse(
-                "a --dump-scope data-only copy cannot be resumed: it loads whole tables into tables it did not create",
-                fix: "empty the target's tables (TRUNCATE) and run again without --resume")
+                "a \(Setting.dumpScope) data-only copy cannot be resumed: it loads whole tables into tables it did not create",
+                fix: "empty the target's tables (TRUNCATE) and run again without \(Setting.resume)")
         }
         if let slot = online.dropForeignSlot {
-            guard mode == .cleanup else { throw refuse("--drop-foreign-slot is a --mode cleanup option") }
-            try OnlineSettings.checkSlotName(slot, flag: "--drop-foreign-slot")
+            guard mode == .cleanup else { throw refuse("\(Setting.dropForeignSlot) is a \(Setting.mode) cleanup option") }
+            try OnlineSettings.checkSlotName(slot, flag: "\(Setting.dropForeignSlot)")
         }
         if terminateTargetSessions && !dropTargetFirst && !resume {
-            throw refuse("--terminate-target-sessions goes with --drop-target-first (or --resume, which may re-create the target)")
+            throw refuse(
+                "\(Setting.terminateTargetSessions) goes with \(Setting.dropTargetFirst) (or \(Setting.resume), which may re-create the target)"
+            )
         }
         if dropTargetFirst, let database = target.resolvedDatabase, TargetDatabase.protectedNames.contains(database) {
             throw refuse(
-                "--drop-target-first would drop \(SQL.identifier(database)), which every server needs; it is never dropped",
-                fix: "point --target at the database to migrate into")
+                "\(Setting.dropTargetFirst) would drop \(SQL.identifier(database)), which every server needs; it is never dropped",
+                fix: "point \(Setting.target) at the database to migrate into")
         }
         // PostgreSQL would cut a longer name to 63 bytes and connect to that database, while the
         // same-database check and the target lock would key on the whole name.
-        for (role, connection) in [("source", source), ("target", target)] {
+        for (setting, connection) in [(Setting.source, source), (Setting.target, target)] {
             if let database = connection.resolvedDatabase {
-                try OnlineSettings.checkIdentifier(database, flag: "the --\(role) database name")
+                try OnlineSettings.checkIdentifier(database, flag: "the \(setting) database name")
             }
         }
         guard lockTimeout > .zero, lockTimeout <= OnlineSettings.longestInterval else {
-            throw refuse("--lock-timeout-secs must be more than 0 and at most 30 days")
+            throw refuse("\(Setting.lockTimeout) must be more than 0 and at most 30 days")
         }
         try online.validate()
         try verify.validate()
@@ -66,18 +71,19 @@ extension MigrationConfig {
 
 extension OnlineSettings {
     func validate() throws(MigrationError) {
-        try Self.checkSlotName(slotName, flag: "--slot-name")
-        try Self.checkIdentifier(publication, flag: "--publication")
-        try Self.checkIdentifier(subscriptionName, flag: "--subscription-name")
+        try Self.checkSlotName(slotName, flag: "\(Setting.slotName)")
+        try Self.checkIdentifier(publication, flag: "\(Setting.publication)")
+        try Self.checkIdentifier(subscriptionName, flag: "\(Setting.subscriptionName)")
         for (flag, interval) in [
-            ("--cutover-poll-secs", pollInterval), ("--cutover-fast-poll-ms", fastPollInterval),
-            ("--cutover-timeout-secs", cutoverTimeout), ("apply failure grace", applyFailureGrace),
+            ("\(Setting.pollInterval)", pollInterval), ("\(Setting.fastPollInterval)", fastPollInterval),
+            ("\(Setting.cutoverTimeout)", cutoverTimeout), ("apply failure grace", applyFailureGrace),
         ]
         where interval <= .zero || interval > Self.longestInterval {
-            throw MigrationError(.validate, "\(flag) must be more than 0 and at most 30 days")
+            throw MigrationError(.validate, "\(flag) must be more than 0 and at most 30 days", code: .invalidArgument)
         }
         if let limit = maxRetainedWALBytes, limit == 0 || limit > Self.largestWALLimit {
-            throw MigrationError(.validate, "--max-retained-wal-mb must be between 1 and 1000000000 (MiB, about 1 PB)")
+            throw MigrationError(
+                .validate, "\(Setting.maxRetainedWALBytes) must be between 1 and 1000000000 (MiB, about 1 PB)", code: .invalidArgument)
         }
     }
 
@@ -91,19 +97,20 @@ extension OnlineSettings {
         guard name.utf8.allSatisfy({ (0x61...0x7a).contains($0) || (0x30...0x39).contains($0) || $0 == 0x5f }) else {
             throw MigrationError(
                 .validate, "\(flag) \(SQL.literal(name)) is not a valid replication slot name",
-                fix: "use only lower-case letters, digits and underscores, e.g. \(SQL.literal(suggestedSlotName(name)))")
+                fix: "use only lower-case letters, digits and underscores, e.g. \(SQL.literal(suggestedSlotName(name)))",
+                code: .invalidArgument)
         }
     }
 
     /// A name PostgreSQL stores as given: not empty, no NUL, at most 63 bytes (longer ones are silently truncated).
     static func checkIdentifier(_ name: String, flag: String) throws(MigrationError) {
         guard !name.isEmpty, !name.utf8.contains(0) else {
-            throw MigrationError(.validate, "\(flag) must not be empty")
+            throw MigrationError(.validate, "\(flag) must not be empty", code: .invalidArgument)
         }
         guard name.utf8.count <= 63 else {
             throw MigrationError(
                 .validate, "\(flag) is \(name.utf8.count) bytes long; PostgreSQL names hold at most 63 bytes and would cut it short",
-                fix: "choose a shorter name")
+                fix: "choose a shorter name", code: .invalidArgument)
         }
     }
 
@@ -115,10 +122,10 @@ extension OnlineSettings {
 extension VerifySettings {
     func validate() throws(MigrationError) {
         guard showRows >= 0, showRows <= 1_000_000 else {
-            throw MigrationError(.validate, "--verify-show-rows must be between 0 and 1000000")
+            throw MigrationError(.validate, "\(Setting.verifyShowRows) must be between 0 and 1000000", code: .invalidArgument)
         }
         guard splitBytes > 0, splitBytes <= MigrationConfig.maximumSplitBytes else {
-            throw MigrationError(.validate, "--verify-split-mb must be between 1 and 1000000000")
+            throw MigrationError(.validate, "\(Setting.verifySplitBytes) must be between 1 and 1000000000", code: .invalidArgument)
         }
     }
 }

@@ -71,7 +71,7 @@ struct Cutover {
                 "the publication \(SQL.identifier(settings.publication)) no longer carries every change of the migrated tables, "
                     + "so the target may miss some: " + coverage.joined(separator: "; ") + "; nothing was dropped",
                 fix: "the subscription and slot are kept (disabled): compare the tables named, or start over with "
-                    + "\(Cleanup.command(for: config)) and --drop-target-first")
+                    + "\(Cleanup.command(for: config)) and \(Setting.dropTargetFirst)")
         }
 
         // Both sides are quiet now (the source is frozen): prove it before dropping anything.
@@ -82,7 +82,8 @@ struct Cutover {
                     .cutover,
                     "verify at cutover found differences, so nothing was dropped: "
                         + report.problems.prefix(10).joined(separator: "; "),
-                    fix: "inspect the tables named; the subscription and slot are kept (disabled) and the source unfrozen")
+                    fix: "inspect the tables named; the subscription and slot are kept (disabled) and the source unfrozen",
+                    code: .verifyMismatch)
             }
         }
 
@@ -130,7 +131,7 @@ struct Cutover {
                     "the target did not apply up to the barrier \(barrier) within \(settings.cutoverTimeout) (applied: \(reading.appliedLSN)"
                         + (reading.workerRunning ? ")" : ", apply worker not running)"),
                     fix:
-                        "nothing was dropped; check the target's server log for apply errors, then run again with a longer --cutover-timeout-secs"
+                        "nothing was dropped; check the target's server log for apply errors, then run again with a longer \(Setting.cutoverTimeout)"
                 )
             }
             try await Task.sleep(for: settings.fastPollInterval)

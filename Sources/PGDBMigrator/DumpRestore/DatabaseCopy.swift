@@ -56,7 +56,7 @@ struct DatabaseCopy {
             return try await restore(from: directory, with: copy)
         } catch  where config.mode == .offline && !(error is CancellationError) {
             keep = true
-            events.warning(.restore, "the finished dump stays in \(directory.root) for --resume; remove it if you start over")
+            events.warning(.restore, "the finished dump stays in \(directory.root) for \(Setting.resume); remove it if you start over")
             throw error
         }
     }

@@ -30,23 +30,27 @@ struct DumpDirectory: Sendable {
                 }
                 guard isDirectory.boolValue, contents.isEmpty else {
                     throw MigrationError(
-                        .dump, "--dump-path \(requested) already exists and is not an empty directory",
+                        .dump, "\(Setting.dumpPath) \(requested) already exists and is not an empty directory",
                         fix: "choose a new path, or remove the old dump first")
                 }
                 chmod(requested, 0o700)
             } else {
+                // Foundation would create it with the umask's mode and chmod it after: mkdir makes it 0700 at once.
+                let parent = (requested as NSString).deletingLastPathComponent
                 do {
-                    try manager.createDirectory(
-                        atPath: requested, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+                    if !parent.isEmpty { try manager.createDirectory(atPath: parent, withIntermediateDirectories: true) }
                 } catch {
-                    throw MigrationError(.dump, "cannot create --dump-path \(requested): \(error.localizedDescription)")
+                    throw MigrationError(.dump, "cannot create \(Setting.dumpPath) \(requested): \(error.localizedDescription)")
+                }
+                guard mkdir(requested, 0o700) == 0 else {
+                    throw MigrationError(.dump, "cannot create \(Setting.dumpPath) \(requested): \(String(cString: strerror(errno)))")
                 }
             }
             return DumpDirectory(root: requested)
         }
         let root = try PrivateDirectory.make(
             prefix: "pg_dbmigrator", stage: .dump,
-            fix: "set TMPDIR to a writable directory with room for the dump, or pass --dump-path")
+            fix: "set TMPDIR to a writable directory with room for the dump, or pass \(Setting.dumpPath)")
         return DumpDirectory(root: root)
     }
 

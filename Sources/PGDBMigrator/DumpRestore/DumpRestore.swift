@@ -48,7 +48,7 @@ struct DumpRestore {
         guard exit.succeeded else {
             throw MigrationError(
                 .dump, "pg_dump failed (\(describe(exit))): \(errorLines(exit, scrubbing: config.source).joined(separator: "; "))",
-                fix: "see pg_dump's message above; --exclude-table/--exclude-schema can leave out objects it cannot read")
+                fix: "see pg_dump's message above; \(Setting.excludeTables)/\(Setting.excludeSchemas) can leave out objects it cannot read")
         }
     }
 
@@ -111,12 +111,14 @@ struct DumpRestore {
                     .restore,
                     "pg_restore failed in the \(section) section (\(describe(exit))): \(errors.prefix(10).joined(separator: "; "))"
                         + (errors.count > 10 ? "; … and \(errors.count - 10) more" : ""),
-                    fix: "fix the cause on the target and rerun with --resume (or remove the run's record with --mode cleanup "
-                        + "and run again with --drop-target-first), "
-                        + "or pass --allow-restore-errors if these objects do not matter")
+                    fix:
+                        "fix the cause on the target and rerun with \(Setting.resume) (or remove the run's record with \(Setting.mode) cleanup "
+                        + "and run again with \(Setting.dropTargetFirst)), "
+                        + "or pass \(Setting.allowRestoreErrors) if these objects do not matter")
             }
             events.warning(
-                .restore, "pg_restore reported \(errors.count) error(s) in the \(section) section; continuing (--allow-restore-errors)",
+                .restore,
+                "pg_restore reported \(errors.count) error(s) in the \(section) section; continuing (\(Setting.allowRestoreErrors))",
                 ["section": .string(section), "errors": .list(errors)])
             tolerated = errors
         }

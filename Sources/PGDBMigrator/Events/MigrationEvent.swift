@@ -23,16 +23,33 @@ public struct MigrationEvent: Sendable, Encodable {
         case info, warning, error
     }
 
+    /// What an event is, for a program to act on without reading its message or its detail's keys.
+    public enum Kind: String, Sendable, Codable {
+        /// A step began or ended, a decision, a warning: for people (the detail has the figures).
+        case message
+        /// The copy's overall progress (bytes, rate, ETA, the parts in flight), every two seconds.
+        case copyProgress
+        /// One table part being copied, with its bytes so far, beside each ``copyProgress``.
+        case partProgress
+        /// The target applies the source's changes from now on: a cutover may be requested.
+        case streaming
+    }
+
     public var timestamp: Date
     public var level: Level
     public var stage: Stage
+    public var kind: Kind
     public var message: String
     public var detail: [String: EventValue]
 
-    public init(stage: Stage, level: Level = .info, message: String, detail: [String: EventValue] = [:], timestamp: Date = Date()) {
+    public init(
+        stage: Stage, level: Level = .info, kind: Kind = .message, message: String, detail: [String: EventValue] = [:],
+        timestamp: Date = Date()
+    ) {
         self.timestamp = timestamp
         self.level = level
         self.stage = stage
+        self.kind = kind
         self.message = message
         self.detail = detail
     }

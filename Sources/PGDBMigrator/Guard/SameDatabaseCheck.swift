@@ -29,10 +29,10 @@ struct SameDatabaseCheck {
             throw MigrationError(
                 .validate,
                 "the source and the target are the same database (\(SQL.identifier(source.databaseName))): "
-                    + "--source \(source.connectionString.redacted) and --target \(target.connectionString.redacted) "
+                    + "\(Setting.source) \(source.connectionString.redacted) and \(Setting.target) \(target.connectionString.redacted) "
                     + "reach one database (\(detected)); nothing was changed",
-                fix: "check --source and --target (and PG_DBMIGRATOR_SOURCE / PG_DBMIGRATOR_TARGET): "
-                    + "the target must be another database, on this server or another")
+                fix: "check \(Setting.source) and \(Setting.target) (and PG_DBMIGRATOR_SOURCE / PG_DBMIGRATOR_TARGET): "
+                    + "the target must be another database, on this server or another", code: .sameDatabase)
         }
     }
 

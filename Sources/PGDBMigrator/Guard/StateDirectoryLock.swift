@@ -15,7 +15,7 @@ final class StateDirectoryLock: Sendable {
         guard descriptor >= 0 else {
             throw MigrationError(
                 .validate, "cannot open \(path): \(String(cString: strerror(errno)))",
-                fix: "pass --state-dir with a directory you can write to")
+                fix: "pass \(Setting.stateDirectory) with a directory you can write to")
         }
         guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
             let holder = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -23,7 +23,9 @@ final class StateDirectoryLock: Sendable {
             throw MigrationError(
                 .validate,
                 "another pg_dbmigrator run\(holder.map { $0.isEmpty ? "" : " (PID \($0))" } ?? "") is using the state directory \(directory)",
-                fix: "wait for it to finish, or stop it (kill -INT \(holder ?? "<pid>")); two runs must never work on one migration at once"
+                fix:
+                    "wait for it to finish, or stop it (kill -INT \(holder ?? "<pid>")); two runs must never work on one migration at once",
+                code: .busy
             )
         }
         let pid = Array("\(getpid())\n".utf8)

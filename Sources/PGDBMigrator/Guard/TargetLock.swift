@@ -31,7 +31,7 @@ actor TargetLock {
                 .validate,
                 "cannot connect to the target server's postgres database, where a run holds its lock against a second run "
                     + "into the same target: \(error.message)",
-                fix: "let the target role connect to the postgres database (GRANT CONNECT ON DATABASE postgres)")
+                fix: "let the target role connect to the postgres database (GRANT CONNECT ON DATABASE postgres)", code: .connection)
         }
         try await session.keepAliveWhileIdle()
         let keys = [String(lockClass), String(key(for: name))]
@@ -49,7 +49,7 @@ actor TargetLock {
             throw MigrationError(
                 .validate,
                 "another migration is already running into the target database \(SQL.identifier(name)): \(who)",
-                fix: "wait for it to finish, or stop that run; two runs must never write into one database")
+                fix: "wait for it to finish, or stop that run; two runs must never write into one database", code: .busy)
         }
         return TargetLock(session: session)
     }

@@ -87,7 +87,7 @@ final class CopyProgress: Sendable {
                     + (parts.isEmpty
                         ? "" : "; copying " + parts.map { "\($0.key.label) \(formatBytes($0.value))" }.joined(separator: ", ")),
                 detail: [
-                    "progress": .bool(true), "bytes": .int(state.copiedBytes), "total_bytes": .int(totalBytes),
+                    "bytes": .int(state.copiedBytes), "total_bytes": .int(totalBytes),
                     "bytes_per_second": .double(rate), "eta_seconds": .double(eta),
                     "tables_done": .int(state.finishedTables), "tables": .int(state.tables.count),
                     "in_flight": .list(parts.map { "\($0.key.label)=\($0.value)" }),
@@ -104,7 +104,7 @@ final class CopyProgress: Sendable {
             detail: ["tables": .int(tables), "bytes": .int(bytes), "seconds": .double(seconds), "bytes_per_second": .double(rate)])
     }
 
-    /// One line per part being copied, for programs (`"progress": "table"`;
+    /// One line per part being copied, for programs (events of kind `partProgress`;
     /// people see them folded into ``current``).
     var tables: [Line] {
         state.withLock { state in
@@ -112,7 +112,7 @@ final class CopyProgress: Sendable {
                 Line(
                     message: "copying \(part.label): \(formatBytes(bytes)) of about \(formatBytes(part.bytes)) on disk",
                     detail: [
-                        "progress": .string("table"), "table": .string(part.table.name.description), "part": .int(part.index + 1),
+                        "table": .string(part.table.name.description), "part": .int(part.index + 1),
                         "parts": .int(part.count), "bytes": .int(bytes), "estimated_bytes": .int(part.bytes),
                     ])
             }
@@ -123,8 +123,10 @@ final class CopyProgress: Sendable {
     func report(every interval: Duration, to events: EventEmitter) async {
         repeat {
             let line = current
-            events.info(.restore, line.message, line.detail)
-            for table in tables { events.info(.restore, table.message, table.detail) }
+            events.emit(MigrationEvent(stage: .restore, kind: .copyProgress, message: line.message, detail: line.detail))
+            for table in tables {
+                events.emit(MigrationEvent(stage: .restore, kind: .partProgress, message: table.message, detail: table.detail))
+            }
         } while (try? await Task.sleep(for: interval)) != nil
     }
 }

@@ -36,11 +36,12 @@ extension NativeCopy {
                     guard config.allowRestoreErrors else {
                         throw MigrationError(
                             .restore, message,
-                            fix: "fix the cause on the target and rerun with --resume (or remove the run's record with --mode cleanup "
-                                + "and run again with --drop-target-first), "
-                                + "or pass --allow-restore-errors if this index does not matter")
+                            fix:
+                                "fix the cause on the target and rerun with \(Setting.resume) (or remove the run's record with \(Setting.mode) cleanup "
+                                + "and run again with \(Setting.dropTargetFirst)), "
+                                + "or pass \(Setting.allowRestoreErrors) if this index does not matter", underlying: error)
                     }
-                    events.warning(.restore, message + "; continuing (--allow-restore-errors)")
+                    events.warning(.restore, message + "; continuing (\(Setting.allowRestoreErrors))")
                     tolerated.append(message)
                     continue
                 }

@@ -65,12 +65,12 @@ extension NativeCopy {
                                     throw MigrationError(
                                         .restore, "cannot lock \(part.table.name) on the source without waiting: \(error.message)",
                                         fix: "another session is waiting to change that table (DDL); let it finish or stop it, "
-                                            + "then rerun the same command with --resume")
+                                            + "then rerun the same command with \(Setting.resume)", code: .lockTimeout, underlying: error)
                                 } catch let error as PostgresError {
                                     throw MigrationError(
                                         .restore, "copying \(part.label) failed: \(error)",
                                         fix: "nothing was committed for this part; once the cause is fixed, rerun the same command "
-                                            + "with --resume to carry on from the parts already copied")
+                                            + "with \(Setting.resume) to carry on from the parts already copied", underlying: error)
                                 }
                                 try store.record(.committed, part: part.key)
                                 if let finished = progress.finished(part, rows: result.rows, binary: result.binary) {

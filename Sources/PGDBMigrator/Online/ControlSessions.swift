@@ -47,7 +47,8 @@ actor ControlSessions {
                     throw MigrationError(
                         events.currentPhase, "lost the connection to a server for over \(giveUpAfter): \(error.message)",
                         fix:
-                            "nothing was dropped; when the servers are reachable, resume with ALTER SUBSCRIPTION … ENABLE on the target, or clean up"
+                            "nothing was dropped; when the servers are reachable, resume with ALTER SUBSCRIPTION … ENABLE on the target, or clean up",
+                        code: .connection, underlying: error
                     )
                 }
                 events.warning(

@@ -12,7 +12,7 @@ struct ForceClean {
     func run() async throws {
         guard let recorded = try RunStateStore.recorded(for: config) else { return }
         let removed = try await Cleanup(config: config, events: events).removeLeftovers(of: recorded, dryRun: false)
-        for line in removed { events.warning(.validate, "--force-clean: \(line)") }
+        for line in removed { events.warning(.validate, "\(Setting.forceClean): \(line)") }
         RunStateStore.discard(for: config)
     }
 }

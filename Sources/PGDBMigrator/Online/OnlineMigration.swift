@@ -144,9 +144,11 @@ struct OnlineMigration {
         let target = try await config.targetEndpoint.connect(label: "target-control", stage: .streamApply)
         try await subscription(runID: store.current.runID).create(on: target, connectingTo: findings.subscriptionSource, events: events)
         leftovers.set(\.subscriptionCreated, true)
-        events.info(
-            .streamApply, "subscription \(SQL.identifier(settings.subscriptionName)) created; the target is streaming changes",
-            ["subscription": .string(settings.subscriptionName)])
+        events.emit(
+            MigrationEvent(
+                stage: .streamApply, kind: .streaming,
+                message: "subscription \(SQL.identifier(settings.subscriptionName)) created; the target is streaming changes",
+                detail: ["subscription": .string(settings.subscriptionName)]))
         return try await streamAndCutOver(
             source: source, target: target, report: report, store: store, started: started, warnings: warnings)
     }
@@ -161,10 +163,10 @@ struct OnlineMigration {
         let report = try await Preflight(config: config, events: events, resumePlan: .reattach).run()
         try store.checkTables(report.tables, of: config)
         let source = try await config.sourceEndpoint.connect(label: "source-control", stage: .streamApply)
-        let fix = "start over: \(Cleanup.command(for: config)), then run again with --drop-target-first"
+        let fix = "start over: \(Cleanup.command(for: config)), then run again with \(Setting.dropTargetFirst)"
         let reading = try await SlotGuard.read(slot: settings.slotName, on: source)
         if let loss = SlotLoss.describe(slot: settings.slotName, exists: reading != nil, walStatus: reading?.walStatus) {
-            throw MigrationError(.streamApply, loss, fix: fix)
+            throw MigrationError(.streamApply, loss, fix: fix, code: .slotLost)
         }
         guard let reading else { preconditionFailure("a slot that exists was read") }
         let target = try await config.targetEndpoint.connect(label: "target-control", stage: .streamApply)
@@ -191,11 +193,13 @@ struct OnlineMigration {
             }
         }
         try await subscription().enable(on: target)
-        events.info(
-            .streamApply,
-            "re-attached: subscription \(SQL.identifier(settings.subscriptionName)) enabled, streaming from slot \(SQL.identifier(settings.slotName)), "
-                + "which holds \(formatBytes(Int(reading.retainedBytes))) of WAL",
-            ["subscription": .string(settings.subscriptionName), "retained_wal_bytes": .int(Int(reading.retainedBytes))])
+        events.emit(
+            MigrationEvent(
+                stage: .streamApply, kind: .streaming,
+                message:
+                    "re-attached: subscription \(SQL.identifier(settings.subscriptionName)) enabled, streaming from slot \(SQL.identifier(settings.slotName)), "
+                    + "which holds \(formatBytes(Int(reading.retainedBytes))) of WAL",
+                detail: ["subscription": .string(settings.subscriptionName), "retained_wal_bytes": .int(Int(reading.retainedBytes))]))
         return try await streamAndCutOver(source: source, target: target, report: report, store: store, started: started, warnings: [])
     }
 
@@ -239,7 +243,7 @@ struct OnlineMigration {
         if settings.keepSlot {
             kept.append(
                 "replication slot \(SQL.identifier(settings.slotName)) on the source (it retains WAL until dropped; remove with: "
-                    + "\(Cleanup.command(for: config)) --drop-foreign-slot \(settings.slotName))")
+                    + "\(Cleanup.command(for: config)) \(Setting.dropForeignSlot) \(settings.slotName))")
         }
         if !kept.isEmpty { detail["kept"] = .list(kept) }
         events.info(
@@ -267,7 +271,7 @@ struct OnlineMigration {
                 await slotLost.append(
                     MigrationError(
                         events.currentPhase, lost,
-                        fix: "remove what is left with \(Cleanup.command(for: config)), then start over with --drop-target-first; "
+                        fix: "remove what is left with \(Cleanup.command(for: config)), then start over with \(Setting.dropTargetFirst); "
                             + "to keep it from happening again, raise max_slot_wal_keep_size on the source or make the copy faster"))
             }
         }
@@ -367,7 +371,7 @@ struct OnlineMigration {
                 "the target's apply worker for \(SQL.identifier(settings.subscriptionName)) has been failing for \(Int(duration.seconds)) s "
                     + "without applying anything" + (serverError.map { ": \($0)" } ?? " (the reason is in the target's server log)"),
                 fix: "fix the cause on the target (a conflicting row, a missing table, the source unreachable from the target: "
-                    + "see --subscription-source), then ALTER SUBSCRIPTION \(SQL.identifier(settings.subscriptionName)) ENABLE "
+                    + "see \(Setting.subscriptionSource)), then ALTER SUBSCRIPTION \(SQL.identifier(settings.subscriptionName)) ENABLE "
                     + "to resume; nothing has been dropped")
         }
     }

@@ -30,14 +30,15 @@ struct OnlinePreflight {
                 .validate,
                 "the publication \(SQL.identifier(settings.publication)) on the source belongs to another pg_dbmigrator run "
                     + "(its comment says so), which drops it at its cutover",
-                fix: "pass --publication with a name of this run's own (it is created, and dropped at this run's cutover)")
+                fix: "pass \(Setting.publication) with a name of this run's own (it is created, and dropped at this run's cutover)",
+                code: .notOurs)
         }
         let publicationExists = owner != nil
         if !publicationExists && !settings.autoCreatePublication {
             throw MigrationError(
                 .validate, "the publication \(SQL.identifier(settings.publication)) does not exist on the source",
                 fix: "create it (CREATE PUBLICATION \(SQL.identifier(settings.publication)) FOR ALL TABLES) "
-                    + "or drop --no-auto-create-publication")
+                    + "or drop \(Setting.autoCreatePublication)")
         }
         if publicationExists {
             // An existing publication must carry every change of exactly the migrated tables.
@@ -47,7 +48,7 @@ struct OnlinePreflight {
                     .validate,
                     "the publication \(SQL.identifier(settings.publication)) does not carry exactly the migrated tables' changes: "
                         + problems.joined(separator: "; "),
-                    fix: "let this run create its own (pass a --publication name that does not exist), or change the publication "
+                    fix: "let this run create its own (pass a \(Setting.publication) name that does not exist), or change the publication "
                         + "to publish every migrated table, all of insert, update, delete and truncate, without row filters or column lists"
                 )
             }
@@ -91,9 +92,10 @@ struct OnlinePreflight {
                 .validate,
                 "the target server cannot connect to the source for the subscription (\(conninfo.redacted)): "
                     + conninfo.scrub(error.description),
-                fix: "pass --subscription-source as the target server must connect: a host and port it reaches, sslrootcert, "
+                fix: "pass \(Setting.subscriptionSource) as the target server must connect: a host and port it reaches, sslrootcert, "
                     + "sslcert and sslkey paths on the target server, and the password (a non-superuser subscription owner "
-                    + "must have it in the string from PostgreSQL 16); with no route from the target to the source, use --mode offline")
+                    + "must have it in the string from PostgreSQL 16); with no route from the target to the source, use \(Setting.mode) offline"
+            )
         }
         events.info(
             .validate, "the target server reaches the source with the subscription's connection string",
@@ -108,7 +110,7 @@ struct OnlinePreflight {
                 .validate,
                 "the source is a standby (in recovery): the publication and the replication slot an online "
                     + "migration needs are created, and streamed from, on the primary",
-                fix: "point --source at the primary; an offline copy (--mode offline) may read from a standby")
+                fix: "point \(Setting.source) at the primary; an offline copy (\(Setting.mode) offline) may read from a standby")
         }
         let row = try await source.query(
             """
@@ -146,9 +148,10 @@ struct OnlinePreflight {
                 .validate,
                 "a replication slot named \(SQL.identifier(settings.slotName)) already exists on the source"
                     + (slot.map { " (\($0.summary))" } ?? "") + "; this run did not create it, so it is left alone",
-                fix: "choose another --slot-name; if an interrupted run of this tool recorded it, --mode cleanup with that run's "
-                    + "--state-dir removes it (--force-clean does the same before starting); otherwise, if no one needs it, "
-                    + "--mode cleanup --drop-foreign-slot \(settings.slotName)")
+                fix:
+                    "choose another \(Setting.slotName); if an interrupted run of this tool recorded it, \(Setting.mode) cleanup with that run's "
+                    + "\(Setting.stateDirectory) removes it (\(Setting.forceClean) does the same before starting); otherwise, if no one needs it, "
+                    + "\(Setting.mode) cleanup \(Setting.dropForeignSlot) \(settings.slotName)", code: .notOurs)
         }
     }
 
@@ -180,8 +183,10 @@ struct OnlinePreflight {
         if row[2] == "t" {
             throw MigrationError(
                 .validate, "a subscription named \(SQL.identifier(settings.subscriptionName)) already exists on the target",
-                fix: "choose another --subscription-name; if an interrupted run of this tool created it, --mode cleanup with "
-                    + "that run's --state-dir removes it (--force-clean does the same before starting)")
+                fix:
+                    "choose another \(Setting.subscriptionName); if an interrupted run of this tool created it, \(Setting.mode) cleanup with "
+                    + "that run's \(Setting.stateDirectory) removes it (\(Setting.forceClean) does the same before starting)",
+                code: .notOurs)
         }
     }
 
@@ -210,7 +215,8 @@ struct OnlinePreflight {
                 try await source.execute("ALTER TABLE \(table) REPLICA IDENTITY FULL")
             }
             events.warning(
-                .validate, "set REPLICA IDENTITY FULL on \(lacking.count) table(s) without a primary key (--set-replica-identity-full)",
+                .validate,
+                "set REPLICA IDENTITY FULL on \(lacking.count) table(s) without a primary key (\(Setting.setReplicaIdentityFull))",
                 ["tables": .list(lacking)])
             return
         }
@@ -219,7 +225,7 @@ struct OnlinePreflight {
             "\(lacking.count) published table(s) have no primary key or replica identity: \(lacking.joined(separator: ", ")); "
                 + "once published, UPDATE and DELETE on them would fail on the source",
             fix: "add a primary key, or ALTER TABLE … REPLICA IDENTITY FULL (or USING INDEX), "
-                + "or pass --set-replica-identity-full to have these set to FULL")
+                + "or pass \(Setting.setReplicaIdentityFull) to have these set to FULL")
     }
 
     /// With REPLICA IDENTITY FULL the apply worker finds the old row of an UPDATE
@@ -310,8 +316,11 @@ struct OnlinePreflight {
         guard !missing.isEmpty else { return }
         throw MigrationError(
             .validate,
-            "--freeze-source-at-cutover needs, for role \(SQL.identifier(row[3] ?? "?")) on the source: " + missing.joined(separator: "; "),
-            fix: "grant them (or run as the database owner), or cut over without --freeze-source-at-cutover after stopping writes yourself")
+            "\(Setting.freezeSourceAtCutover) needs, for role \(SQL.identifier(row[3] ?? "?")) on the source: "
+                + missing.joined(separator: "; "),
+            fix:
+                "grant them (or run as the database owner), or cut over without \(Setting.freezeSourceAtCutover) after stopping writes yourself"
+        )
     }
 
     private func warnAboutWhatIsNotReplicated(_ source: Connection) async throws {
@@ -326,13 +335,13 @@ struct OnlinePreflight {
         if let unlogged = row[0] {
             events.warning(
                 .validate,
-                "unlogged tables are not replicated: copied again at cutover with --freeze-source-at-cutover, else as of the snapshot: \(unlogged)",
+                "unlogged tables are not replicated: copied again at cutover with \(Setting.freezeSourceAtCutover), else as of the snapshot: \(unlogged)",
                 ["tables": .string(unlogged)])
         }
         if let count = Int(row[1] ?? "0"), count > 0 {
             events.warning(
                 .validate,
-                "\(count) large object(s) are not replicated: copied again at cutover with --freeze-source-at-cutover, else as of the snapshot",
+                "\(count) large object(s) are not replicated: copied again at cutover with \(Setting.freezeSourceAtCutover), else as of the snapshot",
                 ["large_objects": .int(count)])
         }
         events.info(.validate, "schema changes (DDL) are not replicated: do not change the schema until cutover")

@@ -51,7 +51,7 @@ struct Preflight {
         if try await targetConnection.scalar("SELECT pg_is_in_recovery()") == "t" {
             throw MigrationError(
                 .validate, "the target server is a read-only standby (in recovery)",
-                fix: "point --target at the primary")
+                fix: "point \(Setting.target) at the primary")
         }
 
         if config.dumpScope != .dataOnly {
@@ -145,7 +145,7 @@ struct Preflight {
         throw MigrationError(
             .validate, message,
             fix: "install them on the target server (e.g. the postgresql-contrib package), "
-                + "or pass --allow-restore-errors to restore without them")
+                + "or pass \(Setting.allowRestoreErrors) to restore without them")
     }
 
     /// Roles that own objects in, or hold privileges on, the source database
@@ -157,10 +157,11 @@ struct Preflight {
         let missingGrantees = referenced.filter { !$0.owns && !existing.contains($0.name) }.map(\.name)
         var problems: [String] = []
         if !config.noOwner && !missingOwners.isEmpty {
-            problems.append("owners missing on the target: \(missingOwners.joined(separator: ", ")) (or pass --no-owner)")
+            problems.append("owners missing on the target: \(missingOwners.joined(separator: ", ")) (or pass \(Setting.noOwner))")
         }
         if !config.noACL && !missingGrantees.isEmpty {
-            problems.append("roles with privileges missing on the target: \(missingGrantees.joined(separator: ", ")) (or pass --no-acl)")
+            problems.append(
+                "roles with privileges missing on the target: \(missingGrantees.joined(separator: ", ")) (or pass \(Setting.noACL))")
         }
         guard !problems.isEmpty else { return }
         let message = problems.joined(separator: "; ")
@@ -171,7 +172,7 @@ struct Preflight {
         throw MigrationError(
             .validate, message,
             fix: "create the roles on the target first (pg_dumpall --roles-only from the source), "
-                + "or pass --no-owner (objects owned by the target user) and/or --no-acl (no GRANTs)")
+                + "or pass \(Setting.noOwner) (objects owned by the target user) and/or \(Setting.noACL) (no GRANTs)")
     }
 
     static let referencedRolesSQL = """
@@ -211,9 +212,9 @@ struct Preflight {
         guard holdingRows.isEmpty else {
             throw MigrationError(
                 .validate,
-                "--dump-scope data-only loads rows into the target's tables, and these already hold rows: "
+                "\(Setting.dumpScope) data-only loads rows into the target's tables, and these already hold rows: "
                     + holdingRows.joined(separator: ", ") + (holdingRows.count == 10 ? ", …" : "") + "; nothing was changed",
-                fix: "empty them first (TRUNCATE) if their rows may go, or leave them out with --exclude-table")
+                fix: "empty them first (TRUNCATE) if their rows may go, or leave them out with \(Setting.excludeTables)")
         }
     }
 
@@ -253,7 +254,7 @@ struct Preflight {
             .validate,
             "the target database \(SQL.identifier(target.connectionString.resolvedDatabase ?? "?")) is not empty: "
                 + "\(summary.joined(separator: ", ")) (e.g. \(examples.joined(separator: ", ")))",
-            fix: "pass --drop-target-first to drop and re-create it, point --target at an empty database, "
-                + "or, if an interrupted run of this migration filled it, rerun that command with --resume")
+            fix: "pass \(Setting.dropTargetFirst) to drop and re-create it, point \(Setting.target) at an empty database, "
+                + "or, if an interrupted run of this migration filled it, rerun that command with \(Setting.resume)", code: .notOurs)
     }
 }

@@ -56,43 +56,59 @@ struct RunState: Codable, Sendable {
 
     /// Whether the slot `name` on the source is the one this run created.
     func ownsSlot(named name: String) -> Bool {
-        online.slotCreated && settings["--slot-name"] == name
+        online.slotCreated && settings[Setting.slotName.rawValue] == name
     }
 
     /// The settings of `config` that must not change between a run and its resumption.
     static func settings(of config: MigrationConfig) -> [String: String] {
-        var settings: [String: String] = [
-            "--mode": config.mode.rawValue,
-            "--source": config.source.secretFreeKeywordValue,
-            "--target": config.target.secretFreeKeywordValue,
-            "--copy-method": config.copyMethod.rawValue,
-            "--dump-scope": config.dumpScope.rawValue,
-            "--schema": config.filter.schemas.joined(separator: ","),
-            "--exclude-schema": config.filter.excludeSchemas.joined(separator: ","),
-            "--table": config.filter.tables.joined(separator: ","),
-            "--exclude-table": config.filter.excludeTables.joined(separator: ","),
-            "--no-owner": String(config.noOwner),
-            "--no-acl": String(config.noACL),
+        var settings: [Setting: String] = [
+            .mode: config.mode.rawValue,
+            .source: config.source.secretFreeKeywordValue,
+            .target: config.target.secretFreeKeywordValue,
+            .copyMethod: config.copyMethod.rawValue,
+            .dumpScope: config.dumpScope.rawValue,
+            .schemas: config.filter.schemas.joined(separator: ","),
+            .excludeSchemas: config.filter.excludeSchemas.joined(separator: ","),
+            .tables: config.filter.tables.joined(separator: ","),
+            .excludeTables: config.filter.excludeTables.joined(separator: ","),
+            .noOwner: String(config.noOwner),
+            .noACL: String(config.noACL),
         ]
         if config.mode == .online {
-            settings["--slot-name"] = config.online.slotName
-            settings["--publication"] = config.online.publication
-            settings["--subscription-name"] = config.online.subscriptionName
+            settings[.slotName] = config.online.slotName
+            settings[.publication] = config.online.publication
+            settings[.subscriptionName] = config.online.subscriptionName
         }
-        return settings
+        return Dictionary(uniqueKeysWithValues: settings.map { ($0.key.rawValue, $0.value) })
     }
 
-    /// The settings that differ, as `--flag: was X, now Y`.
+    /// What the run recorded for `setting`.
+    func setting(_ setting: Setting) -> String? { settings[setting.rawValue] }
+
+    /// The settings that differ, as `` `setting` was X, now Y ``.
     static func changes(from recorded: [String: String], to current: [String: String]) -> [String] {
-        Set(recorded.keys).union(current.keys).sorted().compactMap { flag in
-            let was = recorded[flag] ?? "", now = current[flag] ?? ""
+        Set(recorded.keys).union(current.keys).sorted().compactMap { key in
+            let was = recorded[key] ?? "", now = current[key] ?? ""
             guard was != now else { return nil }
-            return "\(flag) was \(was.isEmpty ? "not set" : "'\(was)'"), now \(now.isEmpty ? "not set" : "'\(now)'")"
+            let name = Setting(rawValue: key)?.mention ?? key
+            return "\(name) was \(was.isEmpty ? "not set" : "'\(was)'"), now \(now.isEmpty ? "not set" : "'\(now)'")"
         }
     }
 }
 
 extension RunState {
+    /// State written before 0.3 keyed its settings by the CLI's flags.
+    private static let legacyKeys: [String: Setting] = [
+        "--mode": .mode, "--source": .source, "--target": .target, "--copy-method": .copyMethod, "--dump-scope": .dumpScope,
+        "--schema": .schemas, "--exclude-schema": .excludeSchemas, "--table": .tables, "--exclude-table": .excludeTables,
+        "--no-owner": .noOwner, "--no-acl": .noACL, "--slot-name": .slotName, "--publication": .publication,
+        "--subscription-name": .subscriptionName,
+    ]
+
+    private static func currentKeys(_ settings: [String: String]) -> [String: String] {
+        Dictionary(settings.map { (legacyKeys[$0.key]?.rawValue ?? $0.key, $0.value) }, uniquingKeysWith: { first, _ in first })
+    }
+
     private enum CodingKeys: String, CodingKey { case version, runID, settings, copy, online, tables }
 
     init(from decoder: Decoder) throws {
@@ -100,7 +116,7 @@ extension RunState {
         version = try container.decode(Int.self, forKey: .version)
         // A state written before runs had an id: its objects carry the mark of that time.
         runID = try container.decodeIfPresent(String.self, forKey: .runID) ?? OwnershipMark.legacyRunID
-        settings = try container.decode([String: String].self, forKey: .settings)
+        settings = Self.currentKeys(try container.decode([String: String].self, forKey: .settings))
         copy = try container.decode(CopyState.self, forKey: .copy)
         online = try container.decode(OnlineState.self, forKey: .online)
         tables = try container.decodeIfPresent(TableSet.self, forKey: .tables)
@@ -197,7 +213,7 @@ final class RunStateStore: Sendable {
                 "the tables to migrate changed since the interrupted run began: "
                     + recorded.differences(from: tables).joined(separator: ", "),
                 fix: "undo that schema change on the source, or start over: "
-                    + Cleanup.command(recordedIn: current, config: config))
+                    + Cleanup.command(recordedIn: current, config: config), code: .tableSet)
         }
     }
 
@@ -247,7 +263,7 @@ final class RunStateStore: Sendable {
         } catch {
             throw MigrationError(
                 .validate, "cannot create the state directory \(directory): \(error.localizedDescription)",
-                fix: "pass --state-dir with a writable directory")
+                fix: "pass \(Setting.stateDirectory) with a writable directory")
         }
         return directory
     }
@@ -261,7 +277,7 @@ final class RunStateStore: Sendable {
         } catch {
             throw MigrationError(
                 stage, "the recorded run state \(path) cannot be read (\(error))",
-                fix: "look at it; remove the state directory by hand only once you know what that run left behind")
+                fix: "look at it; remove the state directory by hand only once you know what that run left behind", code: .runState)
         }
     }
 
@@ -278,10 +294,10 @@ final class RunStateStore: Sendable {
             if let existing, existing.hasProgress {
                 throw MigrationError(
                     stage,
-                    "an interrupted \(existing.settings["--mode"] ?? "") run is recorded in \(path); "
+                    "an interrupted \(existing.setting(.mode) ?? "") run is recorded in \(path); "
                         + "starting afresh would forget what it left behind, so nothing was changed",
-                    fix: "continue it: rerun that command with --resume; or remove what it left: "
-                        + Cleanup.command(recordedIn: existing, config: config))
+                    fix: "continue it: rerun that command with \(Setting.resume); or remove what it left: "
+                        + Cleanup.command(recordedIn: existing, config: config), code: .runState)
             }
             let store = RunStateStore(path: path, state: RunState(settings: settings))
             store.forgetCopy()
@@ -290,15 +306,16 @@ final class RunStateStore: Sendable {
         }
         guard let recorded = existing else {
             throw MigrationError(
-                stage, "--resume: there is no interrupted run to resume at \(path)",
-                fix: "run without --resume to start, or pass the --state-dir the interrupted run used")
+                stage, "\(Setting.resume): there is no interrupted run to resume at \(path)",
+                fix: "run without \(Setting.resume) to start, or pass the \(Setting.stateDirectory) the interrupted run used",
+                code: .runState)
         }
         let changes = RunState.changes(from: recorded.settings, to: settings)
         guard changes.isEmpty else {
             throw MigrationError(
-                stage, "--resume refused: the settings differ from the interrupted run's: " + changes.joined(separator: "; "),
+                stage, "\(Setting.resume) refused: the settings differ from the interrupted run's: " + changes.joined(separator: "; "),
                 fix: "rerun with the interrupted run's settings; or, to start over, first remove what it left with "
-                    + Cleanup.command(recordedIn: recorded, config: config))
+                    + Cleanup.command(recordedIn: recorded, config: config), code: .runState)
         }
         return RunStateStore(path: path, state: recorded)
     }
@@ -317,6 +334,8 @@ final class RunStateStore: Sendable {
     private static func writeError(_ path: String) -> MigrationError {
         MigrationError(
             .validate, "cannot record progress in \(path): \(String(cString: strerror(errno)))",
-            fix: "free space there or pass --state-dir with a writable directory; progress that is not recorded could be copied twice")
+            fix:
+                "free space there or pass \(Setting.stateDirectory) with a writable directory; progress that is not recorded could be copied twice"
+        )
     }
 }

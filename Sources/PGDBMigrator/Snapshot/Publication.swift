@@ -85,7 +85,7 @@ struct Publication {
         if !tables.filter.isEmpty && published.isEmpty {
             throw MigrationError(
                 .prepareSnapshot, "the filters select no table to publish",
-                fix: "check --schema/--table/--exclude-schema/--exclude-table")
+                fix: "check \(Setting.schemas)/\(Setting.tables)/\(Setting.excludeSchemas)/\(Setting.excludeTables)", code: .tableSet)
         }
         let what = tables.filter.isEmpty ? "FOR ALL TABLES" : "FOR TABLE " + published.map(\.description).joined(separator: ", ")
         guard let runID else { preconditionFailure("a publication is created by a run") }
@@ -99,8 +99,9 @@ struct Publication {
             throw MigrationError(
                 .prepareSnapshot, "cannot create the publication \(SQL.identifier(name)) on the source: \(error)",
                 fix: tables.filter.isEmpty
-                    ? "FOR ALL TABLES needs a superuser; create the publication yourself and pass --publication"
-                    : "the source role must own the published tables; or create the publication yourself and pass --publication")
+                    ? "FOR ALL TABLES needs a superuser; create the publication yourself and pass \(Setting.publication)"
+                    : "the source role must own the published tables; or create the publication yourself and pass \(Setting.publication)",
+                underlying: error)
         }
     }
 

@@ -29,7 +29,8 @@ actor ReplicationSlot {
             throw MigrationError(
                 .prepareSnapshot, "cannot open a replication connection to the source: \(error.message)",
                 fix: "the source role needs the REPLICATION attribute, and pg_hba.conf must allow it to connect "
-                    + "(a 'replication' entry is not needed for logical replication, but the database entry is)")
+                    + "(a 'replication' entry is not needed for logical replication, but the database entry is)", code: .connection,
+                underlying: error)
         }
         let version = await connection.serverVersion
         let command =
@@ -45,7 +46,8 @@ actor ReplicationSlot {
             try Task.checkCancellation()
             result = try await connection.execute(command)
         } catch let error as PostgresError {
-            throw MigrationError(.prepareSnapshot, "cannot create the replication slot \(SQL.identifier(name)): \(error)")
+            throw MigrationError(
+                .prepareSnapshot, "cannot create the replication slot \(SQL.identifier(name)): \(error)", underlying: error)
         }
         guard let row = result.rows.first, let point = row[1].flatMap(LSN.init), let snapshot = row[2] else {
             throw MigrationError(.prepareSnapshot, "CREATE_REPLICATION_SLOT returned an unexpected result: \(result.columns)")
@@ -125,7 +127,7 @@ actor ReplicationSlot {
                         "gave up after \(Int((ContinuousClock.now - started).seconds)) s waiting for the replication slot "
                             + "\(SQL.identifier(name)) to be released, held by \(holder)",
                         fix: "drop it when it is released: SELECT pg_drop_replication_slot(\(SQL.literal(name))); "
-                            + "or raise --lock-timeout-secs")
+                            + "or raise \(Setting.lockTimeout)", code: .lockTimeout)
                 }
                 lastReport = ContinuousClock.now
                 events?.warning(

@@ -36,7 +36,7 @@ struct SlotGuard {
     /// `max_slot_wal_keep_size`, else (unlimited) 10 GB.
     static func defaultLimit(on connection: Connection) async throws -> UInt64 {
         let keep = Int64(try await connection.scalar("SELECT setting FROM pg_settings WHERE name = 'max_slot_wal_keep_size'") ?? "-1") ?? -1
-        return keep > 0 ? UInt64(keep) * 1024 * 1024 / 10 : 10_000_000_000
+        return keep > 0 ? UInt64(keep) * 1024 * 1024 / 10 : 10 * 1024 * 1024 * 1024
     }
 
     /// Runs until cancelled (nil) or the slot is lost (why). Never throws for a

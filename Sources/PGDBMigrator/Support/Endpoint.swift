@@ -34,7 +34,8 @@ struct Endpoint: Sendable {
         } catch let error as PostgresError {
             throw MigrationError(
                 stage, "cannot connect to the \(role) (\(options.redacted)): \(error.message)",
-                fix: "check the --\(role) connection string: host, port, user, password (or PGPASSFILE) and database")
+                fix: "check the \(setting) connection string: host, port, user, password (or PGPASSFILE) and database", code: .connection,
+                underlying: error)
         }
     }
 
@@ -70,12 +71,12 @@ struct Endpoint: Sendable {
         if options["service"] != nil || ProcessInfo.processInfo.environment["PGSERVICE"] != nil {
             throw MigrationError(
                 .validate,
-                "the --\(role) connection string gives \(names) and also names a service (service= or PGSERVICE): "
+                "the \(setting) connection string gives \(names) and also names a service (service= or PGSERVICE): "
                     + "the tool passes \(names) to pg_dump and pg_restore through a service file of its own, which cannot include yours",
                 fix: "put \(names) in your service file (pg_service.conf) instead of the connection string")
         }
         if others.contains(where: { $0.value.contains(where: \.isNewline) }) {
-            throw MigrationError(.validate, "\(names) in the --\(role) connection string contains a line break", fix: "remove it")
+            throw MigrationError(.validate, "\(names) in the \(setting) connection string contains a line break", fix: "remove it")
         }
         let directory = try PrivateDirectory.make(prefix: "pgdm-service")
         let file = directory + "/pg_service.conf"
@@ -91,6 +92,9 @@ struct Endpoint: Sendable {
     }
 
     var databaseName: String { connectionString.resolvedDatabase ?? "postgres" }
+
+    /// The setting that names this server.
+    var setting: Setting { role == .source ? .source : .target }
 }
 
 /// What a child process gets to connect: `--dbname=…` without secrets, and an

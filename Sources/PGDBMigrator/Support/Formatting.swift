@@ -1,12 +1,13 @@
 import Foundation
 
-/// `1.4 MB`, `312 kB`: sizes as operators read them.
+/// `1.4 MB`, `312 kB`: sizes as operators read them, in PostgreSQL's units (`pg_size_pretty`,
+/// and the flags' MB: 1 kB = 1024 bytes), so figures compare with what the server reports.
 func formatBytes(_ bytes: Int) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"]
     var value = Double(bytes)
     var unit = 0
-    while value >= 1000 && unit < units.count - 1 {
-        value /= 1000
+    while value >= 1024 && unit < units.count - 1 {
+        value /= 1024
         unit += 1
     }
     return unit == 0 ? "\(bytes) B" : String(format: "%.1f ", value) + units[unit]

@@ -104,8 +104,8 @@ struct LockWait: Sendable {
                 if now - since >= timeout {
                     throw MigrationError(
                         stage, "gave up after \(seconds) s waiting for \(waiting) (\(what)), held by " + who.joined(separator: "; "),
-                        fix: "let that session finish, or end it (SELECT pg_terminate_backend(pid)), or raise --lock-timeout-secs; "
-                            + "then rerun the same command with --resume")
+                        fix: "let that session finish, or end it (SELECT pg_terminate_backend(pid)), or raise \(Setting.lockTimeout); "
+                            + "then rerun the same command with \(Setting.resume)", code: .lockTimeout)
                 }
                 if now - lastReport >= reportEvery {
                     lastReport = now

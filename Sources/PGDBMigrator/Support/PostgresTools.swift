@@ -29,7 +29,7 @@ struct PostgresTools: Sendable {
                 throw MigrationError(
                     .validate, "\(name) not found \(whereLooked)",
                     fix: "install the PostgreSQL client programs (Debian/Ubuntu: apt-get install postgresql-client) "
-                        + "or pass --pg-bin-dir with the directory that holds \(name)")
+                        + "or pass \(Setting.pgBinDirectory) with the directory that holds \(name)")
             }
             let exit = try await ChildProcess(executable: path, arguments: ["--version"]).run()
             guard exit.succeeded, let line = exit.output.first, let major = parseMajorVersion(line) else {
@@ -56,7 +56,9 @@ struct PostgresTools: Sendable {
             throw MigrationError(
                 .validate,
                 "\(tool.name) \(tool.major) (\(tool.path)) is older than the \(server) server (PostgreSQL \(serverMajor))",
-                fix: "install postgresql-client-\(serverMajor) or newer and pass --pg-bin-dir /usr/lib/postgresql/\(serverMajor)/bin")
+                fix:
+                    "install postgresql-client-\(serverMajor) or newer and pass \(Setting.pgBinDirectory) /usr/lib/postgresql/\(serverMajor)/bin"
+            )
         }
     }
 }

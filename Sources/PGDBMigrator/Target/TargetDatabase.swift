@@ -17,7 +17,7 @@ struct TargetDatabase {
         guard !Self.protectedNames.contains(name) else {
             throw MigrationError(
                 .validate, "\(SQL.identifier(name)) is never dropped: every server needs it",
-                fix: "point --target at the database to migrate into")
+                fix: "point \(Setting.target) at the database to migrate into", code: .invalidArgument)
         }
         let size = try await session.query(
             """
@@ -42,9 +42,9 @@ struct TargetDatabase {
         guard slots.isEmpty else {
             throw MigrationError(
                 .validate,
-                "--drop-target-first would drop the target database \(SQL.identifier(name)) and with it its replication slot(s) "
+                "\(Setting.dropTargetFirst) would drop the target database \(SQL.identifier(name)) and with it its replication slot(s) "
                     + slots.joined(separator: ", ") + "; nothing was dropped",
-                fix: "drop those slots yourself if no one needs them (pg_drop_replication_slot), or point --target elsewhere")
+                fix: "drop those slots yourself if no one needs them (pg_drop_replication_slot), or point \(Setting.target) elsewhere")
         }
         let what = "\(size[0] ?? "?"), \(size[1] ?? "?") table(s)"
         let connected =
@@ -52,13 +52,13 @@ struct TargetDatabase {
         guard sessions.isEmpty || terminatingSessions else {
             throw MigrationError(
                 .validate,
-                "--drop-target-first would drop the target database \(SQL.identifier(name)) (\(what)) while \(connected); nothing was dropped",
-                fix: "stop those sessions, or add --terminate-target-sessions to end them when the database is dropped")
+                "\(Setting.dropTargetFirst) would drop the target database \(SQL.identifier(name)) (\(what)) while \(connected); nothing was dropped",
+                fix: "stop those sessions, or add \(Setting.terminateTargetSessions) to end them when the database is dropped", code: .busy)
         }
         events.warning(
             .validate,
-            "--drop-target-first: the target database \(SQL.identifier(name)) (\(what)) will be dropped and re-created; "
-                + connected + (sessions.isEmpty ? "" : ", ended when it is dropped (--terminate-target-sessions)"),
+            "\(Setting.dropTargetFirst): the target database \(SQL.identifier(name)) (\(what)) will be dropped and re-created; "
+                + connected + (sessions.isEmpty ? "" : ", ended when it is dropped (\(Setting.terminateTargetSessions))"),
             [
                 "database": .string(name), "size": .string(size[0] ?? "?"), "tables": .int(Int(size[1] ?? "0") ?? 0),
                 "sessions": .list(sessions),
@@ -116,6 +116,6 @@ struct TargetDatabase {
         MigrationError(
             .restore, "cannot \(verb) the target database \(SQL.identifier(target.databaseName)): \(error)",
             fix: error.sqlState == PostgresError.insufficientPrivilege
-                ? "the target role needs to own the database (or have CREATEDB); ask an administrator" : nil)
+                ? "the target role needs to own the database (or have CREATEDB); ask an administrator" : nil, underlying: error)
     }
 }

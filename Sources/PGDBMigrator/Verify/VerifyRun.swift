@@ -47,7 +47,7 @@ struct VerifyRun {
                 fix: "find the table that changed (DDL is not migrated while a migration runs), then verify again")
         }
         let bytes = report.tables.reduce(0) { $0 + $1.bytes }
-        let rate = report.seconds > 0 ? Double(bytes) / 1_000_000 / report.seconds : 0
+        let rate = report.seconds > 0 ? Double(bytes) / report.seconds : 0
         events.emit(
             MigrationEvent(
                 stage: .verify, level: report.matches ? .info : .error,
@@ -55,7 +55,8 @@ struct VerifyRun {
                     ? "\(report.tables.count) table(s) match (\(report.tables.reduce(0) { $0 + $1.sourceRows }) rows, \(formatBytes(bytes)) in \(formatSeconds(report.seconds)))"
                     : "\(report.problems.count) difference(s) between source and target",
                 detail: [
-                    "tables": .int(report.tables.count), "seconds": .double(report.seconds), "mb_per_second": .double(rate),
+                    "tables": .int(report.tables.count), "seconds": .double(report.seconds), "bytes": .int(bytes),
+                    "bytes_per_second": .double(rate),
                     "problems": .list(report.problems),
                 ]))
         return report
@@ -72,7 +73,8 @@ struct VerifyRun {
         if !report.matches && config.verify.mode == .strict {
             throw MigrationError(
                 .verify, "the target differs from the source: " + report.problems.prefix(10).joined(separator: "; "),
-                fix: "see the Verify events for every difference; --verify warn reports without failing")
+                fix: "see the Verify events for every difference; \(Setting.verifyMode) warn reports without failing", code: .verifyMismatch
+            )
         }
         return report
     }

@@ -18,6 +18,15 @@ struct CLI {
         var status: Int32
         var stdout: String
         var stderr: String
+
+        /// With `--json`, the `code` of the error object a failed run ends with.
+        var failureCode: String? {
+            guard let last = stdout.split(separator: "\n").last,
+                let object = try? JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any],
+                object["level"] as? String == "error"
+            else { return nil }
+            return object["code"] as? String
+        }
     }
 
     final class Running: @unchecked Sendable {
