@@ -132,8 +132,9 @@ struct DestructiveMistakesTests {
         let inUse = try await Self.run(["--mode", "cleanup", "--slot-name", active, "--drop-foreign-slot", active] + common)
         #expect(inUse.status == 0, "\(inUse.stderr)")
         #expect(inUse.stderr.contains("a slot in use is never dropped"), "\(inUse.stderr)")
-        let forceClean = try await Self.run(["--mode", "online", "--force-clean", "--slot-name", idle] + common)
+        let forceClean = try await Self.run(["--mode", "online", "--force-clean", "--slot-name", idle, "--json"] + common)
         #expect(forceClean.status == 1)
+        #expect(forceClean.failureCode == "not_ours", "\(forceClean.stdout)")
         #expect(forceClean.stderr.contains("a replication slot named \"\(idle)\" already exists"), "\(forceClean.stderr)")
         #expect(forceClean.stderr.contains("this run did not create it"))
         #expect(try await Untouched.of(source, database: database) == before, "nothing foreign was touched")
@@ -232,8 +233,9 @@ struct DestructiveMistakesTests {
         #expect(try await app.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [cdc]) == "1")
         try await app.query("SELECT pg_drop_replication_slot($1)", [cdc])
 
-        let refused = try await Self.run(arguments)
+        let refused = try await Self.run(arguments + ["--json"])
         #expect(refused.status == 1, "\(refused.stderr)")
+        #expect(refused.failureCode == "busy", "\(refused.stdout)")
         #expect(refused.stderr.contains("billing-app") && refused.stderr.contains("1 table(s)"), "\(refused.stderr)")
         let user = try await app.scalar("SELECT current_user") ?? "?"
         let size = try await app.scalar("SELECT pg_size_pretty(pg_database_size(current_database()))") ?? "?"
@@ -302,6 +304,7 @@ struct DestructiveMistakesTests {
         config.mode = .cleanup
         let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
         #expect(error?.message.contains("migrated from another source database") == true, "\(error?.message ?? "")")
+        #expect(error?.code == .runState)
         #expect(try await admin.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [config.online.slotName]) == "1")
         #expect(FileManager.default.fileExists(atPath: RunStateStore.statePath(for: config)), "the record stays")
         try await admin.query("SELECT pg_drop_replication_slot($1)", [config.online.slotName])
@@ -453,7 +456,7 @@ struct DestructiveMistakesTests {
             ]
                 + names, stateDirectory: stateDirectory)
         #expect(sameDirectory.status == 1)
-        #expect(sameDirectory.failureCode == nil, "no --json, no error object")
+        #expect(sameDirectory.failureCode == nil, "no --json, no error object on stdout")
         #expect(
             sameDirectory.stderr.contains("another pg_dbmigrator run (PID \(getpid())) is using the state directory"),
             "\(sameDirectory.stderr)")
@@ -462,9 +465,10 @@ struct DestructiveMistakesTests {
         let sameTarget = try await Self.run(
             [
                 "--mode", "offline", "--drop-target-first", "--terminate-target-sessions", "--source", source.url(database: database),
-                "--target", localhost,
+                "--target", localhost, "--json",
             ])
         #expect(sameTarget.status == 1)
+        #expect(sameTarget.failureCode == "busy", "\(sameTarget.stdout)")
         #expect(sameTarget.stderr.contains("another migration is already running into the target database"), "\(sameTarget.stderr)")
         #expect(sameTarget.stderr.contains("pg_dbmigrator pid \(getpid())"))
 

@@ -22,6 +22,7 @@ struct OnlinePreflightTests {
     {
         let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
         #expect(error?.stage == .validate)
+        #expect(error?.code == .preflight, "a Validate refusal of what the servers cannot do")
         #expect(error?.message.contains(message) == true, "message: \(error?.message ?? "none")")
         #expect(error?.fix?.contains(fix) == true, "fix: \(error?.fix ?? "none")")
         let (shared, target) = try await SharedClusters.get()
