@@ -100,7 +100,7 @@ struct ResumeTests {
         let first = try CLI.start(copy.arguments)
         #expect(await first.waitForStderr(#"copied "public"."#))
         first.signal(SIGKILL)
-        let killed = try await first.wait(timeout: 30)
+        let killed = try await first.wait(timeout: 120)
         #expect(killed.status == 128 + SIGKILL || killed.status == SIGKILL)
         let before = Self.tables(in: killed.stderr).copied
         #expect(!before.isEmpty && before.count < 6, "copied before the kill: \(before)")
@@ -308,7 +308,7 @@ struct ResumeTests {
         let first = try CLI.start(arguments)
         #expect(await first.waitForStderr("stage=Lag"))
         first.signal(SIGKILL)
-        _ = try await first.wait(timeout: 30)
+        _ = try await first.wait(timeout: 120)
         try await Task.sleep(for: .seconds(1))  // the application keeps writing while no tool runs
 
         let second = try CLI.start(arguments + ["--resume"])
@@ -357,7 +357,7 @@ struct ResumeTests {
         let first = try CLI.start(arguments)
         #expect(await first.waitForStderr(#"copied "public"."#))
         first.signal(SIGKILL)
-        _ = try await first.wait(timeout: 30)
+        _ = try await first.wait(timeout: 120)
         #expect(try await Self.replicationObjects(names).slot, "the killed run's slot is still there")
 
         relay.bytesPerSecond = nil
@@ -397,7 +397,7 @@ struct ResumeTests {
         #expect(await first.waitForStderr("dropped replication slot"))
         try await Task.sleep(for: .milliseconds(300))
         first.signal(SIGKILL)
-        let killed = try await first.wait(timeout: 30)
+        let killed = try await first.wait(timeout: 120)
         #expect(!killed.stderr.contains("stage=Complete"))
         try await blocker.execute("ROLLBACK")
 

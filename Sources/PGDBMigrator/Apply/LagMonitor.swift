@@ -136,7 +136,7 @@ enum ServerLog {
         guard let oid = try? await target.scalar("SELECT oid::text FROM pg_subscription WHERE subname = $1", [subscription]),
             let file = try? await target.scalar("SELECT pg_current_logfile()"),
             let text = try? await target.scalar(
-                "SELECT pg_read_file($1, greatest(0, (pg_stat_file($1)).size - 262144), 262144)", [file])
+                "SELECT pg_read_file($1, greatest(0, (pg_stat_file($1)).size - 1048576), 1048576)", [file])
         else { return nil }
         let lines = text.split(separator: "\n").map(String.init)
         guard let context = lines.lastIndex(where: { $0.contains("CONTEXT:") && $0.contains("replication origin \"pg_\(oid)\"") }),
