@@ -246,12 +246,19 @@ struct OnlineMigration {
                     + "\(Cleanup.command(for: config)) \(Setting.dropForeignSlot) \(settings.slotName))")
         }
         if !kept.isEmpty { detail["kept"] = .list(kept) }
-        events.info(
-            .complete,
-            "migration complete: every transaction committed on the source before \(barrier) is on the target"
-                + (undo.map { "; the source database stays read-only, undo with: \($0)" } ?? "")
-                + (kept.isEmpty ? "" : "; kept as asked: " + kept.joined(separator: "; ")),
-            detail)
+        // A sequence left behind would hand out used values on the new primary: not a complete migration.
+        let unsynced = (sequenceFailures ?? [:]).keys.sorted()
+        events.emit(
+            MigrationEvent(
+                stage: .complete, level: unsynced.isEmpty ? .info : .warning,
+                message: (unsynced.isEmpty
+                    ? "migration complete: every transaction committed on the source before \(barrier) is on the target"
+                    : "cutover done: every transaction committed on the source before \(barrier) is on the target, but "
+                        + "\(unsynced.count) sequence(s) could not be synced (\(unsynced.joined(separator: ", "))): set them on the "
+                        + "target with setval() before writing to their tables")
+                    + (undo.map { "; the source database stays read-only, undo with: \($0)" } ?? "")
+                    + (kept.isEmpty ? "" : "; kept as asked: " + kept.joined(separator: "; ")),
+                detail: detail))
         return MigrationOutcome(
             mode: .online, cutoverTriggered: true, warnings: warnings, duration: duration, barrierLSN: barrier,
             sequenceFailures: sequenceFailures ?? [:])

@@ -105,7 +105,8 @@ struct CLI {
             while process.isRunning {
                 if Date() > deadline {
                     // What the kernel says of it (R, S, D = in uninterruptible I/O, Z = exited but not yet reaped).
-                    let state = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8))
+                    let state =
+                        (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8))
                         .map { $0.split(separator: ")").last?.split(separator: " ").first.map(String.init) ?? "?" } ?? "gone"
                     process.terminate()
                     throw TestSupportError("pg_dbmigrator did not exit within \(timeout)s (process state \(state)); stderr: \(stderrSoFar)")
