@@ -122,6 +122,8 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
                     fix: "set them on the target with setval() before writing to those tables")
                 throw ExitCode.failure
             }
+        } catch let exit as ExitCode {
+            throw exit  // the failure was rendered where it was decided
         } catch let cancelled as MigrationCancelled {
             let signal = signals.lastSignal ?? SIGINT
             let what =

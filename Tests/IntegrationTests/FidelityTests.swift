@@ -1,7 +1,8 @@
 import Foundation
-import PGDBMigrator
 import PostgresClient
 import Testing
+
+@testable import PGDBMigrator
 
 /// The fidelity corpus (Tests/Fixtures/fidelity.sql: every type and shape we
 /// promise to carry) through each mode, proven equal by verify and by content checksums.
@@ -98,28 +99,39 @@ struct FidelityTests {
         _ = target
     }
 
-    @Test("online with a freeze: a difference found at cutover aborts it and drops nothing")
-    func verifyAbortsCutover() async throws {
+    @Test("online with a freeze: writes are held for the switch only; a difference verify finds after it fails the run, naming it")
+    func verifyAfterTheSwitch() async throws {
         let (source, target) = try await SharedClusters.get()
         let sourceDatabase = try await OnlinePreflightTests.smallSource()
         let targetDatabase = SharedClusters.uniqueName("diverged")
         let config = try await OnlineMigrationTests.config(source: sourceDatabase, target: targetDatabase) {
             $0.online.freezeSourceAtCutover = true
         }
-        let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: EventLog())
+        let events = EventLog()
+        let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: events)
         // A change made on the target alone: replication cannot know about it.
         let targetConnection = try await target.connect(database: targetDatabase)
         try await targetConnection.execute("UPDATE items SET v = 'edited on the target' WHERE id = 5")
         migrator.cutoverHandle.request()
         let error = await #expect(throws: MigrationError.self) { try await run.value }
-        #expect(error?.stage == .cutover)
-        #expect(error?.message.contains("public.items differs") == true, "\(error?.message ?? "")")
-        let objects = try await OnlineMigrationTests.replicationObjects(config)
-        #expect(objects.slot && objects.publication && objects.subscription == "false")
-        // The freeze was undone.
-        let writer = try await source.connect(database: sourceDatabase)
-        try await writer.execute("INSERT INTO items VALUES (4242, 'writable again')")
+        #expect(error?.code == .verifyMismatch)
+        #expect(
+            error?.message.contains("after the switch") == true && error?.message.contains("public.items differs") == true,
+            "\(error?.message ?? "")")
+        #expect(error?.fix?.contains("DROP SCHEMA") == true, "the fix says how to undo the freeze: \(error?.fix ?? "")")
 
-        try await OnlineMigrationTests.removeReplicationObjects(config)
+        // The target was declared ready (with the time writes were held) before verify began.
+        let all = events.all
+        let ready = all.firstIndex { $0.kind == .targetReady }
+        let verifying = all.firstIndex { $0.stage == .verify }
+        #expect(ready != nil && verifying != nil && ready! < verifying!, "\(all.map(\.message))")
+        #expect(ready.map { all[$0].detail["write_downtime_seconds"] != nil } == true)
+        // The switch is done: the replication objects are gone, and the source stays frozen.
+        let objects = try await OnlineMigrationTests.replicationObjects(config)
+        #expect(!objects.slot && !objects.publication && objects.subscription == nil)
+        let writer = try await source.connect(database: sourceDatabase)
+        try await writer.execute("SET default_transaction_read_only = off")
+        await #expect(throws: PostgresError.self) { try await writer.execute("INSERT INTO items VALUES (4242, 'refused')") }
+        try await writer.execute(SourceFreeze(database: sourceDatabase).undoSQL())
     }
 }

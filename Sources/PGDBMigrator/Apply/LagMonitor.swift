@@ -135,9 +135,12 @@ enum ServerLog {
     static func lastApplyError(of subscription: String, on target: Connection) async -> String? {
         guard let oid = try? await target.scalar("SELECT oid::text FROM pg_subscription WHERE subname = $1", [subscription]),
             let file = try? await target.scalar("SELECT pg_current_logfile()"),
-            let text = try? await target.scalar(
-                "SELECT pg_read_file($1, greatest(0, (pg_stat_file($1)).size - 1048576), 1048576)", [file])
+            // Bytes, not text: pg_read_file refuses a window that starts inside a multibyte character.
+            let base64 = try? await target.scalar(
+                "SELECT encode(pg_read_binary_file($1, greatest(0, (pg_stat_file($1)).size - 1048576), 1048576), 'base64')", [file]),
+            let bytes = Data(base64Encoded: base64, options: .ignoreUnknownCharacters)
         else { return nil }
+        let text = String(decoding: bytes, as: UTF8.self)
         let lines = text.split(separator: "\n").map(String.init)
         guard let context = lines.lastIndex(where: { $0.contains("CONTEXT:") && $0.contains("replication origin \"pg_\(oid)\"") }),
             let error = lines[..<context].lastIndex(where: { $0.contains("ERROR:") })

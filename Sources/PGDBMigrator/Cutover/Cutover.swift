@@ -16,10 +16,17 @@ struct Cutover {
     struct Result {
         var barrier: LSN
         var sequences: SequenceSync.Result
+        /// With a freeze: when writes to the source stopped.
+        var frozenSince: ContinuousClock.Instant?
+        /// With a freeze and verify: the target as of the barrier, before anything else wrote to it, for
+        /// the verify after the switch (the caller releases it).
+        var targetSnapshot: ExportedSnapshot?
     }
 
     func run() async throws -> Result {
+        var frozenSince: ContinuousClock.Instant?
         if settings.freezeSourceAtCutover {
+            frozenSince = .now
             // Not repeatable as a whole (it records what it did as it goes): one attempt, on the sessions of now.
             let source = await sessions.current.source
             let sourceEndpoint = config.sourceEndpoint
@@ -74,19 +81,24 @@ struct Cutover {
                     + "\(Cleanup.command(for: config)) and \(Setting.dropTargetFirst)")
         }
 
-        // Both sides are quiet now (the source is frozen): prove it before dropping anything.
+        // Both sides are quiet now (the source is frozen, the target has applied everything): the target's
+        // state is kept in a snapshot and proved equal to the source after the switch, so that writes are
+        // held for the switch only, however large the database.
+        var snapshot: ExportedSnapshot?
         if settings.freezeSourceAtCutover && config.verify.mode != .off {
-            let report = try await VerifyRun(config: config, events: events, tables: tables).verify(checkSequences: false)
-            if !report.matches {
-                throw MigrationError(
-                    .cutover,
-                    "verify at cutover found differences, so nothing was dropped: "
-                        + report.problems.prefix(10).joined(separator: "; "),
-                    fix: "inspect the tables named; the subscription and slot are kept (disabled) and the source unfrozen",
-                    code: .verifyMismatch)
-            }
+            snapshot = try await ExportedSnapshot.export(from: config.targetEndpoint, stage: .cutover)
         }
+        do {
+            let (barrier, sequences) = try await finish(at: barrier)
+            return Result(barrier: barrier, sequences: sequences, frozenSince: frozenSince, targetSnapshot: snapshot)
+        } catch {
+            await snapshot?.release()
+            throw error
+        }
+    }
 
+    /// Sequences, then the teardown.
+    private func finish(at barrier: LSN) async throws -> (LSN, SequenceSync.Result) {
         var sequences = SequenceSync.Result(synced: 0, failures: [:])
         if settings.syncSequences {
             let sync = SequenceSync(sequences: tables.sequences)
@@ -105,7 +117,7 @@ struct Cutover {
         // Each of its steps looks before it drops, and records as it goes: safe to run again.
         let teardown = ReplicationTeardown(config: config, events: events, leftovers: leftovers)
         try await sessions.retrying { source, target in try await teardown.run(source: source, target: target) }
-        return Result(barrier: barrier, sequences: sequences)
+        return (barrier, sequences)
     }
 
     /// Polls until the slot's confirmed position (what the target applied and flushed) reaches the barrier.

@@ -33,6 +33,9 @@ public struct MigrationEvent: Sendable, Encodable {
         case partProgress
         /// The target applies the source's changes from now on: a cutover may be requested.
         case streaming
+        /// The cutover switched: the target holds every change and may take writes (with a freeze,
+        /// the detail's `write_downtime_seconds` says how long writes were held).
+        case targetReady
     }
 
     public var timestamp: Date

@@ -215,14 +215,15 @@ struct OnlineMigration {
         try await ReplicationTeardown(config: config, events: events, leftovers: leftovers).run(source: source, target: target)
         await source.close()
         await target.close()
-        return complete(at: barrier, started: started, store: store, warnings: [], sequenceFailures: nil)
+        return try complete(at: barrier, started: started, store: store, warnings: [], sequenceFailures: nil)
     }
 
     /// Complete: the recorded progress is removed and the outcome reported, with
     /// the SQL that undoes a freeze when the source stays read-only.
     private func complete(
-        at barrier: LSN, started: ContinuousClock.Instant, store: RunStateStore, warnings: [String], sequenceFailures: [String: String]?
-    ) -> MigrationOutcome {
+        at barrier: LSN, started: ContinuousClock.Instant, store: RunStateStore, warnings: [String], sequenceFailures: [String: String]?,
+        verified: VerifyReport? = nil
+    ) throws -> MigrationOutcome {
         store.finish()
         let duration = ContinuousClock.now - started
         // The setting is in the undo only when this run set it: a DBA's own read-only setting stays.
@@ -246,6 +247,23 @@ struct OnlineMigration {
                     + "\(Cleanup.command(for: config)) \(Setting.dropForeignSlot) \(settings.slotName))")
         }
         if !kept.isEmpty { detail["kept"] = .list(kept) }
+        if let verified, !verified.matches {
+            // The switch is done: nothing is undone, and the source stays frozen (unchanged, it is the reference).
+            let message =
+                "after the switch, verify found \(verified.problems.count) difference(s) between the frozen source and the target "
+                + "as of barrier \(barrier): " + verified.problems.prefix(10).joined(separator: "; ")
+            let fix =
+                "the source stays frozen and unchanged: copy the differing tables (or ranges) from it again before writing to "
+                + "them on the target, or send writes back to the source and undo the freeze: "
+                + (undo ?? SourceFreeze(database: config.sourceEndpoint.databaseName).undoSQL(resettingReadOnly: false))
+            guard config.verify.mode == .warn else {
+                throw MigrationError(.verify, message, fix: fix, code: .verifyMismatch)
+            }
+            events.warning(.complete, "cutover done, but " + message + " — " + fix, detail)
+            return MigrationOutcome(
+                mode: .online, cutoverTriggered: true, warnings: warnings + verified.problems, duration: duration, barrierLSN: barrier,
+                sequenceFailures: sequenceFailures ?? [:], verifyReport: verified)
+        }
         // A sequence left behind would hand out used values on the new primary: not a complete migration.
         let unsynced = (sequenceFailures ?? [:]).keys.sorted()
         events.emit(
@@ -261,7 +279,7 @@ struct OnlineMigration {
                 detail: detail))
         return MigrationOutcome(
             mode: .online, cutoverTriggered: true, warnings: warnings, duration: duration, barrierLSN: barrier,
-            sequenceFailures: sequenceFailures ?? [:])
+            sequenceFailures: sequenceFailures ?? [:], verifyReport: verified)
     }
 
     private func subscription(runID: String? = nil) -> Subscription {
@@ -314,9 +332,30 @@ struct OnlineMigration {
             throw error
         }
         await sessions.close()
+        var ready: [String: EventValue] = ["barrier_lsn": .string(result.barrier.description)]
+        if let frozenSince = result.frozenSince { ready["write_downtime_seconds"] = .double((ContinuousClock.now - frozenSince).seconds) }
+        events.emit(
+            MigrationEvent(
+                stage: .cutover, kind: .targetReady,
+                message: "the target is ready for writes: every transaction committed on the source before \(result.barrier) is on it"
+                    + (result.frozenSince.map { "; writes were held for \(formatSeconds((ContinuousClock.now - $0).seconds))" } ?? ""),
+                detail: ready))
+        // The proof comes after the switch: the source stays frozen, the target is read as of the barrier.
+        var verified: VerifyReport?
+        if let snapshot = result.targetSnapshot {
+            do {
+                verified = try await VerifyRun(config: config, events: events, tables: report.tables)
+                    .verify(checkSequences: false, targetSnapshot: snapshot.name)
+                await snapshot.release()
+            } catch {
+                await snapshot.release()
+                throw error
+            }
+        }
         await analyzed
-        return complete(
-            at: result.barrier, started: started, store: store, warnings: warnings, sequenceFailures: result.sequences.failures)
+        return try complete(
+            at: result.barrier, started: started, store: store, warnings: warnings, sequenceFailures: result.sequences.failures,
+            verified: verified)
     }
 
     /// Lag events every poll interval (faster once within the threshold) until cutover is requested.
@@ -388,7 +427,14 @@ struct OnlineMigration {
     /// applied), and say what was left and how to resume or clean up.
     private func leaveResumable() async {
         let state = leftovers.snapshot
-        if settings.freezeSourceAtCutover || state.frozenDatabase != nil {
+        if state.cutoverBarrier != nil && (settings.freezeSourceAtCutover || state.frozenDatabase != nil) {
+            // The cutover had applied everything and synced the sequences: the target is the new primary.
+            // Writes to the old one now would reach no one, so it stays frozen.
+            events.warning(
+                .cutover,
+                "the source database \(SQL.identifier(config.sourceEndpoint.databaseName)) stays frozen: the cutover had applied "
+                    + "everything up to barrier \(state.cutoverBarrier ?? "?") on the target")
+        } else if settings.freezeSourceAtCutover || state.frozenDatabase != nil {
             // Our triggers go (they carry this run's mark); the read-only setting only if this run set it.
             let freeze = SourceFreeze(database: config.sourceEndpoint.databaseName, runID: leftovers.runID)
             do {

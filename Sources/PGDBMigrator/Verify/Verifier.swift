@@ -19,6 +19,8 @@ struct Verifier {
     var events: EventEmitter
     /// Off at cutover: sequences are synced after verify there.
     var checkSequences = true
+    /// Read the target in this exported snapshot (a frozen cutover's, as of the barrier).
+    var targetSnapshot: String? = nil
 
     func run() async throws -> VerifyReport {
         let started = ContinuousClock.now
@@ -83,6 +85,9 @@ struct Verifier {
         let connection = try await Endpoint(role: role, connectionString: connectionString).connect(label: "verify", stage: .verify)
         try await connection.keepAliveWhileIdle()
         try await connection.pinTextFormats()
+        // Names print schema-qualified whatever the server's, role's or database's search_path.
+        try await connection.execute("SET search_path = ''")
+        if role == .target, let targetSnapshot { try await connection.importSnapshot(targetSnapshot) }
         return connection
     }
 

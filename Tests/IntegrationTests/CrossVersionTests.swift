@@ -1,0 +1,108 @@
+import Foundation
+import PostgresClient
+import Testing
+
+@testable import PGDBMigrator
+
+/// Upgrades, the most common reason to migrate: from Debian's PostgreSQL 15 to PostgreSQL 18
+/// (the relocatable build `scripts/test.sh` installs), offline by both copy methods and online
+/// with writes running, each proved by a strict verify that must find no false difference.
+@Suite(.serialized, .timeLimit(.minutes(8)))
+struct CrossVersionTests {
+    /// A PostgreSQL 18 target for one test, and the configuration that migrates `source` into it
+    /// with PostgreSQL 18's pg_dump and pg_restore (a dump tool is never older than either server).
+    static func upgrade(
+        _ source: String, into target: TestCluster, mode: MigrationConfig.Mode = .offline,
+        _ adjust: (inout MigrationConfig) -> Void = { _ in }
+    ) async throws -> MigrationConfig {
+        let (shared, _) = try await SharedClusters.get()
+        var config = MigrationConfig(
+            mode: mode, source: try shared.connectionString(database: source),
+            target: try target.connectionString(database: SharedClusters.uniqueName("upgraded")), jobs: 2)
+        config.pgBinDirectory = target.bin
+        config.stateDirectory = DestructiveMistakesTests.stateDirectory()
+        if mode == .online {
+            let suffix = SharedClusters.uniqueName("v18")
+            config.online = OnlineSettings(
+                slotName: "slot_\(suffix)", publication: "pub_\(suffix)", subscriptionName: "sub_\(suffix)",
+                pollInterval: .milliseconds(500), fastPollInterval: .milliseconds(100), cutoverTimeout: .seconds(120))
+        }
+        adjust(&config)
+        return config
+    }
+
+    static func expectEqual(_ config: MigrationConfig, source: TestCluster, target: TestCluster) async throws {
+        let expected = try await Fingerprint.of(source, database: config.source.resolvedDatabase!, materializedViews: false)
+        let actual = try await Fingerprint.of(target, database: config.target.resolvedDatabase!, materializedViews: false)
+        #expect(actual == expected, "\(actual.differences(from: expected))")
+    }
+
+    @Test("15 → 18 offline, by either copy method: the strict verify finds no difference", arguments: MigrationConfig.CopyMethod.allCases)
+    func offline(method: MigrationConfig.CopyMethod) async throws {
+        let target = try await TestCluster.start(name: "pg18-offline", bin: try TestCluster.postgres18())
+        defer { target.stop() }
+        let (source, _) = try await SharedClusters.get()
+        let database = try await OfflineMigrationTests.sampleSource()
+        let config = try await Self.upgrade(database, into: target) { $0.copyMethod = method }
+        let outcome = try await Migrator(config: config).run()
+        #expect(outcome.verifyReport?.matches == true, "\(outcome.verifyReport?.problems ?? [])")
+        #expect(outcome.verifyReport?.schemaDifferences.isEmpty == true)
+        let version = try await target.connect().scalar("SHOW server_version_num")
+        #expect(version?.hasPrefix("18") == true, "the target is PostgreSQL 18: \(version ?? "?")")
+        try await Self.expectEqual(config, source: source, target: target)
+
+        // Verify on its own, across the versions, still catches a real difference.
+        var verify = config
+        verify.mode = .verify
+        let targetSession = try await target.connect(database: config.target.resolvedDatabase!)
+        try await targetSession.execute(
+            "ALTER TABLE sales.orders ALTER COLUMN status DROP DEFAULT; UPDATE inventory.products SET name = name || '!' WHERE id = 3")
+        let report = try await Migrator(config: verify).run().verifyReport!
+        #expect(report.tables.first { $0.table == "inventory.products" }?.matches == false)
+        #expect(report.schemaDifferences["sales.orders"]?.contains { $0.hasPrefix("missing on the target: column status") } == true)
+    }
+
+    @Test("15 → 18 online with writes running and a frozen cutover: nothing lost, verify at cutover finds no difference")
+    func online() async throws {
+        let target = try await TestCluster.start(name: "pg18-online", bin: try TestCluster.postgres18())
+        defer { target.stop() }
+        let (source, _) = try await SharedClusters.get()
+        let database = try await OfflineMigrationTests.sampleSource()
+        let workload = WriteWorkload()
+        try await workload.start(source, database: database)
+        let config = try await Self.upgrade(database, into: target, mode: .online) { $0.online.freezeSourceAtCutover = true }
+        let events = EventLog()
+        let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: events)
+        try await Task.sleep(for: .seconds(1.5))
+        let committed = await workload.stop()
+        migrator.cutoverHandle.request()
+        let outcome = try await run.value
+        #expect(committed > 10, "workload committed \(committed); error: \(workload.lastError ?? "none")")
+        #expect(outcome.cutoverTriggered)
+        #expect(events.all.contains { $0.message.contains("table(s) match") }, "verified at cutover")
+        try await Self.expectEqual(config, source: source, target: target)
+        let unfreeze = try await source.connect(database: database)
+        try await unfreeze.execute("SET default_transaction_read_only = off")
+        try await unfreeze.execute(SourceFreeze(database: database).undoSQL())
+    }
+
+    @Test("15 → 18 with a search_path on the source database and none on the target: no false difference")
+    func searchPath() async throws {
+        let target = try await TestCluster.start(name: "pg18-search-path", bin: try TestCluster.postgres18())
+        defer { target.stop() }
+        let (source, _) = try await SharedClusters.get()
+        let database = try await OnlinePreflightTests.smallSource(
+            """
+            CREATE SCHEMA s; CREATE TYPE s.mood AS ENUM ('ok', 'sad');
+            CREATE TABLE public.feelings (id int PRIMARY KEY, m s.mood NOT NULL DEFAULT 'ok', note text CHECK (note <> ''));
+            CREATE INDEX feelings_not_sad ON public.feelings (id) WHERE m <> 'sad';
+            INSERT INTO public.feelings SELECT g, 'ok', 'n' FROM generate_series(1, 20) g;
+            """)
+        let admin = try await source.connect()
+        try await admin.execute("ALTER DATABASE \(SQL.identifier(database)) SET search_path = public, s")
+        let config = try await Self.upgrade(database, into: target)
+        let outcome = try await Migrator(config: config).run()
+        #expect(outcome.verifyReport?.matches == true, "\(outcome.verifyReport?.problems ?? [])")
+        try await Self.expectEqual(config, source: source, target: target)
+    }
+}
