@@ -68,6 +68,9 @@ struct OnlineMigrationTests {
         let (source, target) = try await SharedClusters.get()
         let sourceDatabase = try await OfflineMigrationTests.sampleSource()
         let targetDatabase = SharedClusters.uniqueName("online_copy")
+        // A publication of the user's, for a downstream subscriber: it travels; the migration's own does not.
+        let sourceAdmin = try await source.connect(database: sourceDatabase)
+        try await sourceAdmin.execute("CREATE PUBLICATION downstream FOR TABLE public.documents")
         let workload = WriteWorkload()
         try await workload.start(source, database: sourceDatabase)  // running before the slot exists
 
@@ -92,6 +95,10 @@ struct OnlineMigrationTests {
         let expected = try await Fingerprint.of(source, database: sourceDatabase, materializedViews: false)
         let actual = try await Fingerprint.of(target, database: targetDatabase, materializedViews: false)
         #expect(actual == expected, "\(actual.differences(from: expected))")
+        let publications = try await target.connect(database: targetDatabase).query(
+            "SELECT p.pubname || ':' || string_agg(t.schemaname || '.' || t.tablename, ',') FROM pg_publication p "
+                + "LEFT JOIN pg_publication_tables t ON t.pubname = p.pubname GROUP BY p.pubname ORDER BY 1")
+        #expect(publications.rows.map { $0[0] ?? "" } == ["downstream:public.documents"], "the user's publication only")
 
         // The phases, in order, each reported.
         // Heartbeats, and ANALYZE running beside the stream, are not phases.

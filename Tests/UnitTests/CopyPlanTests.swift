@@ -67,7 +67,7 @@ import Testing
 }
 
 @Suite struct RestoreListTests {
-    @Test("only the index and constraint entries built natively are commented out, by catalog oid")
+    @Test("the entries left out are found by catalog and oid; comments by their tag")
     func excluding() {
         let lines = [
             ";",
@@ -77,10 +77,21 @@ import Testing
             "3404; 1259 16430 INDEX public other_idx postgres",
             "3405; 0 0 COMMENT - INDEX accounts_bid_idx postgres",
             "3406; 2606 16420 CONSTRAINT public t t_check postgres",
+            "3347; 6104 16445 PUBLICATION - my pub postgres",
+            "3348; 6104 16448 PUBLICATION - ours postgres",
+            "3362; 0 0 COMMENT - PUBLICATION ours postgres",
+            "3363; 0 0 COMMENT - PUBLICATION ours2 postgres",
+            "3350; 6106 16446 PUBLICATION TABLE public my pub t1 postgres",
+            "3352; 6106 16449 PUBLICATION TABLE public ours t1 postgres",
         ]
-        let filtered = RestoreList(lines: lines).excluding(["INDEX 16420", "CONSTRAINT 16412", "CONSTRAINT 16499", "INDEX 16430x"])
+        let exclusions = RestoreList.Exclusions(
+            entries: [
+                .index("16420"), .constraint("16412"), .index("16430x"), .init(catalog: "6104", oid: "16448"),
+                .init(catalog: "6106", oid: "16449"),
+            ],
+            commentTags: ["PUBLICATION ours"])
         #expect(
-            filtered == [
+            RestoreList(lines: lines).excluding(exclusions) == [
                 ";",
                 ";3401; 1259 16420 INDEX public accounts_bid_idx postgres",
                 ";3402; 2606 16412 CONSTRAINT public accounts accounts_pkey postgres",
@@ -88,6 +99,12 @@ import Testing
                 "3404; 1259 16430 INDEX public other_idx postgres",
                 "3405; 0 0 COMMENT - INDEX accounts_bid_idx postgres",
                 "3406; 2606 16420 CONSTRAINT public t t_check postgres",
+                "3347; 6104 16445 PUBLICATION - my pub postgres",
+                ";3348; 6104 16448 PUBLICATION - ours postgres",
+                ";3362; 0 0 COMMENT - PUBLICATION ours postgres",
+                "3363; 0 0 COMMENT - PUBLICATION ours2 postgres",
+                "3350; 6106 16446 PUBLICATION TABLE public my pub t1 postgres",
+                ";3352; 6106 16449 PUBLICATION TABLE public ours t1 postgres",
             ])
     }
 }

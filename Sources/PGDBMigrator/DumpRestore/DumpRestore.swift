@@ -64,8 +64,20 @@ struct DumpRestore {
             }
         var tolerated: [String] = []
         for section in sections {
+            // Our own publications (post-data) stay behind.
+            var list: String?
+            if section == "post-data" {
+                let exclusions = try await source.withConnection(stage: .restore) { try await RestoreList.ownPublications(on: $0) }
+                if !exclusions.isEmpty {
+                    let contents = try await tableOfContents(of: directory.dumpPath, writingTo: directory.listPath)
+                    try RestoreList(lines: contents).excluding(exclusions).joined(separator: "\n")
+                        .write(toFile: directory.listPath, atomically: true, encoding: .utf8)
+                    list = directory.listPath
+                }
+            }
             // pre-data is mostly serial DDL; workers only pay off for data and indexes.
-            tolerated += try await restore(section: section, from: directory.dumpPath, jobs: section == "pre-data" ? 1 : config.jobs)
+            tolerated += try await restore(
+                section: section, from: directory.dumpPath, jobs: section == "pre-data" ? 1 : config.jobs, list: list)
         }
         return tolerated
     }

@@ -100,7 +100,11 @@ struct NativeCopy {
 
             guard !(resuming && recorded.postDataDone) else { return tolerated }
             let contents = try await dumpRestore.tableOfContents(of: directory.archivePath, writingTo: directory.listPath)
-            let list = RestoreList(lines: contents).excluding(Set(builds.map { "\($0.entryType) \($0.catalogOID)" }))
+            var exclusions = try await config.sourceEndpoint.withConnection(stage: .restore) {
+                try await RestoreList.ownPublications(on: $0)
+            }
+            exclusions.entries.formUnion(builds.map { $0.entryType == "INDEX" ? .index($0.catalogOID) : .constraint($0.catalogOID) })
+            let list = RestoreList(lines: contents).excluding(exclusions)
             try list.joined(separator: "\n").write(toFile: directory.listPath, atomically: true, encoding: .utf8)
             // A post-data pass the interrupted run began is run again; what it already made is skipped.
             let rerun = resuming && recorded.postDataStarted
