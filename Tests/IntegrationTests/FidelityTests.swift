@@ -134,4 +134,49 @@ struct FidelityTests {
         await #expect(throws: PostgresError.self) { try await writer.execute("INSERT INTO items VALUES (4242, 'refused')") }
         try await writer.execute(SourceFreeze(database: sourceDatabase).undoSQL())
     }
+
+    @Test(
+        "the database's settings, role settings, comment, privileges and connection limit travel (not the freeze's own setting)",
+        arguments: [MigrationConfig.Mode.offline, .online])
+    func databaseProperties(mode: MigrationConfig.Mode) async throws {
+        let (source, target) = try await SharedClusters.get()
+        let role = SharedClusters.uniqueName("app_reader")
+        for cluster in [source, target] { try await cluster.connect().execute("CREATE ROLE \(SQL.identifier(role)) LOGIN") }
+        let database = try await OnlinePreflightTests.smallSource()
+        let name = SQL.identifier(database)
+        try await source.connect().execute(
+            """
+            ALTER DATABASE \(name) SET search_path = "$user", public, "Other Schema";
+            ALTER DATABASE \(name) SET lock_timeout = '5s';
+            ALTER ROLE \(SQL.identifier(role)) IN DATABASE \(name) SET work_mem = '3MB';
+            COMMENT ON DATABASE \(name) IS 'the shop''s data';
+            REVOKE CONNECT ON DATABASE \(name) FROM PUBLIC;
+            GRANT CONNECT, TEMPORARY ON DATABASE \(name) TO \(SQL.identifier(role)) WITH GRANT OPTION;
+            ALTER DATABASE \(name) CONNECTION LIMIT 40
+            """)
+        let targetDatabase = SharedClusters.uniqueName("properties")
+        if mode == .offline {
+            _ = try await OfflineMigrationTests.migrate(source: database, target: targetDatabase)
+        } else {
+            let config = try await OnlineMigrationTests.config(source: database, target: targetDatabase) {
+                $0.online.freezeSourceAtCutover = true
+            }
+            let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: EventLog())
+            migrator.cutoverHandle.request()
+            _ = try await run.value
+        }
+        var expected = try await DatabaseProperties.read(from: source.connect(database: database))
+        let actual = try await DatabaseProperties.read(from: target.connect(database: targetDatabase))
+        #expect(expected.settings.contains { $0.name == "search_path" } && expected.grants != nil, "\(expected)")
+        // The freeze's own read-only setting stays behind.
+        expected.settings.removeAll { $0.name == "default_transaction_read_only" }
+        #expect(actual == expected)
+        if mode == .online {
+            let writer = try await source.connect(database: database)
+            try await writer.execute("SET default_transaction_read_only = off")
+            try await writer.execute(SourceFreeze(database: database).undoSQL())
+        }
+        let session = try await target.connect(database: targetDatabase)
+        #expect(try await session.scalar("SHOW search_path") == "\"$user\", public, \"Other Schema\"")
+    }
 }

@@ -96,6 +96,32 @@ struct OfflineMigrationTests {
         #expect(try await Fingerprint.of(target, database: targetDatabase) == Fingerprint.of(source, database: sourceDatabase))
     }
 
+    @Test("roles a policy, default privileges or the database's grants name are checked up front; a policy's even with --no-acl")
+    func missingPolicyAndDefaultPrivilegeRoles() async throws {
+        let (source, _) = try await SharedClusters.get()
+        let reader = SharedClusters.uniqueName("reader"), auditor = SharedClusters.uniqueName("auditor")
+        let admin = try await source.connect()
+        try await admin.execute("CREATE ROLE \(SQL.identifier(reader)); CREATE ROLE \(SQL.identifier(auditor))")
+        let sourceDatabase = try await OnlinePreflightTests.smallSource(
+            """
+            ALTER TABLE items ENABLE ROW LEVEL SECURITY;
+            CREATE POLICY readers ON items FOR SELECT TO \(SQL.identifier(reader)) USING (true);
+            ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO \(SQL.identifier(auditor));
+            """)
+        let refused = await #expect(throws: MigrationError.self) {
+            try await Self.migrate(source: sourceDatabase, target: SharedClusters.uniqueName("policy_copy"))
+        }
+        #expect(refused?.code == .preflight)
+        #expect(
+            refused?.message.contains("policies missing on the target: \(reader)") == true && refused?.message.contains(auditor) == true,
+            "\(refused?.message ?? "")")
+        // --no-acl leaves default privileges behind, not the policy's role.
+        let stillRefused = await #expect(throws: MigrationError.self) {
+            try await Self.migrate(source: sourceDatabase, target: SharedClusters.uniqueName("policy_copy")) { $0.noACL = true }
+        }
+        #expect(stillRefused?.message.contains(reader) == true && stillRefused?.message.contains(auditor) == false)
+    }
+
     @Test("owners missing on the target are named up front; --no-owner --no-acl restores without them")
     func missingRoles() async throws {
         let (source, target) = try await SharedClusters.get()

@@ -19,6 +19,9 @@ struct OfflineMigration {
             let copy = DatabaseCopy(config: config, report: report, events: events, store: store, resumePlan: plan)
             let warnings = try await copy.run()
             try await copy.analyze()
+            // Last, once the target is loaded and analyzed: a copied statement_timeout or read-only setting
+            // must not hold up the load or ANALYZE.
+            try await DatabaseProperties.carry(config: config, events: events, stage: .analyze)
             let verified = try await VerifyRun(config: config, events: events).afterMigration()
             store.finish()
             let duration = ContinuousClock.now - started

@@ -332,6 +332,11 @@ struct OnlineMigration {
             throw error
         }
         await sessions.close()
+        // Now that nothing is applied any more: the source database's settings (not the freeze's own), comment,
+        // privileges, owner and connection limit.
+        try await DatabaseProperties.carry(
+            config: config, events: events, stage: .cutover,
+            skippingSettings: leftovers.snapshot.frozenDatabase == nil ? [] : ["default_transaction_read_only"])
         var ready: [String: EventValue] = ["barrier_lsn": .string(result.barrier.description)]
         if let frozenSince = result.frozenSince { ready["write_downtime_seconds"] = .double((ContinuousClock.now - frozenSince).seconds) }
         events.emit(

@@ -148,14 +148,21 @@ struct Preflight {
                 + "or pass \(Setting.allowRestoreErrors) to restore without them")
     }
 
-    /// Roles that own objects in, or hold privileges on, the source database
-    /// but do not exist on the target: `pg_restore` would fail on each of them.
+    /// Roles that own objects in (or the database itself), hold privileges on, or are named by
+    /// row-level security policies of, the source database but do not exist on the target:
+    /// `pg_restore` (or the database's properties) would fail on each of them, after the copy.
     private func checkRoles(source: Connection, target: Connection) async throws {
-        let referenced = try await source.query(Self.referencedRolesSQL).rows.map { (name: $0[0]!, owns: $0[1] == "t") }
+        let referenced = try await source.query(Self.referencedRolesSQL).rows.map { (name: $0[0]!, kind: $0[1]!) }
         let existing = Set(try await target.query("SELECT rolname FROM pg_roles").rows.compactMap { $0[0] })
-        let missingOwners = referenced.filter { $0.owns && !existing.contains($0.name) }.map(\.name)
-        let missingGrantees = referenced.filter { !$0.owns && !existing.contains($0.name) }.map(\.name)
+        let missing = referenced.filter { !existing.contains($0.name) }
+        let missingOwners = missing.filter { $0.kind == "owner" }.map(\.name)
+        let missingGrantees = missing.filter { $0.kind == "grantee" }.map(\.name)
+        let missingPolicyRoles = missing.filter { $0.kind == "policy" }.map(\.name)
         var problems: [String] = []
+        if !missingPolicyRoles.isEmpty {
+            problems.append(
+                "roles named by row-level security policies missing on the target: \(missingPolicyRoles.joined(separator: ", "))")
+        }
         if !config.noOwner && !missingOwners.isEmpty {
             problems.append("owners missing on the target: \(missingOwners.joined(separator: ", ")) (or pass \(Setting.noOwner))")
         }
@@ -166,7 +173,7 @@ struct Preflight {
         guard !problems.isEmpty else { return }
         let message = problems.joined(separator: "; ")
         if config.allowRestoreErrors {
-            events.warning(.validate, message, ["roles.missing": .list(missingOwners + missingGrantees)])
+            events.warning(.validate, message, ["roles.missing": .list(missing.map(\.name))])
             return
         }
         throw MigrationError(
@@ -186,6 +193,11 @@ struct Preflight {
             UNION SELECT proowner FROM pg_proc WHERE pronamespace IN (SELECT oid FROM user_namespaces)
             UNION SELECT typowner FROM pg_type WHERE typnamespace IN (SELECT oid FROM user_namespaces)
             UNION SELECT lomowner FROM pg_largeobject_metadata
+            UNION SELECT datdba FROM pg_database WHERE datname = current_database()
+        ),
+        policy_roles AS (
+            SELECT unnest(polroles) AS role FROM pg_policy
+            WHERE polrelid IN (SELECT oid FROM pg_class WHERE relnamespace IN (SELECT oid FROM user_namespaces))
         ),
         grantees AS (
             SELECT (aclexplode(nspacl)).grantee AS role FROM user_namespaces WHERE nspacl IS NOT NULL
@@ -193,11 +205,17 @@ struct Preflight {
                 WHERE relacl IS NOT NULL AND relnamespace IN (SELECT oid FROM user_namespaces)
             UNION SELECT (aclexplode(proacl)).grantee FROM pg_proc
                 WHERE proacl IS NOT NULL AND pronamespace IN (SELECT oid FROM user_namespaces)
+            UNION SELECT (aclexplode(datacl)).grantee FROM pg_database WHERE datname = current_database() AND datacl IS NOT NULL
+            -- ALTER DEFAULT PRIVILEGES: the role they are for, and the roles they grant to
+            UNION SELECT defaclrole FROM pg_default_acl
+            UNION SELECT (aclexplode(defaclacl)).grantee FROM pg_default_acl
         )
-        SELECT r.rolname, bool_or(r.oid IN (SELECT role FROM owners)) AS owns
+        SELECT r.rolname,
+               CASE WHEN r.oid IN (SELECT role FROM policy_roles) THEN 'policy'
+                    WHEN r.oid IN (SELECT role FROM owners) THEN 'owner' ELSE 'grantee' END
         FROM pg_roles r
-        WHERE r.oid IN (SELECT role FROM owners UNION SELECT role FROM grantees)
-        GROUP BY r.rolname ORDER BY 1
+        WHERE r.oid IN (SELECT role FROM owners UNION SELECT role FROM grantees UNION SELECT role FROM policy_roles)
+        ORDER BY 1
         """
 
     /// `--dump-scope data-only` loads rows into the target's own tables: into a
