@@ -57,3 +57,69 @@ struct FilterTests {
         }
     }
 }
+
+/// A partitioned table named in a filter means its tree; a partition named alone brings its parent's definition.
+@Suite(.serialized, .timeLimit(.minutes(5)))
+struct PartitionFilterTests {
+    static func source() async throws -> String {
+        try await OnlinePreflightTests.smallSource(
+            """
+            CREATE SCHEMA app;
+            CREATE TABLE app.measurements (id int, taken date NOT NULL, v text, PRIMARY KEY (id, taken)) PARTITION BY RANGE (taken);
+            CREATE TABLE app.measurements_2023 PARTITION OF app.measurements FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');
+            CREATE TABLE app.measurements_2024 PARTITION OF app.measurements FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+            CREATE TABLE app.measurements_default PARTITION OF app.measurements DEFAULT;
+            INSERT INTO app.measurements SELECT g, date '2023-06-01' + (g % 900), 'm' || g FROM generate_series(1, 3000) g;
+            """)
+    }
+
+    @Test(
+        "a partitioned table named means its tree; a partition named alone brings its parent's definition",
+        arguments: [
+            (
+                ObjectFilter(tables: ["app.measurements"]),
+                Set(["app.measurements_2023", "app.measurements_2024", "app.measurements_default"])
+            ),
+            (
+                ObjectFilter(excludeTables: ["app.measurements_2023"]),
+                Set(["app.measurements_2024", "app.measurements_default", "public.items"])
+            ),
+            (ObjectFilter(tables: ["app.measurements_2024"]), Set(["app.measurements_2024"])),
+            (ObjectFilter(excludeTables: ["app.measurements"]), Set(["public.items"])),
+        ])
+    func partitionTrees(filter: ObjectFilter, expected: Set<String>) async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await Self.source()
+        let targetDatabase = SharedClusters.uniqueName("partitions")
+        let outcome = try await OfflineMigrationTests.migrate(source: sourceDatabase, target: targetDatabase) { $0.filter = filter }
+        #expect(outcome.verifyReport?.matches == true, "\(outcome.verifyReport?.problems ?? [])")
+        let copied = try await Fingerprint.of(target, database: targetDatabase)
+        let original = try await Fingerprint.of(source, database: sourceDatabase)
+        #expect(Set(copied.tables.keys) == expected)
+        for table in expected { #expect(copied.tables[table] == original.tables[table], "content of \(table)") }
+        let parent = try await target.connect(database: targetDatabase).scalar("SELECT to_regclass('app.measurements')::text")
+        #expect((parent != nil) == expected.contains { $0.hasPrefix("app.") }, "the parent's definition comes with any partition")
+    }
+
+    @Test("online, excluding one partition publishes the others one by one: changes to them stream, the excluded one's never")
+    func excludedPartitionOnline() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let sourceDatabase = try await Self.source()
+        let targetDatabase = SharedClusters.uniqueName("partitions_online")
+        let config = try await OnlineMigrationTests.config(source: sourceDatabase, target: targetDatabase) {
+            $0.filter = ObjectFilter(excludeTables: ["app.measurements_2023"])
+        }
+        let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: EventLog())
+        let writer = try await source.connect(database: sourceDatabase)
+        try await writer.execute(
+            "UPDATE app.measurements SET v = 'changed' WHERE id % 10 = 0; INSERT INTO app.measurements VALUES (5000, '2024-05-05', 'new')")
+        migrator.cutoverHandle.request()
+        _ = try await run.value
+        let copied = try await Fingerprint.of(target, database: targetDatabase)
+        let original = try await Fingerprint.of(source, database: sourceDatabase)
+        for table in ["app.measurements_2024", "app.measurements_default", "public.items"] {
+            #expect(copied.tables[table] == original.tables[table], "content of \(table)")
+        }
+        #expect(copied.tables["app.measurements_2023"] == nil)
+    }
+}

@@ -18,8 +18,11 @@ import PostgresClient
 ///   views, materialized views, sequences, foreign tables); when given,
 ///   `--schema` and `--exclude-schema` do not apply; `--exclude-table`
 ///   always does;
-/// * a partitioned table selects its own definition, not its partitions (a
-///   partition is selected by its own name or its schema);
+/// * a partitioned table named by `--table` or `--exclude-table` means its
+///   whole tree, as `pg_dump --table-and-children` does; a partition named
+///   alone brings the definitions of the partitioned tables above it (not
+///   their other partitions); with schema filters only, a partition goes by
+///   its own schema;
 /// * a pattern that matches nothing is an error.
 struct TableSet: Sendable, Equatable, Codable {
     var filter: ObjectFilter
@@ -117,8 +120,13 @@ struct TableSet: Sendable, Equatable, Codable {
         }
         let includedSchemas = try await schemas(filter.schemas, flag: "\(Setting.schemas)")
         let excludedSchemas = try await schemas(filter.excludeSchemas, flag: "\(Setting.excludeSchemas)")
-        let includedRelations = try await relations(filter.tables, flag: "\(Setting.tables)")
-        let excludedRelations = try await relations(filter.excludeTables, flag: "\(Setting.excludeTables)")
+        // A partitioned table named means its whole tree (pg_dump 16's --table-and-children); a partition
+        // named alone brings the definitions of the tables above it, not their other partitions.
+        var includedRelations = try await relations(filter.tables, flag: "\(Setting.tables)")
+        includedRelations.formUnion(try await partitionTrees(of: includedRelations, on: source, sql: Self.descendantsSQL))
+        includedRelations.formUnion(try await partitionTrees(of: includedRelations, on: source, sql: Self.ancestorsSQL))
+        var excludedRelations = try await relations(filter.excludeTables, flag: "\(Setting.excludeTables)")
+        excludedRelations.formUnion(try await partitionTrees(of: excludedRelations, on: source, sql: Self.descendantsSQL))
         guard unmatched.isEmpty else {
             throw MigrationError(
                 stage, "these patterns match nothing on the source: " + unmatched.joined(separator: ", "),
@@ -184,6 +192,29 @@ struct TableSet: Sendable, Equatable, Codable {
                 fix: "run again once no schema change is under way on the source", code: .tableSet)
         }
     }
+
+    /// The relations `sql` (``descendantsSQL`` or ``ancestorsSQL``) finds for `relations`.
+    private static func partitionTrees(of relations: Set<QualifiedName>, on source: Connection, sql: String) async throws
+        -> Set<QualifiedName>
+    {
+        guard !relations.isEmpty, await source.serverVersion >= 120_000 else { return [] }
+        let rows = try await source.query(sql, [SQL.textArray(relations.map(\.description))]).rows
+        return Set(rows.map { QualifiedName(schema: $0[0]!, name: $0[1]!) })
+    }
+
+    /// Every partition below the partitioned tables among `$1` (quoted names).
+    private static let descendantsSQL = """
+        SELECT n.nspname, c.relname
+        FROM unnest($1::text[]) AS r(name), pg_partition_tree(r.name::regclass) t
+        JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+        """
+
+    /// Every partitioned table above the partitions among `$1` (quoted names).
+    private static let ancestorsSQL = """
+        SELECT n.nspname, c.relname
+        FROM unnest($1::text[]) AS r(name), pg_partition_ancestors(r.name::regclass) a(relid)
+        JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+        """
 
     /// Every relation of a kind `pg_dump` selects, in user schemas, not temporary.
     private static let catalogSQL = """
