@@ -58,6 +58,17 @@ struct Preflight {
             try await checkExtensions(source: sourceConnection, target: targetConnection)
             try await checkRoles(source: sourceConnection, target: targetConnection)
         }
+        let existingEncoding =
+            targetExists && !dropsTarget
+            ? try await databaseSettings(targetConnection).encoding : nil
+        let lacking = try await TargetFeatures(tables: tables).problems(
+            source: sourceConnection, target: targetConnection, existingTargetEncoding: existingEncoding,
+            sourceEncoding: settings.encoding)
+        guard lacking.isEmpty else {
+            throw MigrationError(
+                .validate, "the target server lacks what the migrated data needs: " + lacking.joined(separator: "; "),
+                fix: "each item above says what to do; nothing was written", code: .preflight)
+        }
         if targetExists && !dropsTarget && config.dumpScope != .dataOnly && !resumePlan.targetHoldsRecordedCopy {
             try await checkEmpty(targetConnection)
         }
