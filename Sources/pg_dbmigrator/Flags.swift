@@ -49,6 +49,7 @@ extension MigrationConfig.Setting {
         case .skipAnalyze: "--skip-analyze"
         case .noOwner: "--no-owner"
         case .noACL: "--no-acl"
+        case .copyRoles: "--copy-roles"
         case .pgBinDirectory: "--pg-bin-dir"
         case .resume: "--resume"
         case .stateDirectory: "--state-dir"

@@ -72,6 +72,7 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
         settings.resume = copy.resume
         settings.stateDirectory = copy.stateDir
         settings.terminateTargetSessions = copy.terminateTargetSessions
+        settings.copyRoles = copy.copyRoles
         settings.lockTimeout = OnlineOptions.duration(seconds: copy.lockTimeoutSecs)
         settings.online.dropForeignSlot = online.dropForeignSlot
         return settings
@@ -248,6 +249,12 @@ struct CopyOptions: ParsableArguments {
 
     @Flag(help: "Do not restore privileges (GRANT/REVOKE).")
     var noAcl = false
+
+    @Flag(
+        help:
+            "Create on the target the roles the database needs (owners, grantees, policies' roles) that it lacks, with their attributes, memberships and settings; passwords too when the source login is a superuser."
+    )
+    var copyRoles = false
 
     @Option(help: ArgumentHelp("Directory holding pg_dump, pg_restore and vacuumdb. Default: search PATH.", valueName: "dir"))
     var pgBinDir: String?

@@ -179,4 +179,64 @@ struct FidelityTests {
         let session = try await target.connect(database: targetDatabase)
         #expect(try await session.scalar("SHOW search_path") == "\"$user\", public, \"Other Schema\"")
     }
+
+    @Test("--copy-roles creates the roles the database needs, with attributes, memberships, settings and password; never logged")
+    func copyRoles() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let owner = SharedClusters.uniqueName("app_owner"), reader = SharedClusters.uniqueName("reader")
+        let group = SharedClusters.uniqueName("readers"), password = "owner-Secret-\(UUID().uuidString.prefix(8))"
+        let admin = try await source.connect()
+        try await admin.execute(
+            """
+            CREATE ROLE \(SQL.identifier(group)) NOLOGIN;
+            CREATE ROLE \(SQL.identifier(owner)) LOGIN CREATEDB CONNECTION LIMIT 7 PASSWORD \(SQL.literal(password));
+            CREATE ROLE \(SQL.identifier(reader)) LOGIN IN ROLE \(SQL.identifier(group));
+            ALTER ROLE \(SQL.identifier(reader)) SET work_mem = '5MB'
+            """)
+        let hash = try await admin.scalar("SELECT rolpassword FROM pg_authid WHERE rolname = $1", [owner])
+        let database = try await OnlinePreflightTests.smallSource(
+            """
+            ALTER TABLE items OWNER TO \(SQL.identifier(owner));
+            GRANT SELECT ON items TO \(SQL.identifier(group));
+            ALTER TABLE items ENABLE ROW LEVEL SECURITY;
+            CREATE POLICY readers ON items FOR SELECT TO \(SQL.identifier(reader)) USING (id < 50);
+            """)
+
+        // A target login that may not create roles is refused at Validate, before anything is written.
+        let limited = SharedClusters.uniqueName("limited")
+        try await target.connect().execute("CREATE ROLE \(SQL.identifier(limited)) LOGIN CREATEDB PASSWORD 'limited-pw'")
+        var refused = MigrationConfig(
+            source: try source.connectionString(database: database),
+            target: try ConnectionString(
+                target.url(database: SharedClusters.uniqueName("roles_refused"), user: limited, password: "limited-pw")))
+        refused.copyRoles = true
+        let error = await #expect(throws: MigrationError.self) { try await Migrator(config: refused).run() }
+        #expect(
+            error?.message.contains("may not create roles") == true && error?.message.contains(owner) == true, "\(error?.message ?? "")")
+
+        let targetDatabase = SharedClusters.uniqueName("roles_copy")
+        let events = EventLog()
+        let outcome = try await OfflineMigrationTests.migrate(source: database, target: targetDatabase, events: events) {
+            $0.copyRoles = true
+        }
+        #expect(outcome.verifyReport?.matches == true)
+        let check = try await target.connect(database: targetDatabase)
+        #expect(
+            try await check.scalar(
+                "SELECT rolcreatedb::text || rolconnlimit || rolcanlogin::text FROM pg_roles WHERE rolname = $1", [owner])
+                == "true7true")
+        #expect(try await check.scalar("SELECT pg_has_role($1, $2, 'MEMBER')::text", [reader, group]) == "true")
+        #expect(try await check.scalar("SELECT tableowner FROM pg_tables WHERE tablename = 'items'") == owner)
+        #expect(
+            try await check.scalar(
+                "SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting WHERE setdatabase = 0 AND setrole = $1::regrole",
+                [reader]) == "work_mem=5MB")
+        // The password came along: the owner logs in to the target with it.
+        let asOwner = try await Connection.connect(
+            try ConnectionString(target.url(database: targetDatabase, user: owner, password: password)), label: "owner")
+        #expect(try await asOwner.scalar("SELECT current_user") == owner)
+        let complete = events.all.first { $0.stage == .complete }
+        #expect(complete?.message.contains("roles created on the target") == true && complete?.message.contains(reader) == true)
+        #expect(events.all.allSatisfy { !"\($0.message) \($0.detail)".contains(hash ?? password) && !$0.message.contains(password) })
+    }
 }

@@ -224,12 +224,23 @@ struct OnlineCoverageTests {
 
     @Test("the cutover's apply behind a target session's lock: given up after --lock-timeout-secs, naming the session")
     func applyWaitIsNeverSilent() async throws {
-        let (source, target) = try await SharedClusters.get()
-        let database = try await Self.source()
-        let targetDatabase = SharedClusters.uniqueName("held_apply")
-        let config = try await OnlineMigrationTests.config(source: database, target: targetDatabase) {
+        // Servers of its own: with a 3 s lock timeout, another test's prepared transaction on a shared source
+        // would hold up the slot's creation past it.
+        let source = try await TestCluster.start(name: "held-apply-source")
+        let target = try await TestCluster.start(name: "held-apply-target")
+        defer {
+            source.stop()
+            target.stop()
+        }
+        let database = try await source.createDatabase("app")
+        try await source.connect(database: database).execute(
+            "CREATE TABLE public.t2 (id int PRIMARY KEY, v text); INSERT INTO public.t2 VALUES (1, 'x')")
+        let targetDatabase = "held_apply"
+        var config = try await OnlineMigrationTests.config(source: database, target: targetDatabase) {
             $0.lockTimeout = .seconds(3)
         }
+        config.source = try source.connectionString(database: database)
+        config.target = try target.connectionString(database: targetDatabase)
         let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: EventLog())
         let holder = try await Connection.connect(
             try target.connectionString(database: targetDatabase).setting("application_name", to: "report-job"), label: "holder")
@@ -243,7 +254,6 @@ struct OnlineCoverageTests {
         #expect(
             error?.message.contains("applying up to the barrier") == true && error?.message.contains("report-job") == true
                 && error?.message.contains("RowExclusiveLock lock on") == true, "\(error?.message ?? "")")
-        try await OnlineMigrationTests.removeReplicationObjects(config)
     }
 
     @Test("--resume refuses when the tables to migrate changed since the interrupted run began")

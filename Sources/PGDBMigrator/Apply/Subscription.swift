@@ -137,11 +137,27 @@ struct Subscription {
 /// `pg_stat_statements.track = all` and audit extensions (pgaudit). A superuser turns those off
 /// for the transaction; anyone else is warned first.
 struct SecretKeepingStatement {
-    /// The statement, with ``conninfo`` where the connection string goes.
+    /// The statement, with ``conninfo`` where the secret goes.
     var template: String
-    var conninfo: ConnectionString
+    /// The secret's text, and what messages call it.
+    var secret: String
+    var secretName: String
     /// Whether the statement raises a warning in the normal course (the probe's missing publication).
     var raisesWarning = false
+
+    /// A statement carrying a connection string and its secrets (CREATE SUBSCRIPTION).
+    init(template: String, conninfo: ConnectionString, raisesWarning: Bool = false) {
+        self.init(
+            template: template, secret: conninfo.keywordValue(includingSecrets: true),
+            secretName: "the subscription's connection string, password included", raisesWarning: raisesWarning)
+    }
+
+    init(template: String, secret: String, secretName: String, raisesWarning: Bool = false) {
+        self.template = template
+        self.secret = secret
+        self.secretName = secretName
+        self.raisesWarning = raisesWarning
+    }
 
     /// Stands for the connection string in a template. NUL can be in no SQL text, so it cannot
     /// be mistaken for part of a name.
@@ -164,7 +180,7 @@ struct SecretKeepingStatement {
             try await target.execute(
                 "CREATE TEMPORARY TABLE pg_dbmigrator_conninfo (conninfo text NOT NULL) ON COMMIT DROP")
             try await target.beginCopyIn("COPY pg_temp.pg_dbmigrator_conninfo FROM STDIN")
-            try await target.writeCopyData(Array((SQL.copyTextField(conninfo.keywordValue(includingSecrets: true)) + "\n").utf8))
+            try await target.writeCopyData(Array((SQL.copyTextField(secret) + "\n").utf8))
             _ = try await target.endCopyIn()
             let body = """
                 DECLARE
@@ -217,8 +233,8 @@ struct SecretKeepingStatement {
         let recorders = [trackingAll ? "pg_stat_statements (track = all)" : nil, auditing ? "pgaudit" : nil].compactMap { $0 }
         events.warning(
             stage,
-            "the target records statements run inside functions (\(recorders.joined(separator: ", "))): the subscription's "
-                + "connection string, password included, will be kept there; only a superuser could turn that off for this statement",
+            "the target records statements run inside functions (\(recorders.joined(separator: ", "))): \(secretName) "
+                + "will be kept there; only a superuser could turn that off for this statement",
             ["recorders": .list(recorders)])
     }
 

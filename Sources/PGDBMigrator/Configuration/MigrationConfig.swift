@@ -69,6 +69,8 @@ public struct MigrationConfig: Sendable {
     public var noOwner: Bool
     /// Do not restore privileges (GRANT/REVOKE).
     public var noACL: Bool
+    /// Create on the target the roles the migrated database needs and the target lacks (see ``RoleCopy``).
+    public var copyRoles: Bool = false
     /// Directory holding `pg_dump`, `pg_restore` and `vacuumdb`; searched on `PATH` when nil.
     public var pgBinDirectory: String?
     /// Continue the interrupted run recorded in the state directory instead of starting afresh.

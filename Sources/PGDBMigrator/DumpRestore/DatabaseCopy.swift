@@ -84,6 +84,7 @@ struct DatabaseCopy {
         try await TargetDatabase(target: config.targetEndpoint, events: events).prepare(
             exists: report.targetDatabaseExists, dropFirst: config.dropTargetFirst || resumePlan.recreatesTarget,
             terminatingSessions: config.terminateTargetSessions, like: report.sourceDatabase)
+        try await createRoles()
         if !config.filter.tables.isEmpty && config.dumpScope != .dataOnly {
             try await createSchemasOfSelectedTables()
         }
@@ -107,6 +108,30 @@ struct DatabaseCopy {
             events.info(.analyze, "analyzing the target")
             try await Analyze(config: config, tools: report.tools).run()
             events.info(.analyze, "analyzed the target")
+        }
+    }
+
+    /// `copyRoles`: the roles the restore needs, before it runs.
+    private func createRoles() async throws {
+        let roles = report.rolesToCreate
+        guard !roles.roles.isEmpty else { return }
+        let names = roles.roles.map(\.name)
+        let passwords = try await config.sourceEndpoint.withConnection(label: "roles", stage: .restore) {
+            await RoleCopy.passwords(of: names, on: $0)
+        }
+        let withoutPassword = try await config.targetEndpoint.withConnection(label: "roles", stage: .restore) {
+            try await roles.create(on: $0, passwords: passwords, events: events)
+        }
+        try store.update { $0.copy.rolesCreated = names }
+        events.info(
+            .restore, "created \(names.count) role(s) on the target (this tool never drops them): " + names.joined(separator: ", "),
+            ["roles_created": .list(names)])
+        if !withoutPassword.isEmpty {
+            events.warning(
+                .restore,
+                "login role(s) created without a password, which only a superuser may read on the source: "
+                    + withoutPassword.joined(separator: ", ") + "; set one with ALTER ROLE … PASSWORD before they log in",
+                ["roles_without_password": .list(withoutPassword)])
         }
     }
 

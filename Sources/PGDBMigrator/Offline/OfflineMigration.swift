@@ -23,11 +23,14 @@ struct OfflineMigration {
             // must not hold up the load or ANALYZE.
             try await DatabaseProperties.carry(config: config, events: events, stage: .analyze)
             let verified = try await VerifyRun(config: config, events: events).afterMigration()
+            let rolesCreated = store.current.copy.rolesCreated ?? []
             store.finish()
             let duration = ContinuousClock.now - started
             events.info(
-                .complete, "migration complete in \(formatSeconds(duration.seconds))",
-                ["seconds": .double(duration.seconds), "warnings": .int(warnings.count)])
+                .complete,
+                "migration complete in \(formatSeconds(duration.seconds))"
+                    + (rolesCreated.isEmpty ? "" : "; roles created on the target: " + rolesCreated.joined(separator: ", ")),
+                ["seconds": .double(duration.seconds), "warnings": .int(warnings.count), "roles_created": .list(rolesCreated)])
             return MigrationOutcome(
                 mode: .offline, cutoverTriggered: false, warnings: warnings + (verified?.problems ?? []), duration: duration,
                 verifyReport: verified)

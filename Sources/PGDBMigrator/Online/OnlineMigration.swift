@@ -224,6 +224,7 @@ struct OnlineMigration {
         at barrier: LSN, started: ContinuousClock.Instant, store: RunStateStore, warnings: [String], sequenceFailures: [String: String]?,
         verified: VerifyReport? = nil
     ) throws -> MigrationOutcome {
+        let rolesCreated = store.current.copy.rolesCreated ?? []
         store.finish()
         let duration = ContinuousClock.now - started
         // The setting is in the undo only when this run set it: a DBA's own read-only setting stays.
@@ -247,6 +248,7 @@ struct OnlineMigration {
                     + "\(Cleanup.command(for: config)) \(Setting.dropForeignSlot) \(settings.slotName))")
         }
         if !kept.isEmpty { detail["kept"] = .list(kept) }
+        if !rolesCreated.isEmpty { detail["roles_created"] = .list(rolesCreated) }
         if let verified, !verified.matches {
             // The switch is done: nothing is undone, and the source stays frozen (unchanged, it is the reference).
             let message =
@@ -275,7 +277,8 @@ struct OnlineMigration {
                         + "\(unsynced.count) sequence(s) could not be synced (\(unsynced.joined(separator: ", "))): set them on the "
                         + "target with setval() before writing to their tables")
                     + (undo.map { "; the source database stays read-only, undo with: \($0)" } ?? "")
-                    + (kept.isEmpty ? "" : "; kept as asked: " + kept.joined(separator: "; ")),
+                    + (kept.isEmpty ? "" : "; kept as asked: " + kept.joined(separator: "; "))
+                    + (rolesCreated.isEmpty ? "" : "; roles created on the target: " + rolesCreated.joined(separator: ", ")),
                 detail: detail))
         return MigrationOutcome(
             mode: .online, cutoverTriggered: true, warnings: warnings, duration: duration, barrierLSN: barrier,

@@ -10,6 +10,8 @@ struct PreflightReport: Sendable {
     var sourceDatabase: DatabaseSettings
     /// What the migration carries, resolved once with pg_dump's pattern rules.
     var tables: TableSet
+    /// With `copyRoles`: the roles to create on the target before the restore.
+    var rolesToCreate = RoleCopy(roles: [])
 }
 
 /// Encoding and locale of the source database, so a target we create sorts and stores text the same way.
@@ -54,9 +56,14 @@ struct Preflight {
                 fix: "point \(Setting.target) at the primary")
         }
 
+        var rolesToCreate = RoleCopy(roles: [])
         if config.dumpScope != .dataOnly {
             try await checkExtensions(source: sourceConnection, target: targetConnection)
-            try await checkRoles(source: sourceConnection, target: targetConnection)
+            if config.copyRoles {
+                rolesToCreate = try await rolesToCopy(source: sourceConnection, target: targetConnection)
+            } else {
+                try await checkRoles(source: sourceConnection, target: targetConnection)
+            }
         }
         let existingEncoding =
             targetExists && !dropsTarget
@@ -93,7 +100,27 @@ struct Preflight {
             ])
         return PreflightReport(
             tools: tools, sourceServerVersion: sourceVersion, targetServerVersion: targetVersion,
-            targetDatabaseExists: targetExists, sourceDatabase: settings, tables: tables)
+            targetDatabaseExists: targetExists, sourceDatabase: settings, tables: tables, rolesToCreate: rolesToCreate)
+    }
+
+    /// `copyRoles`: the roles the database needs that the target lacks, refused here when the target
+    /// login could not create them.
+    private func rolesToCopy(source: Connection, target: Connection) async throws -> RoleCopy {
+        let needed = try await source.query(RoleCopy.neededRolesSQL).rows.compactMap { $0[0] }
+        let existing = Set(try await target.query("SELECT rolname FROM pg_roles").rows.compactMap { $0[0] })
+        let roles = try await RoleCopy.read(needed.filter { !existing.contains($0) }, from: source, existingOnTarget: existing)
+        if let refusal = try await roles.refusal(on: target) {
+            throw MigrationError(
+                .validate, refusal,
+                fix: "run with a target login that may create them (CREATEROLE; a superuser for superusers, REPLICATION or "
+                    + "BYPASSRLS roles), or create them yourself and run without \(Setting.copyRoles)", code: .preflight)
+        }
+        if !roles.roles.isEmpty {
+            events.info(
+                .validate, "\(roles.roles.count) role(s) will be created on the target: " + roles.roles.map(\.name).joined(separator: ", "),
+                ["roles": .list(roles.roles.map(\.name))])
+        }
+        return roles
     }
 
     // MARK: - Target database

@@ -30,6 +30,8 @@ struct RunState: Codable, Sendable {
         /// The dump method: a finished dump that a resumed run restores again instead of dumping.
         var dumpPath: String?
         var dumpComplete = false
+        /// Roles this run created on the target (`copyRoles`), listed at Complete; never dropped.
+        var rolesCreated: [String]?
     }
 
     struct OnlineState: Codable, Sendable {
