@@ -147,4 +147,33 @@ struct CrossVersionTests {
         try await source.connect(database: database).execute("DROP TABLE public.hot")
         try await admin.execute("DROP TABLESPACE \(SQL.identifier(space))")
     }
+
+    @Test("a server collation the columns use (ICU's und-x-icu) that the target build lacks is found at Validate")
+    func missingCollation() async throws {
+        let target = try await TestCluster.start(name: "pg18-collation", bin: try TestCluster.postgres18())
+        defer { target.stop() }
+        let database = try await OnlinePreflightTests.smallSource(
+            "CREATE TABLE public.names (id int PRIMARY KEY, label text COLLATE \"und-x-icu\")")
+        let config = try await Self.upgrade(database, into: target)
+        let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
+        #expect(error?.code == .preflight)
+        #expect(
+            error?.message.contains("collations the migrated columns use are missing on the target: und-x-icu") == true
+                && error?.message.contains("ICU") == true, "\(error?.message ?? "")")
+    }
+
+    @Test("an existing target database whose encoding cannot hold the source's text is refused at Validate")
+    func targetEncoding() async throws {
+        let target = try await TestCluster.start(name: "pg18-encoding", bin: try TestCluster.postgres18())
+        defer { target.stop() }
+        let database = try await OnlinePreflightTests.smallSource()
+        var config = try await Self.upgrade(database, into: target)
+        let latin1 = "latin1_target"
+        try await target.connect().execute(
+            "CREATE DATABASE \(latin1) ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+        config.target = try target.connectionString(database: latin1)
+        let error = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
+        #expect(
+            error?.message.contains("the target database's encoding is LATIN1 and the source's UTF8") == true, "\(error?.message ?? "")")
+    }
 }
