@@ -180,18 +180,24 @@ struct FidelityTests {
         #expect(try await session.scalar("SHOW search_path") == "\"$user\", public, \"Other Schema\"")
     }
 
-    @Test("--copy-roles creates the roles the database needs, with attributes, memberships, settings and password; never logged")
-    func copyRoles() async throws {
+    @Test(
+        "--copy-roles creates the roles the database needs, with attributes, memberships, settings and password; never logged",
+        arguments: [MigrationConfig.Mode.offline, .online])
+    func copyRoles(mode: MigrationConfig.Mode) async throws {
         let (source, target) = try await SharedClusters.get()
         let owner = SharedClusters.uniqueName("app_owner"), reader = SharedClusters.uniqueName("reader")
         let group = SharedClusters.uniqueName("readers"), password = "owner-Secret-\(UUID().uuidString.prefix(8))"
+        // A role already on the target that the new group takes in, as on the source.
+        let auditor = SharedClusters.uniqueName("auditor")
+        for cluster in [source, target] { try await cluster.connect().execute("CREATE ROLE \(SQL.identifier(auditor))") }
         let admin = try await source.connect()
         try await admin.execute(
             """
             CREATE ROLE \(SQL.identifier(group)) NOLOGIN;
             CREATE ROLE \(SQL.identifier(owner)) LOGIN CREATEDB CONNECTION LIMIT 7 PASSWORD \(SQL.literal(password));
             CREATE ROLE \(SQL.identifier(reader)) LOGIN IN ROLE \(SQL.identifier(group));
-            ALTER ROLE \(SQL.identifier(reader)) SET work_mem = '5MB'
+            ALTER ROLE \(SQL.identifier(reader)) SET work_mem = '5MB';
+            GRANT \(SQL.identifier(group)) TO \(SQL.identifier(auditor))
             """)
         let hash = try await admin.scalar("SELECT rolpassword FROM pg_authid WHERE rolname = $1", [owner])
         let database = try await OnlinePreflightTests.smallSource(
@@ -216,16 +222,26 @@ struct FidelityTests {
 
         let targetDatabase = SharedClusters.uniqueName("roles_copy")
         let events = EventLog()
-        let outcome = try await OfflineMigrationTests.migrate(source: database, target: targetDatabase, events: events) {
-            $0.copyRoles = true
+        if mode == .offline {
+            let outcome = try await OfflineMigrationTests.migrate(source: database, target: targetDatabase, events: events) {
+                $0.copyRoles = true
+            }
+            #expect(outcome.verifyReport?.matches == true)
+        } else {
+            let config = try await OnlineMigrationTests.config(source: database, target: targetDatabase) { $0.copyRoles = true }
+            let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: events)
+            try await source.connect(database: database).execute("UPDATE items SET v = 'streamed' WHERE id < 10")
+            migrator.cutoverHandle.request()
+            _ = try await run.value
+            #expect(try await Fingerprint.of(target, database: targetDatabase) == Fingerprint.of(source, database: database))
         }
-        #expect(outcome.verifyReport?.matches == true)
         let check = try await target.connect(database: targetDatabase)
         #expect(
             try await check.scalar(
                 "SELECT rolcreatedb::text || rolconnlimit || rolcanlogin::text FROM pg_roles WHERE rolname = $1", [owner])
                 == "true7true")
         #expect(try await check.scalar("SELECT pg_has_role($1, $2, 'MEMBER')::text", [reader, group]) == "true")
+        #expect(try await check.scalar("SELECT pg_has_role($1, $2, 'MEMBER')::text", [auditor, group]) == "true")
         #expect(try await check.scalar("SELECT tableowner FROM pg_tables WHERE tablename = 'items'") == owner)
         #expect(
             try await check.scalar(

@@ -17,8 +17,20 @@ struct RoleCopy: Sendable {
         var validUntil: String?
         /// Roles it is a member of (that exist on the target or are created too), with ADMIN OPTION or not.
         var memberOf: [(role: String, admin: Bool)]
+        /// Roles already on the target that are members of it on the source (a group created for them).
+        var existingMembers: [(role: String, admin: Bool)] = []
         /// `name=value` settings of the role itself (`ALTER ROLE … SET`).
         var settings: [String]
+
+        init(
+            name: String, superuser: Bool, inherit: Bool, createRole: Bool, createDB: Bool, login: Bool, replication: Bool,
+            bypassRLS: Bool, connectionLimit: Int, validUntil: String?, memberOf: [(role: String, admin: Bool)],
+            existingMembers: [(role: String, admin: Bool)], settings: [String]
+        ) {
+            (self.name, self.superuser, self.inherit, self.createRole, self.createDB) = (name, superuser, inherit, createRole, createDB)
+            (self.login, self.replication, self.bypassRLS, self.connectionLimit) = (login, replication, bypassRLS, connectionLimit)
+            (self.validUntil, self.memberOf, self.existingMembers, self.settings) = (validUntil, memberOf, existingMembers, settings)
+        }
 
         static func == (a: Role, b: Role) -> Bool { a.name == b.name }
 
@@ -56,6 +68,15 @@ struct RoleCopy: Sendable {
                 guard let parent = row[0], existingOnTarget.contains(parent) || creating.contains(parent) else { return nil }
                 return (parent, row[1] == "true")
             }
+            let existingMembers = try await source.query(
+                """
+                SELECT pg_get_userbyid(m.member), m.admin_option::text FROM pg_auth_members m
+                WHERE m.roleid = (SELECT oid FROM pg_roles WHERE rolname = $1) ORDER BY 1
+                """, [name]
+            ).rows.compactMap { row -> (String, Bool)? in
+                guard let member = row[0], existingOnTarget.contains(member) else { return nil }
+                return (member, row[1] == "true")
+            }
             let settings = try await source.query(
                 """
                 SELECT unnest(setconfig) FROM pg_db_role_setting
@@ -66,7 +87,8 @@ struct RoleCopy: Sendable {
                 Role(
                     name: name, superuser: row[1] == "true", inherit: row[2] == "true", createRole: row[3] == "true",
                     createDB: row[4] == "true", login: row[5] == "true", replication: row[6] == "true", bypassRLS: row[7] == "true",
-                    connectionLimit: Int(row[8] ?? "-1") ?? -1, validUntil: row[9], memberOf: memberships, settings: settings))
+                    connectionLimit: Int(row[8] ?? "-1") ?? -1, validUntil: row[9], memberOf: memberships,
+                    existingMembers: existingMembers, settings: settings))
         }
         return RoleCopy(roles: roles)
     }
@@ -108,6 +130,10 @@ struct RoleCopy: Sendable {
             for (parent, admin) in role.memberOf {
                 try await target.execute(
                     "GRANT \(SQL.identifier(parent)) TO \(SQL.identifier(role.name))" + (admin ? " WITH ADMIN OPTION" : ""))
+            }
+            for (member, admin) in role.existingMembers {
+                try await target.execute(
+                    "GRANT \(SQL.identifier(role.name)) TO \(SQL.identifier(member))" + (admin ? " WITH ADMIN OPTION" : ""))
             }
             for setting in role.settings {
                 try await target.execute("ALTER ROLE \(SQL.identifier(role.name)) SET \(DatabaseProperties.assignment(setting))")
