@@ -62,6 +62,8 @@ extension MigrationConfig.Setting {
         case .subscriptionName: "--subscription-name"
         case .subscriptionSource: "--subscription-source"
         case .lagThresholdBytes: "--lag-threshold-bytes"
+        case .lagThresholdSeconds: "--lag-threshold-secs"
+        case .everyLagReading: "--json-heartbeat"
         case .pollInterval: "--cutover-poll-secs"
         case .fastPollInterval: "--cutover-fast-poll-ms"
         case .cutoverTimeout: "--cutover-timeout-secs"

@@ -73,6 +73,7 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
         settings.stateDirectory = copy.stateDir
         settings.terminateTargetSessions = copy.terminateTargetSessions
         settings.copyRoles = copy.copyRoles
+        settings.online.everyLagReading = output.jsonHeartbeat
         settings.lockTimeout = OnlineOptions.duration(seconds: copy.lockTimeoutSecs)
         settings.online.dropForeignSlot = online.dropForeignSlot
         return settings
@@ -279,8 +280,14 @@ struct OnlineOptions: ParsableArguments {
             valueName: "conninfo"))
     var subscriptionSource: String?
 
-    @Option(help: "CaughtUp (\"ready for cutover\") fires when the lag is at or below this many bytes. Advisory only.")
-    var lagThresholdBytes: UInt64 = 65536
+    @Option(
+        help: ArgumentHelp(
+            "CaughtUp (\"ready for cutover\") fires when the target is at most this many seconds behind; FellBehind only "
+                + "after three readings over twice that. Advisory only.", valueName: "seconds"))
+    var lagThresholdSecs: Double = 5
+
+    @Option(help: "Judge CaughtUp/FellBehind in bytes of lag instead of seconds (the same hysteresis).")
+    var lagThresholdBytes: UInt64?
 
     @Option(help: "Seconds between Lag heartbeats.")
     var cutoverPollSecs: Double = 5
@@ -346,6 +353,7 @@ struct OnlineOptions: ParsableArguments {
             cutoverTimeout: Self.duration(seconds: cutoverTimeoutSecs), keepSubscription: keepSubscription,
             keepSlot: keepSlot, syncSequences: !noSequenceSync, autoCreatePublication: !noAutoCreatePublication,
             forceClean: forceClean, freezeSourceAtCutover: freezeSourceAtCutover, setReplicaIdentityFull: setReplicaIdentityFull)
+        settings.lagThresholdSeconds = lagThresholdSecs
         settings.dryRun = dryRun
         // Out-of-range values become a value the library refuses by name, never a trap.
         settings.maxRetainedWALBytes = maxRetainedWalMb.map { megabytes in
@@ -418,6 +426,9 @@ struct OutputOptions: ParsableArguments {
 
     @Flag(name: .shortAndLong, help: "Show event details and library debug logs on stderr.")
     var verbose = false
+
+    @Flag(help: "Every lag reading as an event (once caught up, the default is one per --cutover-poll-secs at most, when it changed).")
+    var jsonHeartbeat = false
 }
 
 extension MigrationConfig.Mode: ExpressibleByArgument {}

@@ -266,6 +266,36 @@ struct OnlineMigrationTests {
         try await Self.removeReplicationObjects(config)
     }
 
+    @Test("a quiet heartbeat: once caught up, at most one Lag event per poll interval; a steady trickle never flaps; lag in seconds")
+    func quietHeartbeat() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let database = try await OnlinePreflightTests.smallSource()
+        let targetDatabase = SharedClusters.uniqueName("quiet")
+        let config = try await Self.config(source: database, target: targetDatabase)  // polls every 500 ms, 100 ms once caught up
+        let events = EventLog()
+        let (migrator, run) = try await Self.startStreaming(config, events: events)
+        let deadline = Date().addingTimeInterval(60)
+        while !events.stages.contains(.caughtUp) && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        let caughtUpAt = events.all.count
+        let writer = try await source.connect(database: database)
+        let started = Date()
+        for i in 0..<30 {  // a steady trickle, then idle
+            try await writer.execute("UPDATE items SET v = 'trickle \(i)' WHERE id = \(i % 100 + 1)")
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        try await Task.sleep(for: .seconds(2))
+        let seconds = Date().timeIntervalSince(started)
+        let after = Array(events.all.dropFirst(caughtUpAt))
+        let lagEvents = after.filter { $0.stage == .lag }
+        #expect(!after.contains { $0.stage == .fellBehind }, "\(after.map(\.message))")
+        #expect(
+            Double(lagEvents.count) <= seconds / 0.5 + 2, "\(lagEvents.count) Lag events in \(seconds) s, fast-polled every 100 ms")
+        #expect(events.all.contains { $0.stage == .lag && $0.detail["lag_seconds"] != nil }, "lag is measured in seconds too")
+        migrator.cutoverHandle.request()
+        _ = try await run.value
+        #expect(try await Fingerprint.of(target, database: targetDatabase) == Fingerprint.of(source, database: database))
+    }
+
     @Test("a sequence that cannot be synced is reported by name, the cutover completes, and the CLI exits 1")
     func sequenceSyncFailure() async throws {
         let (source, target) = try await SharedClusters.get()

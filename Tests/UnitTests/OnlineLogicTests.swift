@@ -22,15 +22,61 @@ import Testing
 }
 
 @Suite struct LagStateMachineTests {
-    @Test("CaughtUp fires once, FellBehind when lag climbs back, CaughtUp again after")
+    @Test("CaughtUp fires once; FellBehind only after three readings over twice the threshold; CaughtUp again after")
     func transitions() {
-        var machine = LagStateMachine(threshold: 100)
-        #expect(machine.observe(lagBytes: 5000) == nil)
-        #expect(machine.observe(lagBytes: 100) == .caughtUp)
-        #expect(machine.observe(lagBytes: 0) == nil)
-        #expect(machine.observe(lagBytes: 101) == .fellBehind)
-        #expect(machine.observe(lagBytes: 500) == nil)
-        #expect(machine.observe(lagBytes: 50) == .caughtUp)
+        var machine = LagStateMachine(threshold: .bytes(100))
+        #expect(machine.observe(lagBytes: 5000, lagSeconds: nil) == nil)
+        #expect(machine.observe(lagBytes: 100, lagSeconds: nil) == .caughtUp)
+        #expect(machine.observe(lagBytes: 0, lagSeconds: nil) == nil)
+        // A wobble around the threshold, even a short spike, is not falling behind.
+        for lag: UInt64 in [150, 199, 250, 90, 300, 300, 120] {
+            let event = machine.observe(lagBytes: lag, lagSeconds: nil)
+            #expect(event == nil)
+        }
+        #expect(machine.observe(lagBytes: 300, lagSeconds: nil) == nil)
+        #expect(machine.observe(lagBytes: 301, lagSeconds: nil) == nil)
+        #expect(machine.observe(lagBytes: 500, lagSeconds: nil) == .fellBehind)
+        #expect(machine.observe(lagBytes: 500, lagSeconds: nil) == nil)
+        #expect(machine.observe(lagBytes: 50, lagSeconds: nil) == .caughtUp)
+    }
+
+    @Test("in seconds (the default), bytes do not matter and an unknown time lag changes nothing")
+    func seconds() {
+        var machine = LagStateMachine(threshold: .seconds(5))
+        #expect(machine.observe(lagBytes: 10_000_000, lagSeconds: nil) == nil)
+        #expect(machine.observe(lagBytes: 10_000_000, lagSeconds: 2) == .caughtUp)
+        for _ in 0..<5 {
+            let event = machine.observe(lagBytes: 50_000_000, lagSeconds: 9)
+            #expect(event == nil)
+        }
+        #expect(machine.observe(lagBytes: 0, lagSeconds: 11) == nil)
+        #expect(machine.observe(lagBytes: 0, lagSeconds: nil) == nil)
+        #expect(machine.observe(lagBytes: 0, lagSeconds: 11) == nil)
+        #expect(machine.observe(lagBytes: 0, lagSeconds: 12) == .fellBehind)
+    }
+}
+
+@Suite struct HeartbeatPaceTests {
+    @Test("once caught up: at most one report per interval, and only when the lag changed or a minute passed")
+    func quiet() {
+        let start = ContinuousClock.now
+        var pace = HeartbeatPace(interval: .seconds(5))
+        // (lag bytes, caught up, seconds after start) → reported
+        let readings: [(UInt64, Bool, Double, Bool)] = [
+            (900, false, 0, true), (900, false, 0.1, true),  // every reading until caught up
+            (0, true, 1, false),  // the fast poll stays internal
+            (0, true, 6, true),  // changed, and the interval passed
+            (0, true, 12, false), (0, true, 50, false),  // unchanged
+            (0, true, 67, true),  // a minute passed
+        ]
+        for (lag, caughtUp, after, reported) in readings {
+            let decided = pace.shouldReport(lagBytes: lag, caughtUp: caughtUp, now: start + .milliseconds(Int(after * 1000)))
+            #expect(decided == reported, "\(lag) bytes at \(after) s")
+        }
+        var every = HeartbeatPace(interval: .seconds(5), everyReading: true)
+        let first = every.shouldReport(lagBytes: 0, caughtUp: true, now: start)
+        let second = every.shouldReport(lagBytes: 0, caughtUp: true, now: start + .milliseconds(100))
+        #expect(first && second)
     }
 }
 

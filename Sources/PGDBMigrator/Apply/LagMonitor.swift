@@ -13,14 +13,20 @@ struct LagReading: Sendable {
     var workerRunning: Bool
     /// `pg_stat_subscription_stats.apply_error_count` (PostgreSQL 15+), else nil.
     var applyErrors: Int?
+    /// How far behind the target is in time: the `replay_lag` the source's walsender for the subscription
+    /// measures; 0 when nothing is left to apply; nil when unknown (the walsender is not connected, or has
+    /// not measured yet).
+    var lagSeconds: Double?
 
     var lagBytes: UInt64 { sourceLSN.bytes(since: appliedLSN) }
 
     var detail: [String: EventValue] {
-        [
+        var detail: [String: EventValue] = [
             "lag_bytes": .int(Int(lagBytes)), "source_lsn": .string(sourceLSN.description),
             "received_lsn": .string(receivedLSN?.description ?? "none"), "applied_lsn": .string(appliedLSN.description),
         ]
+        if let lagSeconds { detail["lag_seconds"] = .double(lagSeconds) }
+        return detail
     }
 }
 
@@ -34,7 +40,9 @@ struct LagMonitor {
             """
             SELECT pg_current_wal_lsn()::text,
                    (SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1),
-                   (SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1)
+                   (SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1),
+                   (SELECT coalesce(extract(epoch FROM r.replay_lag), -1)::text
+                    FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1)
             """, [slotName]
         ).rows[0]
         guard let sourceLSN = sourceRow[0].flatMap(LSN.init) else {
@@ -57,9 +65,12 @@ struct LagMonitor {
                    \(errorsColumn)
             """, [subscriptionName]
         ).rows[0]
+        // The walsender's replay_lag goes NULL (-1 here) once it is idle: nothing to apply means 0 s behind.
+        let replayLag = sourceRow[3].flatMap(Double.init)
+        let lagSeconds = sourceLSN.bytes(since: applied) == 0 ? 0 : replayLag.flatMap { $0 < 0 ? nil : $0 }
         return LagReading(
             sourceLSN: sourceLSN, receivedLSN: targetRow[0].flatMap(LSN.init), appliedLSN: applied,
-            workerRunning: targetRow[1] == "t", applyErrors: targetRow[2].flatMap { Int($0) })
+            workerRunning: targetRow[1] == "t", applyErrors: targetRow[2].flatMap { Int($0) }, lagSeconds: lagSeconds)
     }
 }
 
@@ -71,22 +82,65 @@ struct LagStateMachine {
         case fellBehind
     }
 
-    var threshold: UInt64
+    /// What "caught up" is measured in: seconds behind (the default), or bytes when asked.
+    enum Threshold: Equatable {
+        case seconds(Double)
+        case bytes(UInt64)
+    }
+
+    var threshold: Threshold
+    /// How many readings in a row must be over twice the threshold before `FellBehind`: a healthy
+    /// stream's lag wobbles around the threshold without ever meaning the target fell behind.
+    var patience = 3
     private(set) var caughtUp = false
+    private var readingsOver = 0
 
-    init(threshold: UInt64) { self.threshold = threshold }
+    init(threshold: Threshold) { self.threshold = threshold }
 
-    /// `CaughtUp` once when lag first reaches the threshold; `FellBehind` if it climbs back over, and so on.
-    mutating func observe(lagBytes: UInt64) -> Event? {
-        if !caughtUp && lagBytes <= threshold {
+    /// `CaughtUp` once when lag first reaches the threshold; `FellBehind` once it stays over twice the
+    /// threshold for ``patience`` readings; and so on. A reading whose time lag is unknown changes nothing.
+    mutating func observe(lagBytes: UInt64, lagSeconds: Double?) -> Event? {
+        let lag: Double, limit: Double
+        switch threshold {
+        case .bytes(let bytes): (lag, limit) = (Double(lagBytes), Double(bytes))
+        case .seconds(let seconds):
+            guard let lagSeconds else { return nil }
+            (lag, limit) = (lagSeconds, seconds)
+        }
+        if !caughtUp {
+            guard lag <= limit else { return nil }
             caughtUp = true
+            readingsOver = 0
             return .caughtUp
         }
-        if caughtUp && lagBytes > threshold {
-            caughtUp = false
-            return .fellBehind
-        }
-        return nil
+        readingsOver = lag > 2 * limit ? readingsOver + 1 : 0
+        guard readingsOver >= patience else { return nil }
+        caughtUp = false
+        readingsOver = 0
+        return .fellBehind
+    }
+}
+
+/// Which lag readings become events: all of them until caught up; then at most one per `interval`, and
+/// only when the lag changed or a minute passed (the fast poll stays internal). `everyReading` keeps them all.
+struct HeartbeatPace {
+    var interval: Duration
+    var everyReading = false
+    var quietFor: Duration = .seconds(60)
+    private var last: (at: ContinuousClock.Instant, lagBytes: UInt64)?
+
+    init(interval: Duration, everyReading: Bool = false) {
+        self.interval = interval
+        self.everyReading = everyReading
+    }
+
+    mutating func shouldReport(lagBytes: UInt64, caughtUp: Bool, now: ContinuousClock.Instant = .now) -> Bool {
+        let report: Bool =
+            if everyReading || !caughtUp { true } else if let last {
+                now - last.at >= interval && (lagBytes != last.lagBytes || now - last.at >= quietFor)
+            } else { true }
+        if report { last = (now, lagBytes) }
+        return report
     }
 }
 

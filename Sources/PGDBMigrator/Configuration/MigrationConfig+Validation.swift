@@ -81,6 +81,10 @@ extension OnlineSettings {
         where interval <= .zero || interval > Self.longestInterval {
             throw MigrationError(.validate, "\(flag) must be more than 0 and at most 30 days", code: .invalidArgument)
         }
+        guard lagThresholdSeconds.isFinite, lagThresholdSeconds > 0, lagThresholdSeconds <= 86_400 else {
+            throw MigrationError(
+                .validate, "\(Setting.lagThresholdSeconds) must be more than 0 and at most one day", code: .invalidArgument)
+        }
         if let limit = maxRetainedWALBytes, limit == 0 || limit > Self.largestWALLimit {
             throw MigrationError(
                 .validate, "\(Setting.maxRetainedWALBytes) must be between 1 and 1000000000 (MiB, about 1 PB)", code: .invalidArgument)

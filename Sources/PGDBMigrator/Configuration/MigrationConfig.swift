@@ -140,8 +140,14 @@ public struct OnlineSettings: Sendable {
     public var subscriptionName: String
     /// The connection string the target's apply worker uses to reach the source; `source` when nil.
     public var subscriptionSource: ConnectionString?
-    /// `CaughtUp` fires when the lag is at or below this many bytes. Advisory only.
-    public var lagThresholdBytes: UInt64
+    /// `CaughtUp` fires when the lag is at or below this many bytes; nil: judged in seconds
+    /// (``lagThresholdSeconds``). Advisory only.
+    public var lagThresholdBytes: UInt64?
+    /// `CaughtUp` fires when the target is at most this many seconds behind (when no byte threshold is given).
+    public var lagThresholdSeconds: Double = 5
+    /// Emit every lag reading as an event, instead of at most one per `pollInterval` once caught up
+    /// (and then only when the lag changed, or a minute passed).
+    public var everyLagReading: Bool = false
     /// Lag heartbeat interval.
     public var pollInterval: Duration
     /// Heartbeat interval once within the threshold, and while cutover waits for the barrier.
@@ -173,7 +179,7 @@ public struct OnlineSettings: Sendable {
     public init(
         slotName: String = "pg_dbmigrator_slot", publication: String = "pg_dbmigrator_pub",
         subscriptionName: String = "pg_dbmigrator_sub", subscriptionSource: ConnectionString? = nil,
-        lagThresholdBytes: UInt64 = 64 * 1024, pollInterval: Duration = .seconds(5),
+        lagThresholdBytes: UInt64? = nil, pollInterval: Duration = .seconds(5),
         fastPollInterval: Duration = .milliseconds(500), cutoverTimeout: Duration = .seconds(300),
         keepSubscription: Bool = false, keepSlot: Bool = false, syncSequences: Bool = true,
         autoCreatePublication: Bool = true, forceClean: Bool = false, freezeSourceAtCutover: Bool = false,

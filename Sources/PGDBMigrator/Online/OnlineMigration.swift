@@ -369,21 +369,36 @@ struct OnlineMigration {
     /// Lag events every poll interval (faster once within the threshold) until cutover is requested.
     private func heartbeat(_ sessions: ControlSessions) async throws {
         let monitor = LagMonitor(slotName: settings.slotName, subscriptionName: settings.subscriptionName)
-        var machine = LagStateMachine(threshold: settings.lagThresholdBytes)
+        var machine = LagStateMachine(threshold: settings.lagThresholdBytes.map { .bytes($0) } ?? .seconds(settings.lagThresholdSeconds))
+        var pace = HeartbeatPace(interval: settings.pollInterval, everyReading: settings.everyLagReading)
         var health = ApplyHealth(grace: settings.applyFailureGrace)
+        var previous: (reading: LagReading, at: ContinuousClock.Instant)?
         // At least one reading, so the state at cutover is on record even when it was requested at once.
         repeat {
             try Task.checkCancellation()
             let reading = try await sessions.retrying { try await monitor.read(source: $0, target: $1) }
-            events.info(
-                .lag,
-                "replication lag \(reading.lagBytes) bytes (source LSN \(reading.sourceLSN), received LSN \(reading.receivedLSN?.description ?? "none"), applied LSN \(reading.appliedLSN))",
-                reading.detail)
-            switch machine.observe(lagBytes: reading.lagBytes) {
+            let now = ContinuousClock.now
+            var detail = reading.detail
+            // The apply rate since the last reading, and how long the target would take to catch up at it.
+            if let previous, now > previous.at {
+                let rate = Double(reading.appliedLSN.bytes(since: previous.reading.appliedLSN)) / (now - previous.at).seconds
+                detail["apply_rate_bytes_per_second"] = .double(rate)
+                if rate > 0 { detail["catch_up_estimate_seconds"] = .double(Double(reading.lagBytes) / rate) }
+            }
+            previous = (reading, now)
+            let behind = "\(reading.lagBytes) bytes" + (reading.lagSeconds.map { ", \(formatSeconds($0))" } ?? "")
+            let transition = machine.observe(lagBytes: reading.lagBytes, lagSeconds: reading.lagSeconds)
+            if pace.shouldReport(lagBytes: reading.lagBytes, caughtUp: machine.caughtUp && transition == nil, now: now) {
+                events.info(
+                    .lag,
+                    "replication lag \(behind) (source LSN \(reading.sourceLSN), received LSN \(reading.receivedLSN?.description ?? "none"), applied LSN \(reading.appliedLSN))",
+                    detail)
+            }
+            switch transition {
             case .caughtUp:
-                events.info(.caughtUp, "target caught up with source (lag \(reading.lagBytes) bytes) — ready for cutover", reading.detail)
+                events.info(.caughtUp, "target caught up with source (lag \(behind)) — ready for cutover", detail)
             case .fellBehind:
-                events.warning(.fellBehind, "target fell behind (lag \(reading.lagBytes) bytes)", reading.detail)
+                events.warning(.fellBehind, "target fell behind (lag \(behind))", detail)
             case nil:
                 break
             }
