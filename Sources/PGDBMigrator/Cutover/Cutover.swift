@@ -120,7 +120,8 @@ struct Cutover {
         return (barrier, sequences)
     }
 
-    /// Polls until the slot's confirmed position (what the target applied and flushed) reaches the barrier.
+    /// Polls until the slot's confirmed position (what the target applied and flushed) reaches the barrier:
+    /// every 20 ms at most, since with a freeze writes are held for as long as this takes.
     private func waitForApply(past barrier: LSN) async throws {
         let monitor = LagMonitor(slotName: settings.slotName, subscriptionName: settings.subscriptionName)
         let deadline = ContinuousClock.now + settings.cutoverTimeout
@@ -146,7 +147,7 @@ struct Cutover {
                         "nothing was dropped; check the target's server log for apply errors, then run again with a longer \(Setting.cutoverTimeout)"
                 )
             }
-            try await Task.sleep(for: settings.fastPollInterval)
+            try await Task.sleep(for: min(settings.fastPollInterval, .milliseconds(20)))
         }
     }
 }

@@ -135,7 +135,7 @@ actor ReplicationSlot {
                     "waiting \(Int((lastReport - started).seconds)) s for the replication slot \(SQL.identifier(name)) to be released "
                         + "before dropping it, held by \(holder)", ["slot": .string(name), "active_pid": .string(active)])
             }
-            try await Task.sleep(for: .milliseconds(200))
+            try await Task.sleep(for: .milliseconds(20))  // the cutover's teardown waits on this: writes may be held
         }
     }
 }
