@@ -180,11 +180,12 @@ struct CLITests {
         // Under a loaded machine (CI runs every suite at once) reaching the lock can take a while; what is
         // asserted is that it is reached, then that the signal frees it within seconds.
         var held = false
-        for _ in 0..<300 where !held {
+        for _ in 0..<600 where !held {
             try await Task.sleep(for: .milliseconds(100))
             held = copyMethod == .dump ? !dumpers().isEmpty : try await waitingSessions() != "0"
         }
-        #expect(held, copyMethod == .dump ? "pg_dump should be running" : "the catalog session should be waiting for its lock")
+        let waitingFor = copyMethod == .dump ? "pg_dump should be running" : "the catalog session should be waiting for its lock"
+        #expect(held, "\(waitingFor); stderr so far: \(running.stderrSoFar)")
 
         let signalled = Date()
         running.signal(signal)

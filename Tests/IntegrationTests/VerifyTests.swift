@@ -1,7 +1,8 @@
 import Foundation
-import PGDBMigrator
 import PostgresClient
 import Testing
+
+@testable import PGDBMigrator
 
 /// `--mode verify` against real servers: it passes on equal databases and catches each kind of difference.
 @Suite(.serialized, .timeLimit(.minutes(5)))
@@ -122,6 +123,47 @@ struct VerifyTests {
         #expect(broken.sequencesBehind.map(\.sequence) == ["public.countdown"], "a sequence counting down is behind when higher")
         try await Self.onTarget(target, "SELECT setval('public.countdown', -7)")
         #expect(try await Self.verify(pair).sequencesBehind.isEmpty, "a sequence counting down is ahead when lower")
+    }
+
+    @Test("rows of plain types are hashed value by value, and a microsecond or a letter's case still differs")
+    func valueHashing() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let database = try await OnlinePreflightTests.smallSource(
+            """
+            CREATE TABLE public.events (id int PRIMARY KEY, note text, at timestamptz, flag bool, ref uuid, raw bytea);
+            INSERT INTO public.events SELECT g, 'note ' || g, timestamptz '2024-01-01' + g * interval '1 minute', g % 2 = 0,
+                md5(g::text)::uuid, decode(md5(g::text), 'hex') FROM generate_series(1, 500) g;
+            CREATE TABLE public.prices (id int PRIMARY KEY, amount numeric);
+            INSERT INTO public.prices VALUES (1, 1.00);
+            """)
+        let targetDatabase = SharedClusters.uniqueName("hashed")
+        let outcome = try await OfflineMigrationTests.migrate(source: database, target: targetDatabase)
+        #expect(outcome.verifyReport?.matches == true)
+        let sourceSession = try await source.connect(database: database)
+        let targetSession = try await target.connect(database: targetDatabase)
+        let hashed = try await Verifier.valueHashed(
+            [QualifiedName(schema: "public", name: "events"), QualifiedName(schema: "public", name: "prices")],
+            source: sourceSession, target: targetSession)
+        #expect(hashed == [QualifiedName(schema: "public", name: "events")], "numeric keeps the text: 1.0 = 1.00")
+        let pair = (source: database, target: targetDatabase)
+        let changes = [
+            (
+                "UPDATE public.events SET at = at + interval '1 microsecond' WHERE id = 7",
+                "UPDATE public.events SET at = at - interval '1 microsecond' WHERE id = 7"
+            ),
+            ("UPDATE public.events SET note = upper(note) WHERE id = 7", "UPDATE public.events SET note = 'note 7' WHERE id = 7"),
+            (
+                "UPDATE public.events SET raw = raw || '\\x00'::bytea WHERE id = 7",
+                "UPDATE public.events SET raw = decode(md5('7'), 'hex') WHERE id = 7"
+            ),
+            ("UPDATE public.prices SET amount = 1.0 WHERE id = 1", "UPDATE public.prices SET amount = 1.00 WHERE id = 1"),
+        ]
+        for (change, undo) in changes {
+            try await targetSession.execute(change)
+            #expect(!(try await Self.verify(pair).matches), "\(change) went unnoticed")
+            try await targetSession.execute(undo)
+            #expect(try await Self.verify(pair).matches, "after \(undo)")
+        }
     }
 
     @Test("filters limit what is compared")
