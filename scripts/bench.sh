@@ -2,7 +2,8 @@
 # The copy benchmark: every method on the same two servers, in the same run,
 # alternating, so the ratios mean something on a noisy machine.
 #
-#   native    pg_dbmigrator --copy-method native
+#   native    pg_dbmigrator --copy-method native --verify off
+#   verified  pg_dbmigrator --copy-method native (the default: every row verified after the copy)
 #   dump      pg_dbmigrator --copy-method dump
 #   pg_dump   pg_dump -Fd -j J, then pg_restore -j J
 #   pgcopydb  pgcopydb clone --table-jobs J --index-jobs J   (Debian's pgcopydb; skipped with a note if it cannot run)
@@ -27,7 +28,7 @@ source scripts/lib/clusters.sh
 ensure_prerequisites
 DATASETS=${1:-pgbench,wide}; JOBS=${2:-2}; ROUNDS=${3:-3}
 SCALE=${SCALE:-50}; WIDE_MB=${WIDE_MB:-1000}
-METHODS=(native dump pg_dump pgcopydb raw)
+METHODS=(native verified dump pg_dump pgcopydb raw)
 
 if ! command -v pgcopydb >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; then
     sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
@@ -37,7 +38,7 @@ fi
 [ -x /usr/bin/time ] || { echo "error: /usr/bin/time is needed (apt-get install time)" >&2; exit 1; }
 if ! command -v pgcopydb >/dev/null 2>&1; then
     echo "note: pgcopydb is not installed and could not be installed; its column is skipped" >&2
-    METHODS=(native dump pg_dump raw)
+    METHODS=(native verified dump pg_dump raw)
 fi
 
 trap stop_clusters EXIT
@@ -79,9 +80,11 @@ run_method() {
     psql_at "$DST" postgres -c "DROP DATABASE IF EXISTS copy WITH (FORCE)" >/dev/null
     start=$(now)
     case $method in
-        native | dump)
+        native | dump | verified)
+            local copy_method=$method verify=off
+            [ "$method" = verified ] && copy_method=native verify=strict
             /usr/bin/time -f "%M" -o "$dir/rss" env PG_DBMIGRATOR_SOURCE="$(url "$SRC" "$db")" PG_DBMIGRATOR_TARGET="$(url "$DST" copy)" \
-                "$BIN" --mode offline --copy-method "$method" --jobs "$JOBS" --verify off >/dev/null 2>"$dir/log" \
+                "$BIN" --mode offline --copy-method "$copy_method" --jobs "$JOBS" --verify "$verify" >/dev/null 2>"$dir/log" \
                 || { cat "$dir/log" >&2; return 1; }
             rss=$(cat "$dir/rss") ;;
         pg_dump)
