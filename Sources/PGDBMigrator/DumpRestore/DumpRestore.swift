@@ -65,16 +65,7 @@ struct DumpRestore {
         var tolerated: [String] = []
         for section in sections {
             // Our own publications (post-data) stay behind.
-            var list: String?
-            if section == "post-data" {
-                let exclusions = try await source.withConnection(stage: .restore) { try await RestoreList.ownPublications(on: $0) }
-                if !exclusions.isEmpty {
-                    let contents = try await tableOfContents(of: directory.dumpPath, writingTo: directory.listPath)
-                    try RestoreList(lines: contents).excluding(exclusions).joined(separator: "\n")
-                        .write(toFile: directory.listPath, atomically: true, encoding: .utf8)
-                    list = directory.listPath
-                }
-            }
+            let list = section == "post-data" ? try await restoreList(of: directory.dumpPath, writingTo: directory.listPath) : nil
             // pre-data is mostly serial DDL; workers only pay off for data and indexes.
             tolerated += try await restore(
                 section: section, from: directory.dumpPath, jobs: section == "pre-data" ? 1 : config.jobs, list: list)
@@ -141,8 +132,23 @@ struct DumpRestore {
         return tolerated
     }
 
+    /// Writes to `listPath` the archive's table of contents without our own publications (see
+    /// ``RestoreList/ownPublications(on:)``) and the entries of `built`, for `pg_restore --use-list`.
+    /// Returns `listPath`, or nil when nothing is left out.
+    func restoreList(of archive: String, writingTo listPath: String, excluding built: Set<RestoreList.Entry> = []) async throws
+        -> String?
+    {
+        var exclusions = try await source.withConnection(stage: .restore) { try await RestoreList.ownPublications(on: $0) }
+        exclusions.entries.formUnion(built)
+        guard !exclusions.isEmpty else { return nil }
+        let contents = try await tableOfContents(of: archive, writingTo: listPath)
+        try RestoreList(lines: contents).excluding(exclusions).joined(separator: "\n")
+            .write(toFile: listPath, atomically: true, encoding: .utf8)
+        return listPath
+    }
+
     /// The archive's table of contents (`pg_restore --list`), one entry a line.
-    func tableOfContents(of archive: String, writingTo listPath: String) async throws -> [String] {
+    private func tableOfContents(of archive: String, writingTo listPath: String) async throws -> [String] {
         let child = ChildProcess(
             executable: tools.pgRestore.path, arguments: ["--list", "--file=\(listPath)", archive], environment: [:])
         let exit = try await child.run()

@@ -99,18 +99,14 @@ struct NativeCopy {
             await release()
 
             guard !(resuming && recorded.postDataDone) else { return tolerated }
-            let contents = try await dumpRestore.tableOfContents(of: directory.archivePath, writingTo: directory.listPath)
-            var exclusions = try await config.sourceEndpoint.withConnection(stage: .restore) {
-                try await RestoreList.ownPublications(on: $0)
-            }
-            exclusions.entries.formUnion(builds.map { $0.entryType == "INDEX" ? .index($0.catalogOID) : .constraint($0.catalogOID) })
-            let list = RestoreList(lines: contents).excluding(exclusions)
-            try list.joined(separator: "\n").write(toFile: directory.listPath, atomically: true, encoding: .utf8)
+            let list = try await dumpRestore.restoreList(
+                of: directory.archivePath, writingTo: directory.listPath,
+                excluding: Set(builds.map { $0.entryType == "INDEX" ? .index($0.catalogOID) : .constraint($0.catalogOID) }))
             // A post-data pass the interrupted run began is run again; what it already made is skipped.
             let rerun = resuming && recorded.postDataStarted
             try store.update { $0.copy.postDataStarted = true }
             tolerated += try await dumpRestore.restore(
-                section: "post-data", from: directory.archivePath, jobs: config.indexJobs, list: directory.listPath,
+                section: "post-data", from: directory.archivePath, jobs: config.indexJobs, list: list,
                 skippingExisting: rerun, serverOptions: "-c maintenance_work_mem=\(config.maintenanceWorkMem / 1024)kB")
             try store.update { $0.copy.postDataDone = true }
             return tolerated

@@ -340,13 +340,14 @@ struct OnlineMigration {
         try await DatabaseProperties.carry(
             config: config, events: events, stage: .cutover,
             skippingSettings: leftovers.snapshot.frozenDatabase == nil ? [] : ["default_transaction_read_only"])
+        let writesHeld = result.frozenSince.map { (ContinuousClock.now - $0).seconds }
         var ready: [String: EventValue] = ["barrier_lsn": .string(result.barrier.description)]
-        if let frozenSince = result.frozenSince { ready["write_downtime_seconds"] = .double((ContinuousClock.now - frozenSince).seconds) }
+        if let writesHeld { ready["write_downtime_seconds"] = .double(writesHeld) }
         events.emit(
             MigrationEvent(
                 stage: .cutover, kind: .targetReady,
                 message: "the target is ready for writes: every transaction committed on the source before \(result.barrier) is on it"
-                    + (result.frozenSince.map { "; writes were held for \(formatSeconds((ContinuousClock.now - $0).seconds))" } ?? ""),
+                    + (writesHeld.map { "; writes were held for \(formatSeconds($0))" } ?? ""),
                 detail: ready))
         // The proof comes after the switch: the source stays frozen, the target is read as of the barrier.
         var verified: VerifyReport?

@@ -67,16 +67,17 @@ enum SequenceComparison {
         var behind: [VerifyReport.SequenceResult] = []
         for sequence in wanted.sorted(by: { $0.shown < $1.shown }) {
             let name = sequence.shown
-            let sql = "SELECT last_value::text, is_called::text FROM \(sequence)"
+            let sql = """
+                SELECT s.last_value::text, s.is_called::text, p.seqincrement::text
+                FROM \(sequence) s, pg_sequence p WHERE p.seqrelid = \(SQL.literal(sequence.description))::regclass
+                """
             let sourceState = try await source.query(sql).rows[0]
-            let increment = try await source.scalar(
-                "SELECT seqincrement::text FROM pg_sequence WHERE seqrelid = $1::regclass", [sequence.description])
             guard let targetState = try? await target.query(sql).rows[0] else {
                 behind.append(.init(sequence: name, source: describe(sourceState), target: "missing"))
                 continue
             }
             let sourceValue = Int64(sourceState[0] ?? "0") ?? 0, targetValue = Int64(targetState[0] ?? "0") ?? 0
-            let countsDown = (Int64(increment ?? "1") ?? 1) < 0
+            let countsDown = (Int64(sourceState[2] ?? "1") ?? 1) < 0
             let isBehind =
                 (countsDown ? targetValue > sourceValue : targetValue < sourceValue)
                 || (targetValue == sourceValue && sourceState[1] == "true" && targetState[1] != "true")
