@@ -2,9 +2,10 @@
 # The frozen cutover's write downtime against the database's size: for each pgbench scale, an
 # online migration with --freeze-source-at-cutover while pgbench writes at a fixed rate, cut over
 # (SIGINT) once caught up. Prints, per scale, the database size, the write downtime the tool
-# measured (from the freeze to the event that says the target is ready for writes) and how long
-# the verification after the switch took. The downtime should not grow with the size: verify runs
-# after the switch, against the frozen source and the target as of the barrier.
+# measured (from the freeze to the event that says the target is ready for writes), the downtime
+# the last heartbeat before the request estimated, and how long the verification after the switch
+# took. The downtime should not grow with the size: verify runs after the switch, against the
+# frozen source and the target as of the barrier.
 #
 # Usage: scripts/bench-downtime.sh [SCALES] [TPS]     e.g. scripts/bench-downtime.sh "20 100" 800
 set -euo pipefail
@@ -23,7 +24,7 @@ DST=$(start_cluster downtime-target "${SERVER[@]}")
 export PGPASSWORD=$CLUSTER_PASSWORD
 url() { echo "postgresql://postgres@127.0.0.1:$1/$2"; }
 
-printf '%-7s %10s %22s %18s %10s\n' scale "size MB" "write downtime (s)" "verify after (s)" "tps seen"
+printf '%-7s %10s %22s %14s %18s %10s\n' scale "size MB" "write downtime (s)" "estimated (s)" "verify after (s)" "tps seen"
 for scale in $SCALES; do
     db="pgbench_$scale"
     psql_at "$SRC" postgres -c "CREATE DATABASE $db" >/dev/null
@@ -36,7 +37,7 @@ for scale in $SCALES; do
     PG_DBMIGRATOR_SOURCE="$(url "$SRC" "$db")" PG_DBMIGRATOR_TARGET="$(url "$DST" "$db")" \
         "$BIN" --mode online --jobs 2 --json --freeze-source-at-cutover --set-replica-identity-full \
         --slot-name "slot_$scale" --publication "pub_$scale" --subscription-name "sub_$scale" \
-        --cutover-poll-secs 1 >"$work/events.ndjson" 2>"$work/stderr.log" &
+        --cutover-poll-secs 1 --json-heartbeat >"$work/events.ndjson" 2>"$work/stderr.log" &
     run=$!
     until grep -q '"stage":"CaughtUp"' "$work/events.ndjson" 2>/dev/null; do
         kill -0 "$run" 2>/dev/null || { cat "$work/stderr.log" >&2; exit 1; }
@@ -53,6 +54,15 @@ for line in open(sys.argv[1]):
     event = json.loads(line)
     if event.get("kind") == "targetReady":
         print("%.2f" % event["detail"]["write_downtime_seconds"])' "$work/events.ndjson")
+    # What the last heartbeat before the request estimated.
+    estimate=$(python3 -c '
+import json, sys
+last = None
+for line in open(sys.argv[1]):
+    event = json.loads(line)
+    if event.get("stage") == "Cutover": break
+    last = event.get("detail", {}).get("write_downtime_estimate_seconds", last)
+print("%.2f" % last)' "$work/events.ndjson")
     verify=$(python3 -c '
 import json, sys
 for line in open(sys.argv[1]):
@@ -60,6 +70,6 @@ for line in open(sys.argv[1]):
     if event.get("stage") == "Verify" and "seconds" in event.get("detail", {}):
         print("%.2f" % event["detail"]["seconds"])' "$work/events.ndjson" | tail -1)
     tps=$(grep -o 'tps = [0-9.]*' "$work/pgbench.log" | head -1 | cut -d' ' -f3)
-    printf '%-7s %10s %22s %18s %10s\n' "$scale" "$size" "$downtime" "${verify:-?}" "${tps:-aborted by the freeze}"
+    printf '%-7s %10s %22s %14s %18s %10s\n' "$scale" "$size" "$downtime" "$estimate" "${verify:-?}" "${tps:-aborted by the freeze}"
     rm -rf "$work"
 done

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib/prerequisites.sh
 ensure_prerequisites
 ensure_postgresql_18  # the cross-version tests migrate from Debian's PostgreSQL to PostgreSQL 18
+ensure_prometheus_parser  # the /metrics test checks the text with Prometheus' own client parser
 
 # The tree is kept formatted (.swift-format); swift-format ships with the Swift 6 toolchain.
 if swift format --version >/dev/null 2>&1; then

@@ -1,5 +1,5 @@
-// An online migration driven through the library, with Ctrl+C wired to the
-// cutover handle — the shape of a program that embeds pg_dbmigrator.
+// An online migration driven through the library, with Ctrl+C wired to its
+// control — the shape of a program that embeds pg_dbmigrator.
 //
 //   swift run online_migration 'postgres://…/source_db' 'postgres://…/target_db'
 //
@@ -35,17 +35,20 @@ let migrator = Migrator(config: config) { event in
 }
 let run = Task { try await migrator.run() }
 
-// Ctrl+C: first press cuts over, second aborts.
+// Ctrl+C: cuts over once streaming (before, the control refuses and says why); pressed again, aborts.
 signal(SIGINT, SIG_IGN)
 let interrupts = DispatchSource.makeSignalSource(signal: SIGINT, queue: .main)
 nonisolated(unsafe) var presses = 0
 interrupts.setEventHandler {
     presses += 1
-    if presses == 1 {
+    switch presses == 1 ? migrator.control.requestCutover() : .refused("pressed again") {
+    case .accepted, .alreadyRequested:
         print("cutover requested; press Ctrl+C again to abort instead")
-        migrator.cutoverHandle.request()
-    } else {
-        run.cancel()
+    case .refused(let why):
+        print("aborting: \(why)")
+        migrator.control.abort(.signal(SIGINT))
+    case .ended:
+        break
     }
 }
 interrupts.resume()

@@ -13,8 +13,11 @@ import PostgresClient
 /// ``MigrationCancelled``.
 public struct Migrator: Sendable {
     public let config: MigrationConfig
-    /// Call `request()` on it to cut an online migration over.
-    public let cutoverHandle = CutoverHandle()
+    /// Status, cutover and abort, from any thread or process (see ``MigrationControl``).
+    public let control: MigrationControl
+    /// Call `request()` on it to cut an online migration over (``MigrationControl/requestCutover()`` says
+    /// whether it can).
+    public var cutoverHandle: CutoverHandle { control.cutover }
     let events: EventEmitter
 
     public init(
@@ -22,24 +25,44 @@ public struct Migrator: Sendable {
         onEvent: @escaping EventHandler = { _ in }
     ) {
         self.config = config.effective
-        self.events = EventEmitter(handler: onEvent, logger: logger)
+        self.control = MigrationControl(mode: config.mode)
+        self.events = EventEmitter(handler: onEvent, logger: logger, status: control.live)
     }
 
     /// Runs the migration. Before anything is touched, the arguments are checked,
     /// source and target are shown to be two databases, and the run takes its
-    /// state directory and target database for itself (see `RunGuard`).
+    /// state directory and target database for itself (see `RunGuard`). An offline
+    /// or online run then serves ``control`` on its control socket (and `listen`).
     public func run() async throws -> MigrationOutcome {
         let held: RunGuard.Held
         do {
             held = try await RunGuard(config: config, events: events).acquire()
         } catch {
-            throw events.cancellation(ifCancelled: error)
+            let error = events.cancellation(ifCancelled: error)
+            control.finish(MigrationResult(error, abortedBy: control.abortCause))
+            throw error
         }
+        var server: ControlServer?
         do {
-            let outcome = try await runMode()
+            if [.offline, .online].contains(config.mode) {
+                server = try await ControlServer.start(control: control, config: config, events: events)
+            }
+            // In a task of its own, so an abort from the control (or the caller's cancellation) stops it.
+            let work = Task { [self] in try await runMode() }
+            control.onAbort { work.cancel() }
+            let outcome = try await withTaskCancellationHandler {
+                try await work.value
+            } onCancel: {
+                work.cancel()
+            }
+            control.finish(MigrationResult(outcome, mode: config.mode, status: control.status))
+            await server?.stop()
             await held.release()
             return outcome
         } catch {
+            let error = events.cancellation(ifCancelled: error)
+            control.finish(MigrationResult(error, abortedBy: control.abortCause))
+            await server?.stop()
             await held.release()
             throw error
         }

@@ -53,6 +53,8 @@ extension MigrationConfig.Setting {
         case .pgBinDirectory: "--pg-bin-dir"
         case .resume: "--resume"
         case .stateDirectory: "--state-dir"
+        case .listen: "--listen"
+        case .listenTokenFile: "--listen-token-file"
         case .schemas: "--schema"
         case .excludeSchemas: "--exclude-schema"
         case .tables: "--table"

@@ -10,6 +10,22 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
         commandName: "pg_dbmigrator",
         abstract: "Migrate a PostgreSQL database to another server.",
         discussion: """
+            The migration is the default command: `pg_dbmigrator --mode online --source … --target …` runs \
+            `migrate` (see `pg_dbmigrator migrate --help` for its options). A running offline or online \
+            migration answers `status`, `cutover` and `abort` from another shell through the control socket in \
+            its state directory.
+            """,
+        version: "0.3.0",
+        subcommands: [MigrateCommand.self, StatusCommand.self, CutoverCommand.self, AbortCommand.self],
+        defaultSubcommand: MigrateCommand.self
+    )
+}
+
+struct MigrateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "migrate",
+        abstract: "Migrate a PostgreSQL database to another server (the default command).",
+        discussion: """
             offline: copy the source once. By default (--copy-method native) the schema comes from pg_dump and \
             parallel workers stream every table with COPY inside one snapshot, each table's indexes built as it \
             lands; --copy-method dump goes through pg_dump -Fd and pg_restore instead (schema, data, then indexes \
@@ -19,7 +35,9 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
             subscription on the target stream every later change. A Lag heartbeat shows how far behind the target \
             is; press Ctrl+C (or send SIGINT) to cut over: the tool waits until the target has applied everything \
             the source committed, syncs sequences and removes the replication objects. Ctrl+C before streaming \
-            starts, a second Ctrl+C, or SIGTERM aborts and leaves the slot and subscription in place.
+            starts, a second Ctrl+C, or SIGTERM aborts and leaves the slot and subscription in place. From another \
+            shell or host: `pg_dbmigrator status`, `pg_dbmigrator cutover` and `pg_dbmigrator abort` (with the same \
+            --state-dir or --target), or the HTTP endpoints of --listen.
 
             Connection strings are anything libpq accepts: postgres:// URIs or keyword=value strings. \
             Prefer passing passwords through PG_DBMIGRATOR_SOURCE / PG_DBMIGRATOR_TARGET, PGPASSFILE \
@@ -28,8 +46,7 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
 
             Exit status: 0 success; 1 migration failed; 64 invalid arguments; 130 cancelled by SIGINT; \
             143 cancelled by SIGTERM.
-            """,
-        version: "0.2.0"
+            """
     )
 
     @OptionGroup(title: "Servers") var servers: ServerOptions
@@ -38,6 +55,7 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
     @OptionGroup(title: "Online mode") var online: OnlineOptions
     @OptionGroup(title: "Verify") var verify: VerifyOptions
     @OptionGroup(title: "Output") var output: OutputOptions
+    @OptionGroup(title: "Control") var control: ListenOptions
 
     /// Every argument is checked here, before anything is touched: a wrong one exits 64.
     func validate() throws {
@@ -73,6 +91,8 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
         settings.stateDirectory = copy.stateDir
         settings.terminateTargetSessions = copy.terminateTargetSessions
         settings.copyRoles = copy.copyRoles
+        settings.listen = control.listen
+        settings.listenTokenFile = control.listenTokenFile
         settings.online.everyLagReading = output.jsonHeartbeat
         settings.lockTimeout = OnlineOptions.duration(seconds: copy.lockTimeoutSecs)
         settings.online.dropForeignSlot = online.dropForeignSlot
@@ -87,21 +107,22 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
         let renderer = EventRenderer(json: output.json, verbose: output.verbose)
         var logger = Logger(label: "pg_dbmigrator")
         logger.logLevel = output.verbose ? .debug : .warning
-        let streaming = StreamingFlag()
-        let migrator = Migrator(config: config, logger: logger) { event in
-            if event.kind == .streaming { streaming.set() }
-            renderer.render(event)
-        }
+        let migrator = Migrator(config: config, logger: logger) { event in renderer.render(event) }
 
         let task = Task { try await migrator.run() }
         let signals = SignalHandling { signal, count in
             // Online, once streaming: the first Ctrl+C means "cut over". Anything else aborts.
-            if config.mode == .online && signal == SIGINT && count == 1 && streaming.isSet {
-                renderer.note("cutover requested (Ctrl+C again to abort instead)")
-                migrator.cutoverHandle.request()
-            } else {
-                task.cancel()
+            if config.mode == .online && signal == SIGINT && count == 1 {
+                switch migrator.control.requestCutover() {
+                case .accepted, .alreadyRequested:
+                    renderer.note("cutover requested (Ctrl+C again to abort instead)")
+                    return
+                case .refused, .ended:
+                    break
+                }
             }
+            migrator.control.abort(.signal(signal))
+            task.cancel()
         }
         signals.install()
         do {
@@ -127,14 +148,14 @@ struct PgDbMigratorCommand: AsyncParsableCommand {
         } catch let exit as ExitCode {
             throw exit  // the failure was rendered where it was decided
         } catch let cancelled as MigrationCancelled {
-            let signal = signals.lastSignal ?? SIGINT
+            let cause = migrator.control.abortCause ?? .signal(signals.lastSignal ?? SIGINT)
             let what =
                 config.mode == .online
                 ? "replication objects left in place as listed above" : "child processes stopped and temporary files removed"
             renderer.failure(
                 stage: cancelled.stage, code: .cancelled,
-                message: "aborted by \(signal == SIGTERM ? "SIGTERM" : "SIGINT") during \(cancelled.stage.rawValue); \(what)", fix: nil)
-            throw ExitCode(128 + signal)
+                message: "aborted by \(cause.description) during \(cancelled.stage.rawValue); \(what)", fix: nil)
+            throw ExitCode(cause.exitCode)
         } catch let error as MigrationError {
             renderer.failure(stage: error.stage, code: error.code, message: error.message, fix: error.fix)
             throw ExitCode.failure
@@ -394,12 +415,19 @@ struct VerifyOptions: ParsableArguments {
 
 extension VerifySettings.Mode: ExpressibleByArgument {}
 
-/// Set once the online run has started streaming (from then on Ctrl+C means cutover).
-final class StreamingFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
-    func set() { lock.withLock { value = true } }
-    var isSet: Bool { lock.withLock { value } }
+struct ListenOptions: ParsableArguments {
+    @Option(
+        help: ArgumentHelp(
+            "Also serve GET /status, GET /ready, POST /cutover, POST /abort and GET /metrics (Prometheus) over HTTP here. "
+                + "A loopback address unless --listen-token-file is given; port 0 picks a free port (the log says which).",
+            valueName: "address:port"))
+    var listen: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "A file (mode 0600) holding the token every HTTP request must bear as 'Authorization: Bearer <token>'.", valueName: "file"
+        ))
+    var listenTokenFile: String?
 }
 
 struct FilterOptions: ParsableArguments {

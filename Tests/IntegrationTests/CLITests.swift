@@ -225,17 +225,26 @@ struct CLITests {
         #expect(!inLog.stderr.contains("\u{1B}["))
     }
 
-    @Test("--help lists every flag with its help text")
+    @Test("--help names the subcommands; migrate --help lists every flag with its help text")
     func help() async throws {
-        let result = try await CLI.run(["--help"])
+        let overview = try await CLI.run(["--help"])
+        #expect(overview.status == 0)
+        for subcommand in ["migrate (default)", "status", "cutover", "abort", "pg_dbmigrator migrate --help"] {
+            #expect(overview.stdout.contains(subcommand), "\(subcommand) missing from --help")
+        }
+        let result = try await CLI.run(["migrate", "--help"])
         #expect(result.status == 0)
         for flag in [
             "--mode", "--source", "--target", "--jobs", "--drop-target-first", "--exclude-schema", "--exclude-table",
             "--schema", "--table", "--allow-restore-errors", "--dump-scope", "--dump-path", "--skip-analyze", "--json",
             "--no-owner", "--no-acl", "--pg-bin-dir", "PG_DBMIGRATOR_SOURCE", "PG_DBMIGRATOR_TARGET",
-            "--copy-method", "--index-jobs", "--split-tables-larger-than",
+            "--copy-method", "--index-jobs", "--split-tables-larger-than", "--listen", "--listen-token-file",
         ] {
-            #expect(result.stdout.contains(flag), "\(flag) missing from --help")
+            #expect(result.stdout.contains(flag), "\(flag) missing from migrate --help")
+        }
+        for subcommand in ["status", "cutover", "abort"] {
+            let help = try await CLI.run([subcommand, "--help"])
+            #expect(help.status == 0 && help.stdout.contains("--state-dir") && help.stdout.contains("--target"), "\(help.stdout)")
         }
     }
 }

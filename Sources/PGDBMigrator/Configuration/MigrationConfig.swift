@@ -78,6 +78,11 @@ public struct MigrationConfig: Sendable {
     /// Where progress is recorded for `--resume`; nil: one directory per target database under
     /// `$XDG_STATE_HOME/pg_dbmigrator` (`~/.local/state/pg_dbmigrator`).
     public var stateDirectory: String? = nil
+    /// Serve status, readiness, cutover and metrics over HTTP at this `host:port` (see ``ControlServer``);
+    /// a loopback address unless ``listenTokenFile`` is set. Port 0 picks a free one (its event says which).
+    public var listen: String? = nil
+    /// A file holding the token that HTTP requests must bear (`Authorization: Bearer …`); readable by its owner only.
+    public var listenTokenFile: String? = nil
     /// Settings of the online path (ignored offline).
     public var online: OnlineSettings
     /// Verification: after an offline restore, at a frozen online cutover, or the whole of `--mode verify`.

@@ -8,7 +8,7 @@ extension MigrationConfig {
     public enum Setting: String, Sendable, CaseIterable, CustomStringConvertible {
         case mode, source, target, jobs, indexJobs, copyMethod, splitTablesLargerThan, maintenanceWorkMem
         case dropTargetFirst, terminateTargetSessions, lockTimeout, allowRestoreErrors, dumpScope, dumpPath
-        case skipAnalyze, noOwner, noACL, copyRoles, pgBinDirectory, resume, stateDirectory
+        case skipAnalyze, noOwner, noACL, copyRoles, pgBinDirectory, resume, stateDirectory, listen, listenTokenFile
         case schemas = "filter.schemas", excludeSchemas = "filter.excludeSchemas"
         case tables = "filter.tables", excludeTables = "filter.excludeTables"
         case slotName = "online.slotName", publication = "online.publication"

@@ -21,9 +21,12 @@ struct Cutover {
         /// With a freeze and verify: the target as of the barrier, before anything else wrote to it, for
         /// the verify after the switch (the caller releases it).
         var targetSnapshot: ExportedSnapshot?
+        /// Where the time went, step by step.
+        var steps: StepTimes
     }
 
     func run() async throws -> Result {
+        var steps = StepTimes()
         var frozenSince: ContinuousClock.Instant?
         if settings.freezeSourceAtCutover {
             frozenSince = .now
@@ -49,6 +52,7 @@ struct Cutover {
                         + "the triggers reject their writes to the migrated tables",
                     ["sessions": .list(left)])
             }
+            steps.lap("freeze")
         }
 
         // Everything committed so far has its commit record before this point.
@@ -62,10 +66,12 @@ struct Cutover {
             .watching("applying up to the barrier", blockers: .subscription(settings.subscriptionName)) {
                 try await waitForApply(past: barrier)
             }
+        steps.lap("apply_wait")
         if settings.freezeSourceAtCutover {
             let (source, target) = await sessions.current
             try await NonReplicatedData(tables: tables.unloggedTables, events: events)
                 .copy(source: source, target: target)
+            steps.lap("unlogged_and_large_objects")
         }
 
         // What was copied is what was published: a table taken out of the publication (or a filter or action
@@ -84,13 +90,15 @@ struct Cutover {
         // Both sides are quiet now (the source is frozen, the target has applied everything): the target's
         // state is kept in a snapshot and proved equal to the source after the switch, so that writes are
         // held for the switch only, however large the database.
+        steps.lap("publication_check")
         var snapshot: ExportedSnapshot?
         if settings.freezeSourceAtCutover && config.verify.mode != .off {
             snapshot = try await ExportedSnapshot.export(from: config.targetEndpoint, stage: .cutover)
+            steps.lap("target_snapshot")
         }
         do {
-            let (barrier, sequences) = try await finish(at: barrier)
-            return Result(barrier: barrier, sequences: sequences, frozenSince: frozenSince, targetSnapshot: snapshot)
+            let (barrier, sequences) = try await finish(at: barrier, steps: &steps)
+            return Result(barrier: barrier, sequences: sequences, frozenSince: frozenSince, targetSnapshot: snapshot, steps: steps)
         } catch {
             await snapshot?.release()
             throw error
@@ -98,7 +106,7 @@ struct Cutover {
     }
 
     /// Sequences, then the teardown.
-    private func finish(at barrier: LSN) async throws -> (LSN, SequenceSync.Result) {
+    private func finish(at barrier: LSN, steps: inout StepTimes) async throws -> (LSN, SequenceSync.Result) {
         var sequences = SequenceSync.Result(synced: 0, failures: [:])
         if settings.syncSequences {
             let sync = SequenceSync(sequences: tables.sequences)
@@ -110,6 +118,7 @@ struct Cutover {
                         detail: ["sequence": .string(name)]))
             }
             events.info(.cutover, "synced \(sequences.synced) sequence(s)", ["sequences": .int(sequences.synced)])
+            steps.lap("sequences")
         }
 
         // From here a killed run has nothing left to apply: --resume only finishes the teardown.
@@ -117,6 +126,7 @@ struct Cutover {
         // Each of its steps looks before it drops, and records as it goes: safe to run again.
         let teardown = ReplicationTeardown(config: config, events: events, leftovers: leftovers)
         try await sessions.retrying { source, target in try await teardown.run(source: source, target: target) }
+        steps.lap("teardown")
         return (barrier, sequences)
     }
 
@@ -216,4 +226,20 @@ struct ReplicationTeardown {
             .cutover, "left the \(kind) \(SQL.identifier(name)) on the \(server) in place: \(owner.reason)",
             [kind: .string(name)])
     }
+}
+
+/// Where a cutover's time went, step by step: the ready event lists it, so an operator sees what the
+/// write downtime was spent on.
+struct StepTimes {
+    private(set) var steps: [(name: String, duration: Duration)] = []
+    private var last = ContinuousClock.now
+
+    /// Ends the step `name` now.
+    mutating func lap(_ name: String) {
+        let now = ContinuousClock.now
+        steps.append((name, now - last))
+        last = now
+    }
+
+    var described: [String] { steps.map { "\($0.name)=" + String(format: "%.3f", $0.duration.seconds) } }
 }

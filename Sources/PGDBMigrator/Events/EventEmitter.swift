@@ -7,10 +7,13 @@ struct EventEmitter: Sendable {
     var logger: Logger
     private let phase = PhaseTracker()
     private var tracksPhase = true
+    /// What `status` answers, fed by every event and by readings that never become one.
+    let status: LiveStatus
 
-    init(handler: @escaping EventHandler, logger: Logger) {
+    init(handler: @escaping EventHandler, logger: Logger, status: LiveStatus = LiveStatus(mode: .offline)) {
         self.handler = handler
         self.logger = logger
+        self.status = status
     }
 
     /// The same destination for work that runs beside the phases (online ANALYZE):
@@ -25,7 +28,9 @@ struct EventEmitter: Sendable {
     var currentPhase: Stage { phase.current }
 
     func emit(_ event: MigrationEvent) {
-        if tracksPhase && ![.lag, .caughtUp, .fellBehind].contains(event.stage) { phase.current = event.stage }
+        let movesPhase = tracksPhase && ![.lag, .caughtUp, .fellBehind].contains(event.stage)
+        if movesPhase { phase.current = event.stage }
+        status.observe(event, movesPhase: movesPhase)
         var metadata: Logger.Metadata = ["stage": .string(event.stage.rawValue)]
         for (key, value) in event.detail { metadata[key] = .string(value.description) }
         logger.log(level: event.level == .info ? .debug : .notice, "\(event.message)", metadata: metadata)

@@ -91,6 +91,7 @@ extension NativeCopy {
             return tolerated
         }
         let summary = progress.summary
+        events.status.observeCopy(progress.current.detail)  // every table done, without another progress line
         events.info(.restore, summary.message, summary.detail)
         return tolerated
     }

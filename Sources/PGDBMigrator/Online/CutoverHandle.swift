@@ -14,5 +14,13 @@ public final class CutoverHandle: Sendable {
     /// Asks for cutover. Safe to call from any thread, any number of times.
     public func request() { state.withLock { $0 = true } }
 
+    /// Asks for cutover; true when this call was the one that asked.
+    func requestOnce() -> Bool {
+        state.withLock { requested in
+            defer { requested = true }
+            return !requested
+        }
+    }
+
     public var isRequested: Bool { state.withLock { $0 } }
 }

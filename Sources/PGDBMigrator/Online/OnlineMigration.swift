@@ -326,7 +326,7 @@ struct OnlineMigration {
         let sessions = ControlSessions(source: source, target: target, config: config, events: events)
         let result: Cutover.Result
         do {
-            try await heartbeat(sessions)
+            try await heartbeat(sessions, tables: report.tables)
             events.info(.cutover, "cutover requested")
             result = try await Cutover(config: config, events: events, sessions: sessions, leftovers: leftovers, tables: report.tables)
                 .run()
@@ -340,8 +340,12 @@ struct OnlineMigration {
         try await DatabaseProperties.carry(
             config: config, events: events, stage: .cutover,
             skippingSettings: leftovers.snapshot.frozenDatabase == nil ? [] : ["default_transaction_read_only"])
+        var steps = result.steps
+        steps.lap("database_properties")
         let writesHeld = result.frozenSince.map { (ContinuousClock.now - $0).seconds }
-        var ready: [String: EventValue] = ["barrier_lsn": .string(result.barrier.description)]
+        var ready: [String: EventValue] = [
+            "barrier_lsn": .string(result.barrier.description), "cutover_steps_seconds": .list(steps.described),
+        ]
         if let writesHeld { ready["write_downtime_seconds"] = .double(writesHeld) }
         events.emit(
             MigrationEvent(
@@ -368,27 +372,45 @@ struct OnlineMigration {
     }
 
     /// Lag events every poll interval (faster once within the threshold) until cutover is requested.
-    private func heartbeat(_ sessions: ControlSessions) async throws {
+    private func heartbeat(_ sessions: ControlSessions, tables: TableSet) async throws {
         let monitor = LagMonitor(slotName: settings.slotName, subscriptionName: settings.subscriptionName)
         var machine = LagStateMachine(threshold: settings.lagThresholdBytes.map { .bytes($0) } ?? .seconds(settings.lagThresholdSeconds))
         var pace = HeartbeatPace(interval: settings.pollInterval, everyReading: settings.everyLagReading)
         var health = ApplyHealth(grace: settings.applyFailureGrace)
         var previous: (reading: LagReading, at: ContinuousClock.Instant)?
+        var estimate = DowntimeEstimate(
+            freezing: settings.freezeSourceAtCutover, tables: tables.tables.count,
+            sequences: settings.syncSequences ? tables.sequences.count : 0)
+        let flushDelay = try await sessions.retrying { _, target in
+            try await target.scalar("SELECT setting::float8 / 1000 FROM pg_settings WHERE name = 'wal_writer_delay'")
+        }
+        if let flushDelay = flushDelay.flatMap(Double.init) { estimate.flushDelay = flushDelay }
         // At least one reading, so the state at cutover is on record even when it was requested at once.
         repeat {
             try Task.checkCancellation()
+            let asked = ContinuousClock.now
             let reading = try await sessions.retrying { try await monitor.read(source: $0, target: $1) }
             let now = ContinuousClock.now
             var detail = reading.detail
             // The apply rate since the last reading, and how long the target would take to catch up at it.
+            var rate: Double?
             if let previous, now > previous.at {
-                let rate = Double(reading.appliedLSN.bytes(since: previous.reading.appliedLSN)) / (now - previous.at).seconds
-                detail["apply_rate_bytes_per_second"] = .double(rate)
-                if rate > 0 { detail["catch_up_estimate_seconds"] = .double(Double(reading.lagBytes) / rate) }
+                rate = Double(reading.appliedLSN.bytes(since: previous.reading.appliedLSN)) / (now - previous.at).seconds
+                detail["apply_rate_bytes_per_second"] = .double(rate!)
             }
+            let catchUp = reading.lagBytes == 0 ? 0 : rate.flatMap { $0 > 0 ? Double(reading.lagBytes) / $0 : nil }
+            if let catchUp { detail["catch_up_estimate_seconds"] = .double(catchUp) }
+            let downtime = estimate.seconds(lagSeconds: reading.lagSeconds, catchUpSeconds: catchUp, roundTrip: now - asked)
+            detail["write_downtime_estimate_seconds"] = .double(downtime)
             previous = (reading, now)
             let behind = "\(reading.lagBytes) bytes" + (reading.lagSeconds.map { ", \(formatSeconds($0))" } ?? "")
             let transition = machine.observe(lagBytes: reading.lagBytes, lagSeconds: reading.lagSeconds)
+            events.status.observe(
+                lag: MigrationStatus.Lag(
+                    bytes: Int(reading.lagBytes), seconds: reading.lagSeconds, applyRateBytesPerSecond: rate,
+                    catchUpEstimateSeconds: catchUp, caughtUp: machine.caughtUp),
+                notReady: machine.caughtUp ? [] : ["the target is \(behind) behind; ready once within \(machine.threshold)"],
+                downtimeEstimate: downtime)
             if pace.shouldReport(lagBytes: reading.lagBytes, caughtUp: machine.caughtUp && transition == nil, now: now) {
                 events.info(
                     .lag,
@@ -411,6 +433,7 @@ struct OnlineMigration {
                 try await Task.sleep(for: min(.milliseconds(100), wakeUp - ContinuousClock.now))
             }
         } while !cutover.isRequested
+        events.status.update { $0.cutover.state = "requested" }
     }
 
     /// An apply worker that keeps failing (a conflict on the target, the

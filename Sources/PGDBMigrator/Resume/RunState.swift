@@ -244,12 +244,15 @@ final class RunStateStore: Sendable {
     /// Where a run's state lives: `--state-dir`, else one directory per target
     /// database under `$XDG_STATE_HOME/pg_dbmigrator` (`~/.local/state/pg_dbmigrator`).
     static func directory(for config: MigrationConfig) -> String {
-        if let directory = config.stateDirectory { return directory }
+        directory(given: config.stateDirectory, target: config.target)
+    }
+
+    static func directory(given: String?, target: ConnectionString) -> String {
+        if let directory = given { return directory }
         let environment = ProcessInfo.processInfo.environment
         let base =
             environment["XDG_STATE_HOME"].flatMap { $0.isEmpty ? nil : $0 }
             ?? ((environment["HOME"] ?? NSTemporaryDirectory()) as NSString).appendingPathComponent(".local/state")
-        let target = config.target
         let key = [target["host"] ?? "", target["port"] ?? "", target.resolvedDatabase ?? ""]
             .joined(separator: "_")
             .map { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == "." ? $0 : "-" }

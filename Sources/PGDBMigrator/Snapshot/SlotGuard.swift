@@ -56,6 +56,7 @@ struct SlotGuard {
                 let threshold: UInt64
                 if let limit { threshold = limit } else { threshold = try await Self.defaultLimit(on: current) }
                 if let reading = try await Self.read(slot: slotName, on: current) {
+                    events.status.update { $0.retainedWALBytes = Int(reading.retainedBytes) }
                     let detail: [String: EventValue] = [
                         "retained_wal_bytes": .int(Int(reading.retainedBytes)), "wal_status": .string(reading.walStatus),
                         "limit_bytes": .int(Int(threshold)),

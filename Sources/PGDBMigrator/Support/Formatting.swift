@@ -2,7 +2,7 @@ import Foundation
 
 /// `1.4 MB`, `312 kB`: sizes as operators read them, in PostgreSQL's units (`pg_size_pretty`,
 /// and the flags' MB: 1 kB = 1024 bytes), so figures compare with what the server reports.
-func formatBytes(_ bytes: Int) -> String {
+public func formatBytes(_ bytes: Int) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"]
     var value = Double(bytes)
     var unit = 0
