@@ -30,8 +30,13 @@ do {
     exit(64)
 }
 
+/// One line, written at once (print buffers when the output is a pipe or a file).
+@Sendable func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
 let migrator = Migrator(config: config) { event in
-    print("\(event.stage.rawValue): \(event.message)")
+    say("\(event.stage.rawValue): \(event.message)")
 }
 let run = Task { try await migrator.run() }
 
@@ -43,9 +48,9 @@ interrupts.setEventHandler {
     presses += 1
     switch presses == 1 ? migrator.control.requestCutover() : .refused("pressed again") {
     case .accepted, .alreadyRequested:
-        print("cutover requested; press Ctrl+C again to abort instead")
+        say("cutover requested; press Ctrl+C again to abort instead")
     case .refused(let why):
-        print("aborting: \(why)")
+        say("aborting: \(why)")
         migrator.control.abort(.signal(SIGINT))
     case .ended:
         break
@@ -56,7 +61,7 @@ interrupts.resume()
 Task {
     do {
         let outcome = try await run.value
-        print("done: cut over at \(outcome.barrierLSN?.description ?? "?") in \(outcome.duration)")
+        say("done: cut over at \(outcome.barrierLSN?.description ?? "?") in \(outcome.duration)")
         exit(outcome.sequenceFailures.isEmpty ? 0 : 1)
     } catch {
         FileHandle.standardError.write(Data("migration stopped: \(error)\n".utf8))

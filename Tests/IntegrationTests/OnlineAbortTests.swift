@@ -13,8 +13,11 @@ struct OnlineAbortTests {
         var subscription: String { "sub_\(suffix)" }
     }
 
-    static func arguments(_ source: String, _ target: String, _ names: Names) async throws -> [String] {
-        let (sourceCluster, targetCluster) = try await SharedClusters.get()
+    static func arguments(_ source: String, _ target: String, _ names: Names, on servers: (TestCluster, TestCluster)? = nil)
+        async throws -> [String]
+    {
+        let shared = try await SharedClusters.get()
+        let (sourceCluster, targetCluster) = servers ?? shared
         return [
             "--mode", "online", "--source", sourceCluster.url(database: source), "--target", targetCluster.url(database: target),
             "--slot-name", names.slot, "--publication", names.publication, "--subscription-name", names.subscription,
@@ -159,10 +162,16 @@ struct OnlineAbortTests {
         let targetDatabase = SharedClusters.uniqueName("example_copy")
         let running = try CLI.start(
             [source.url(database: sourceDatabase), target.url(database: targetDatabase)], program: "online_migration")
-        // The example keeps the library's default 5 s heartbeat.
-        let deadline = Date().addingTimeInterval(60)
+        // The example keeps the library's default 5 s heartbeat. Under a loaded shared source the slot's snapshot
+        // can take a while (it waits for other tests' writing transactions, seen at 15 s intervals).
+        let deadline = Date().addingTimeInterval(180)
         while Date() < deadline, !(try await running.stdoutSoFar()).contains("CaughtUp:"), running.process.isRunning {
             try await Task.sleep(for: .milliseconds(100))
+        }
+        guard try await running.stdoutSoFar().contains("CaughtUp:") else {
+            running.signal(SIGKILL)
+            Issue.record("never caught up in 180 s: \(try await running.stdoutSoFar())")
+            return
         }
         let writer = try await source.connect(database: sourceDatabase)
         try await writer.execute("UPDATE items SET v = 'changed' WHERE id <= 20")

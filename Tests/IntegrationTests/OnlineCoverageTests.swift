@@ -176,13 +176,21 @@ struct OnlineCoverageTests {
 
     @Test("creating the slot behind a writing transaction: reported every 10 s naming it, given up after --lock-timeout-secs")
     func slotWaitIsNeverSilent() async throws {
-        let (source, target) = try await SharedClusters.get()
-        let database = try await Self.source()
+        // Servers of its own: a transaction held open for 12 s on a shared source would hold up every other test's slot.
+        let source = try await TestCluster.start(name: "slot-wait-source")
+        let target = try await TestCluster.start(name: "slot-wait-target")
+        defer {
+            source.stop()
+            target.stop()
+        }
+        let database = try await source.createDatabase("app")
+        try await source.connect(database: database).execute(
+            "CREATE TABLE public.t2 (id int PRIMARY KEY, v text); INSERT INTO public.t2 VALUES (1, 'x')")
         let writer = try await Connection.connect(
             try source.connectionString(database: database).setting("application_name", to: "long-writer"), label: "writer")
         try await writer.execute("BEGIN; INSERT INTO public.t2 VALUES (50, 'open')")
         let names = OnlineAbortTests.Names()
-        let arguments = try await OnlineAbortTests.arguments(database, SharedClusters.uniqueName("never"), names)
+        let arguments = try await OnlineAbortTests.arguments(database, "never", names, on: (source, target))
         let result = try await CLI.start(
             arguments + ["--lock-timeout-secs", "12", "--state-dir", DestructiveMistakesTests.stateDirectory()]
         )
@@ -196,8 +204,6 @@ struct OnlineCoverageTests {
             result.stderr.contains("gave up after") && result.stderr.contains("long-writer")
                 && result.stderr.contains("INSERT INTO public.t2"), "\(result.stderr)")
         #expect(try await writer.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", [names.slot]) == "0")
-        try await writer.execute("DROP PUBLICATION \(SQL.identifier(names.publication))")
-        _ = target
     }
 
     @Test("pg_restore behind a target session's lock: given up after --lock-timeout-secs, naming the session and its query")

@@ -48,7 +48,7 @@ final class TestCluster: @unchecked Sendable {
             "port": String(port), "listen_addresses": "127.0.0.1", "unix_socket_directories": directory,
             "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
             "wal_level": "logical", "max_wal_senders": "10", "max_replication_slots": "10",
-            "shared_buffers": "64MB", "max_connections": "60", "log_min_messages": "warning", "max_prepared_transactions": "5",
+            "shared_buffers": "64MB", "max_connections": "150", "log_min_messages": "warning", "max_prepared_transactions": "5",
             // A log file the server knows (pg_current_logfile), so apply errors can be read back.
             "logging_collector": "on", "log_directory": "log",
         ]
