@@ -3,7 +3,9 @@
 # alternating, so the ratios mean something on a noisy machine.
 #
 #   native    pg_dbmigrator --copy-method native --verify off
-#   verified  pg_dbmigrator --copy-method native (the default: every row verified after the copy)
+#   verified  pg_dbmigrator --copy-method native (the default: every row verified, --verify-method auto)
+#   stream_verified  the same with --verify-method stream (every table digested as it is copied, the target read back)
+#   server_verified  the same with --verify-method server (each server checksums its rows after the copy)
 #   dump      pg_dbmigrator --copy-method dump
 #   pg_dump   pg_dump -Fd -j J, then pg_restore -j J
 #   pgcopydb  pgcopydb clone --table-jobs J --index-jobs J   (Debian's pgcopydb; skipped with a note if it cannot run)
@@ -28,7 +30,8 @@ source scripts/lib/clusters.sh
 ensure_prerequisites
 DATASETS=${1:-pgbench,wide}; JOBS=${2:-2}; ROUNDS=${3:-3}
 SCALE=${SCALE:-50}; WIDE_MB=${WIDE_MB:-1000}
-METHODS=(native verified dump pg_dump pgcopydb raw)
+# METHODS="native verified raw" scripts/bench.sh … measures only those.
+read -r -a METHODS <<<"${METHODS:-native verified stream_verified server_verified dump pg_dump pgcopydb raw}"
 
 if ! command -v pgcopydb >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; then
     sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
@@ -38,7 +41,7 @@ fi
 [ -x /usr/bin/time ] || { echo "error: /usr/bin/time is needed (apt-get install time)" >&2; exit 1; }
 if ! command -v pgcopydb >/dev/null 2>&1; then
     echo "note: pgcopydb is not installed and could not be installed; its column is skipped" >&2
-    METHODS=(native verified dump pg_dump raw)
+    read -r -a METHODS <<<"${METHODS[*]/pgcopydb/}"
 fi
 
 trap stop_clusters EXIT
@@ -80,11 +83,15 @@ run_method() {
     psql_at "$DST" postgres -c "DROP DATABASE IF EXISTS copy WITH (FORCE)" >/dev/null
     start=$(now)
     case $method in
-        native | dump | verified)
-            local copy_method=$method verify=off
-            [ "$method" = verified ] && copy_method=native verify=strict
+        native | dump | verified | stream_verified | server_verified)
+            local copy_method=$method verify=off verify_method=auto
+            case $method in
+                verified) copy_method=native verify=strict ;;
+                stream_verified) copy_method=native verify=strict verify_method=stream ;;
+                server_verified) copy_method=native verify=strict verify_method=server ;;
+            esac
             /usr/bin/time -f "%M" -o "$dir/rss" env PG_DBMIGRATOR_SOURCE="$(url "$SRC" "$db")" PG_DBMIGRATOR_TARGET="$(url "$DST" copy)" \
-                "$BIN" --mode offline --copy-method "$copy_method" --jobs "$JOBS" --verify "$verify" >/dev/null 2>"$dir/log" \
+                "$BIN" --mode offline --copy-method "$copy_method" --jobs "$JOBS" --verify "$verify" --verify-method "$verify_method" >/dev/null 2>"$dir/log" \
                 || { cat "$dir/log" >&2; return 1; }
             rss=$(cat "$dir/rss") ;;
         pg_dump)
@@ -129,7 +136,7 @@ for db in "${WANTED[@]}"; do
                 read -r secs rss <<<"$result"
                 SECONDS_OF[$db.$method]+="$secs "
                 [ "$rss" -gt "${RSS_OF[$db.$method]:-0}" ] && RSS_OF[$db.$method]=$rss
-                printf '  round %d  %-9s %7.2f s\n' "$round" "$method" "$secs"
+                printf '  round %d  %-16s %7.2f s\n' "$round" "$method" "$secs"
                 if [ "$method" = native ] && [ "$round" = 1 ]; then
                     PG_DBMIGRATOR_SOURCE="$(url "$SRC" "$db")" PG_DBMIGRATOR_TARGET="$(url "$DST" copy)" \
                         "$BIN" --mode verify --jobs "$JOBS" >/dev/null 2>&1 \
@@ -143,11 +150,11 @@ for db in "${WANTED[@]}"; do
         done
     done
     echo
-    printf '%-10s %9s %10s %10s %10s %10s %12s\n' "$db" "median s" "÷ raw" "÷ pg_dump" "÷ pgcopydb" "÷ native" "peak RSS"
+    printf '%-16s %9s %10s %10s %10s %10s %12s\n' "$db" "median s" "÷ raw" "÷ pg_dump" "÷ pgcopydb" "÷ native" "peak RSS"
     for method in "${METHODS[@]}"; do
-        [ -z "${SECONDS_OF[$db.$method]:-}" ] && { printf '%-10s %9s\n' "$method" "skipped"; continue; }
+        [ -z "${SECONDS_OF[$db.$method]:-}" ] && { printf '%-16s %9s\n' "$method" "skipped"; continue; }
         m=$(printf '%s\n' ${SECONDS_OF[$db.$method]} | median)
-        line=$(printf '%-10s %9.2f' "$method" "$m")
+        line=$(printf '%-16s %9.2f' "$method" "$m")
         for other in raw pg_dump pgcopydb native; do
             if [ -n "${SECONDS_OF[$db.$other]:-}" ]; then
                 o=$(printf '%s\n' ${SECONDS_OF[$db.$other]} | median)

@@ -405,15 +405,22 @@ struct VerifyOptions: ParsableArguments {
     @Option(help: "Check tables larger than this many MiB (1024×1024 bytes) in parts, in parallel (by key range or hash bucket).")
     var verifySplitMb = 128
 
+    @Option(
+        help:
+            "Offline native copy: stream (digest each row as it is copied and read the target back: the source is read once), server (both servers checksum their rows after the copy: no row crosses the network), or auto: per table, server where the servers hash values without printing rows, else stream."
+    )
+    var verifyMethod: VerifySettings.Method = .auto
+
     func settings(allowRestoreErrors: Bool) -> VerifySettings {
         let (bytes, overflow) = verifySplitMb.multipliedReportingOverflow(by: 1024 * 1024)
         return VerifySettings(
             mode: verify ?? (allowRestoreErrors ? .warn : .strict), showRows: verifyShowRows,
-            splitBytes: overflow ? .max : bytes)
+            splitBytes: overflow ? .max : bytes, method: verifyMethod)
     }
 }
 
 extension VerifySettings.Mode: ExpressibleByArgument {}
+extension VerifySettings.Method: ExpressibleByArgument {}
 
 struct ListenOptions: ParsableArguments {
     @Option(

@@ -9,6 +9,8 @@ struct DatabaseCopy {
     var events: EventEmitter
     var store: RunStateStore
     var resumePlan: ResumePlan
+    /// Set by an offline run that verifies: the native copy digests what it copies (``StreamVerification``).
+    var streamed: StreamVerification? = nil
 
     /// Copies the source (as of `snapshot`, when given) into the target, by
     /// the native engine or by `pg_dump`/`pg_restore`. `releaseSnapshot` runs
@@ -16,8 +18,10 @@ struct DatabaseCopy {
     /// its slot's snapshot there. Returns tolerated restore errors.
     func run(snapshot: String? = nil, releaseSnapshot: () async -> Void = {}) async throws -> [String] {
         guard usesNativeCopy else { return try await dumpAndRestore(snapshot: snapshot, afterDump: releaseSnapshot) }
-        return try await NativeCopy(config: config, report: report, events: events, store: store, resumePlan: resumePlan)
-            .run(snapshot: snapshot, prepareTarget: prepareTarget, releaseSnapshot: releaseSnapshot)
+        return try await NativeCopy(
+            config: config, report: report, events: events, store: store, resumePlan: resumePlan, streamed: streamed
+        )
+        .run(snapshot: snapshot, prepareTarget: prepareTarget, releaseSnapshot: releaseSnapshot)
     }
 
     /// The native engine copies whole databases; schema-only and data-only copies go through the dump.

@@ -4,7 +4,10 @@ import PostgresClient
 /// The copy workers: each takes the next part, largest first, and streams it from the source into the target.
 extension NativeCopy {
     /// Runs the copy workers and the index workers together; returns tolerated index errors.
-    func copyData(_ parts: [CopyPart], builds: [IndexBuild], snapshot: String, resuming: Bool) async throws -> [String] {
+    /// `digesting`: the tables verified as they are copied.
+    func copyData(_ parts: [CopyPart], builds: [IndexBuild], snapshot: String, resuming: Bool, digesting: Set<QualifiedName>)
+        async throws -> [String]
+    {
         let (work, finishedTables, clearing) = try await resuming ? remainingWork(parts) : (parts, [], [])
         var pendingBuilds = builds
         if resuming { pendingBuilds = try await unbuilt(builds) }
@@ -14,6 +17,12 @@ extension NativeCopy {
         let indexWork = AsyncQueue<IndexBuild>()
         let buildsByTable = Dictionary(grouping: pendingBuilds, by: \.table)
         for table in finishedTables { for build in buildsByTable[table.name] ?? [] { await indexWork.append(build) } }
+        // Verify rides along for the tables this run copies in full: their target copy is read back once loaded.
+        let readBackWork = AsyncQueue<CatalogTable>()
+        let partCounts = Dictionary(grouping: parts, by: \.table.name).mapValues(\.count)
+        let streamedTables = Set(Dictionary(grouping: work, by: \.table.name).filter { $0.value.count == partCounts[$0.key] }.keys)
+            .intersection(digesting)
+        let readBackWorkers = streamedTables.isEmpty ? 0 : config.jobs
         let copyWorkers = min(config.jobs, max(work.count, 1))
         let running = Mutex(copyWorkers)
         let tableCount = Set(work.map(\.table)).count
@@ -36,7 +45,10 @@ extension NativeCopy {
                             $0 -= 1; return $0
                         }) == 0 {
                             reporter.cancel()
-                            Task { await indexWork.close() }
+                            Task {
+                                await indexWork.close()
+                                await readBackWork.close()
+                            }
                         }
                     }
                     return try await self.source.withConnection(label: "copy-out-\(worker)", stage: .restore) { source in
@@ -59,7 +71,9 @@ extension NativeCopy {
                                     try store.record(.started, part: part.key)
                                     let clear = clearing.contains(part.key)
                                     result = try await lockWait.watching("copying \(part.label) into the target", session: target) {
-                                        try await copy.run(part, clearing: clear) { progress.advance(part, by: $0) }
+                                        try await copy.run(part, clearing: clear, digesting: streamedTables.contains(part.table.name)) {
+                                            progress.advance(part, by: $0)
+                                        }
                                     }
                                 } catch let error as PostgresError where error.sqlState == "55P03" {  // lock_not_available
                                     throw MigrationError(
@@ -73,9 +87,11 @@ extension NativeCopy {
                                             + "with \(Setting.resume) to carry on from the parts already copied", underlying: error)
                                 }
                                 try store.record(.committed, part: part.key)
+                                if let digest = result.digest { streamed?.add(digest, of: part.table.name) }
                                 if let finished = progress.finished(part, rows: result.rows, binary: result.binary) {
                                     events.info(.restore, finished.message, finished.detail)
                                     for build in buildsByTable[part.table.name] ?? [] { await indexWork.append(build) }
+                                    if streamedTables.contains(part.table.name) { await readBackWork.append(part.table) }
                                 }
                             }
                             return []
@@ -86,6 +102,9 @@ extension NativeCopy {
             for worker in 0..<config.indexJobs {
                 group.addTask { try await buildIndexes(from: indexWork, worker: worker) }
             }
+            for worker in 0..<readBackWorkers {
+                group.addTask { try await readBack(from: readBackWork, worker: worker) }
+            }
             var tolerated: [String] = []
             for try await errors in group { tolerated += errors }
             return tolerated
@@ -94,5 +113,23 @@ extension NativeCopy {
         events.status.observeCopy(progress.current.detail)  // every table done, without another progress line
         events.info(.restore, summary.message, summary.detail)
         return tolerated
+    }
+}
+
+extension NativeCopy {
+    /// A read-back worker: digests each loaded table's target copy, in the format its parts were copied in.
+    private func readBack(from queue: AsyncQueue<CatalogTable>, worker: Int) async throws -> [String] {
+        guard let streamed, let first = await queue.next() else { return [] }
+        try await target.withConnection(label: "verify-\(worker)", stage: .restore) { target in
+            try await target.keepAliveWhileIdle()
+            try await target.pinTextFormats(encoding: report.sourceDatabase.encoding)
+            var table: CatalogTable? = first
+            while let current = table {
+                try Task.checkCancellation()
+                try await streamed.readBack(current, binary: binaryAllowed && current.binarySafe, on: target)
+                table = await queue.next()
+            }
+        }
+        return []
     }
 }

@@ -13,6 +13,8 @@ struct NativeCopy {
     /// Progress on disk: each part, the target's preparation, post-data.
     var store: RunStateStore
     var resumePlan: ResumePlan
+    /// Offline verify riding along with the copy; nil: not digested (online, or `--verify off`).
+    var streamed: StreamVerification? = nil
 
     var source: Endpoint { config.sourceEndpoint }
     var target: Endpoint { config.targetEndpoint }
@@ -62,6 +64,7 @@ struct NativeCopy {
             }
             try Task.checkCancellation()
             let builds = try await catalog.indexBuilds(of: tables, on: session)
+            let digested = try await streamed == nil ? [] : digestedTables(tables, on: session)
             // A resumed copy keeps the interrupted run's parts, so no range is copied twice or missed.
             let recorded = store.current.copy
             let recordedPlan = resumePlan.continuesCopy ? store.plan : nil
@@ -95,7 +98,7 @@ struct NativeCopy {
                 try store.recordPlan(parts)
                 try store.update { $0.copy.targetPrepared = true }
             }
-            tolerated += try await copyData(parts, builds: builds, snapshot: snapshot, resuming: resuming)
+            tolerated += try await copyData(parts, builds: builds, snapshot: snapshot, resuming: resuming, digesting: digested)
             await release()
 
             guard !(resuming && recorded.postDataDone) else { return tolerated }
@@ -114,6 +117,15 @@ struct NativeCopy {
             await release()
             throw error
         }
+    }
+
+    /// The tables verified as they are copied (``StreamVerification``): all of them, or under
+    /// `--verify-method auto` those the servers cannot hash value by value, which they would print row by row.
+    private func digestedTables(_ tables: [CatalogTable], on session: Connection) async throws -> Set<QualifiedName> {
+        let names = tables.map(\.name)
+        guard config.verify.method == .auto else { return Set(names) }
+        let hashedInServer = try await Verifier.valueHashed(names, source: session, targetVersion: report.targetServerVersion)
+        return Set(names).subtracting(hashedInServer)
     }
 
     /// Binary COPY's format is stable within a major version only.

@@ -20,12 +20,15 @@ struct TableCopy {
         var rows: Int
         var bytes: Int
         var binary: Bool
+        /// The source rows' digest, when digesting.
+        var digest: RowDigest?
     }
 
     /// Copies `part`; `progress` hears about every batch (bytes). `clearing`
     /// first deletes the part's key range, for a part an interrupted run may
-    /// have committed without recording it.
-    func run(_ part: CopyPart, clearing: Bool = false, progress: @Sendable (Int) -> Void) async throws -> Result {
+    /// have committed without recording it. `digesting`: the source's rows are
+    /// digested as they pass (``CopyStreamDigest``), for verify.
+    func run(_ part: CopyPart, clearing: Bool = false, digesting: Bool = false, progress: @Sendable (Int) -> Void) async throws -> Result {
         try await target.execute("BEGIN")
         do {
             if part.isWholeTable {
@@ -39,12 +42,16 @@ struct TableCopy {
             try await target.beginCopyIn(
                 "COPY \(part.table.copyTarget) FROM STDIN" + (options.isEmpty ? "" : " WITH (\(options.joined(separator: ", ")))"))
             var bytes = 0
+            var digest = digesting ? CopyStreamDigest(binary: binary) : nil
             do {
                 var ahead = Task { [source, batchBytes] in try await source.readCopyBatch(minimumBytes: batchBytes) }
                 while let batch = try await ahead.value {
                     ahead = Task { [source, batchBytes] in try await source.readCopyBatch(minimumBytes: batchBytes) }
                     try Task.checkCancellation()
-                    try await target.writeCopyData(batch)
+                    // Digested while the target takes the batch.
+                    async let written: Void = target.writeCopyData(batch)
+                    try digest?.consume(batch)
+                    try await written
                     bytes += batch.count
                     progress(batch.count)
                 }
@@ -55,7 +62,7 @@ struct TableCopy {
             }
             let rows = try await target.endCopyIn()
             try await target.execute("COMMIT")
-            return Result(rows: rows, bytes: bytes, binary: binary)
+            return Result(rows: rows, bytes: bytes, binary: binary, digest: try digest?.finished())
         } catch {
             _ = try? await target.execute("ROLLBACK")
             throw error

@@ -16,13 +16,15 @@ struct OfflineMigration {
             }
             let report = try await Preflight(config: config, events: events, resumePlan: plan).run()
             try store.checkTables(report.tables, of: config)
-            let copy = DatabaseCopy(config: config, report: report, events: events, store: store, resumePlan: plan)
+            let streamed = config.verify.mode == .off || config.verify.method == .server ? nil : StreamVerification()
+            let copy = DatabaseCopy(
+                config: config, report: report, events: events, store: store, resumePlan: plan, streamed: streamed)
             let warnings = try await copy.run()
             try await copy.analyze()
             // Last, once the target is loaded and analyzed: a copied statement_timeout or read-only setting
             // must not hold up the load or ANALYZE.
             try await DatabaseProperties.carry(config: config, events: events, stage: .analyze)
-            let verified = try await VerifyRun(config: config, events: events).afterMigration()
+            let verified = try await VerifyRun(config: config, events: events).afterMigration(streamed: streamed)
             let rolesCreated = store.current.copy.rolesCreated ?? []
             store.finish()
             let duration = ContinuousClock.now - started

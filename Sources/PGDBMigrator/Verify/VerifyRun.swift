@@ -23,7 +23,9 @@ struct VerifyRun {
     }
 
     /// Runs the comparison and reports its outcome as events; `targetSnapshot`: read the target as of it.
-    func verify(checkSequences: Bool = true, stage: Stage = .verify, targetSnapshot: String? = nil) async throws -> VerifyReport {
+    func verify(
+        checkSequences: Bool = true, stage: Stage = .verify, targetSnapshot: String? = nil, streamed: StreamVerification? = nil
+    ) async throws -> VerifyReport {
         events.info(.verify, "comparing source and target table by table", ["jobs": .int(config.jobs)])
         let set: TableSet
         if let tables {
@@ -35,7 +37,8 @@ struct VerifyRun {
         }
         let report = try await Verifier(
             source: config.source, target: config.target, tables: set, jobs: config.jobs,
-            settings: config.verify, events: events, checkSequences: checkSequences, targetSnapshot: targetSnapshot
+            settings: config.verify, events: events, checkSequences: checkSequences, targetSnapshot: targetSnapshot,
+            streamed: streamed?.results ?? [:]
         ).run()
         // The tables verified are the tables migrated: each one compared, or reported missing on the target.
         let verified = report.tables.count + report.missingOnTarget.count
@@ -62,14 +65,15 @@ struct VerifyRun {
         return report
     }
 
-    /// After an offline restore: strict fails the run on a mismatch, warn reports it.
-    func afterMigration() async throws -> VerifyReport? {
+    /// After an offline restore: strict fails the run on a mismatch, warn reports it. `streamed`: what the
+    /// copy verified as it went.
+    func afterMigration(streamed: StreamVerification? = nil) async throws -> VerifyReport? {
         guard config.verify.mode != .off else { return nil }
         guard config.dumpScope != .schemaOnly else {
             events.info(.verify, "skipped: a schema-only copy has no rows or sequence values to compare")
             return nil
         }
-        let report = try await verify()
+        let report = try await verify(streamed: streamed)
         if !report.matches && config.verify.mode == .strict {
             throw MigrationError(
                 .verify, "the target differs from the source: " + report.problems.prefix(10).joined(separator: "; "),

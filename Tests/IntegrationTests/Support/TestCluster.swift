@@ -29,6 +29,9 @@ final class TestCluster: @unchecked Sendable {
 
     /// Starts a new cluster. `settings` are extra `-c name=value` server settings; `bin`, the
     /// programs of another PostgreSQL than Debian's (see ``postgres18()``).
+    /// Room for every suite's sessions at once on the shared servers; a standby needs at least its primary's.
+    static let maxConnections = 150
+
     static func start(name: String, settings: [String: String] = [:], bin: String? = nil) async throws -> TestCluster {
         let defaultBin = try await serverBinDirectory()
         let bin = bin ?? defaultBin
@@ -48,7 +51,8 @@ final class TestCluster: @unchecked Sendable {
             "port": String(port), "listen_addresses": "127.0.0.1", "unix_socket_directories": directory,
             "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
             "wal_level": "logical", "max_wal_senders": "10", "max_replication_slots": "10",
-            "shared_buffers": "64MB", "max_connections": "150", "log_min_messages": "warning", "max_prepared_transactions": "5",
+            "shared_buffers": "64MB", "max_connections": String(maxConnections), "log_min_messages": "warning",
+            "max_prepared_transactions": "5",
             // A log file the server knows (pg_current_logfile), so apply errors can be read back.
             "logging_collector": "on", "log_directory": "log",
         ]
@@ -82,7 +86,7 @@ final class TestCluster: @unchecked Sendable {
         let options = [
             "port=\(standby.port)", "listen_addresses=127.0.0.1", "unix_socket_directories=\(directory)", "hot_standby=on",
             "wal_level=logical", "max_wal_senders=10", "max_replication_slots=10", "max_prepared_transactions=5",
-            "logging_collector=off",
+            "logging_collector=off", "max_connections=\(TestCluster.maxConnections)",
         ].map { "-c \($0)" }.joined(separator: " ")
         try await TestCluster.runAsServerUser(
             bin + "/pg_ctl", ["-D", standby.dataDirectory, "-l", directory + "/server.log", "-o", options, "-w", "-t", "60", "start"])

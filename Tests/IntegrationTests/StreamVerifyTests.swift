@@ -1,0 +1,135 @@
+import Foundation
+import Logging
+import PostgresClient
+import Testing
+
+@testable import PGDBMigrator
+
+/// Offline verify riding along with the native copy: the source read once, the target read back.
+@Suite(.timeLimit(.minutes(5)))
+struct StreamVerifyTests {
+    static let setup = """
+        CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+        CREATE TABLE small_keyed (id int PRIMARY KEY, v text, m mood);
+        INSERT INTO small_keyed SELECT g, 'row ' || g, (ARRAY['sad', 'ok', 'happy']::mood[])[g % 3 + 1] FROM generate_series(1, 500) g;
+        CREATE TABLE small_heap (v text, n numeric);
+        INSERT INTO small_heap SELECT md5(g::text), g / 7.0 FROM generate_series(1, 500) g;
+        CREATE TABLE big_keyed (id bigint PRIMARY KEY, v text);
+        INSERT INTO big_keyed SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 20000) g;
+        CREATE TABLE big_heap (v text, m mood);
+        INSERT INTO big_heap SELECT repeat(md5(g::text), 4), 'ok' FROM generate_series(1, 20000) g;
+        """
+
+    /// Sequential scans of `tables` on the source, read in a fresh transaction (statistics are flushed as sessions end).
+    static func sequentialScans(_ tables: [String], database: String) async throws -> [String: Int] {
+        let (source, _) = try await SharedClusters.get()
+        let connection = try await source.connect(database: database)
+        defer { Task { await connection.close() } }
+        let rows = try await connection.query(
+            "SELECT relname, seq_scan::text FROM pg_stat_user_tables WHERE relname = ANY($1::text[])", [SQL.textArray(tables)]
+        ).rows
+        return Dictionary(uniqueKeysWithValues: rows.map { ($0[0]!, Int($0[1]!)!) })
+    }
+
+    @Test(
+        "every table is verified as it is copied, split or not, binary or text; the source is not read a second time (server: it is; auto: where the servers hash values)",
+        arguments: VerifySettings.Method.allCases)
+    func ridesAlong(method: VerifySettings.Method) async throws {
+        let source = try await OnlinePreflightTests.smallSource(Self.setup)
+        let unsplit = ["small_keyed", "small_heap", "items"]
+        let before = try await Self.sequentialScans(unsplit, database: source)
+        let events = EventLog()
+        let outcome = try await OfflineMigrationTests.migrate(source: source, target: SharedClusters.uniqueName("ridden"), events: events) {
+            $0.splitTablesLargerThan = 512 * 1024
+            $0.jobs = 2
+            $0.verify.method = method
+        }
+        #expect(outcome.verifyReport?.matches == true, "\(outcome.verifyReport?.problems ?? [])")
+        #expect(outcome.verifyReport?.tables.count == 5)
+        let summary = events.all.first { $0.message.contains("verified as they were copied") }
+        // auto: the tables of integers and text (big_keyed, items) are hashed value by value in the servers.
+        let expected: (streamed: Int, inServer: Int)? = [.stream: (5, 0), .auto: (3, 2)][method]
+        #expect(summary?.detail["streamed"] == expected.map { .int($0.streamed) }, "\(events.all.map(\.message))")
+        #expect(summary?.detail["in_server"] == expected.map { .int($0.inServer) })
+        let copied = events.all.filter { $0.message.hasPrefix("copied ") && $0.message.contains("big_") }
+        #expect(copied.count == 2 && copied.allSatisfy { $0.message.contains(" parts") }, "\(events.all.map(\.message))")
+        #expect(copied.contains { $0.message.contains("big_keyed") && $0.message.contains("binary") })
+
+        // One COPY per unsplit table, and no verify query after it (statistics land as the sessions end);
+        // verified in the servers, a second scan.
+        var after: [String: Int] = [:]
+        for _ in 0..<50 {
+            after = try await Self.sequentialScans(unsplit, database: source)
+            if unsplit.allSatisfy({ (after[$0] ?? 0) > (before[$0] ?? 0) }) { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        try await Task.sleep(for: .seconds(1))
+        after = try await Self.sequentialScans(unsplit, database: source)
+        let secondRead: Set<String> = [.stream: [], .auto: ["items"]][method] ?? Set(unsplit)
+        for table in unsplit {
+            let scans = secondRead.contains(table) ? 2 : 1
+            #expect((after[table] ?? 0) - (before[table] ?? 0) == scans, "\(table): \(before[table] ?? -1) → \(after[table] ?? -1)")
+        }
+    }
+
+    @Test("a read-back digest catches a changed value with the same row count, a lost row and a row twice, in text and binary")
+    func digestsCatchDifferences() async throws {
+        let (sourceCluster, targetCluster) = try await SharedClusters.get()
+        let database = SharedClusters.uniqueName("digest")
+        let table = "CREATE TABLE t (id int PRIMARY KEY, v text, n numeric);"
+        let sourceDatabase = try await sourceCluster.createDatabase(database)
+        let targetDatabase = try await targetCluster.createDatabase(database)
+        let source = try await sourceCluster.connect(database: sourceDatabase)
+        let target = try await targetCluster.connect(database: targetDatabase)
+        try await source.execute(table + "INSERT INTO t SELECT g, 'v' || g, g / 3.0 FROM generate_series(1, 1000) g")
+        // The same rows in another physical order.
+        try await target.execute(table + "INSERT INTO t SELECT g, 'v' || g, g / 3.0 FROM generate_series(1000, 1, -1) g")
+        let catalog = try await TableCatalog.tables([QualifiedName(schema: "public", name: "t")], on: source)[0]
+        for session in [source, target] { try await session.pinTextFormats() }
+        for binary in [false, true] {
+            let digest = { (session: Connection) in try await StreamVerification.digest(of: catalog, binary: binary, on: session) }
+            let expected = try await digest(source)
+            #expect(expected.rows == 1000)
+            #expect(try await digest(target) == expected, "binary: \(binary)")
+            try await target.execute("BEGIN; UPDATE t SET n = n + 0.000001 WHERE id = 500")
+            #expect(try await digest(target) != expected)
+            try await target.execute("ROLLBACK; BEGIN; DELETE FROM t WHERE id = 1")
+            #expect(try await digest(target) != expected)
+            try await target.execute("ALTER TABLE t DROP CONSTRAINT t_pkey; UPDATE t SET id = 3, v = 'v3', n = 1 WHERE id = 2")
+            let twice = try await digest(target)
+            #expect(twice != expected && twice.rows == 999)
+            try await target.execute("ROLLBACK")
+        }
+    }
+
+    @Test("digests that differ are examined again in the servers: a real difference is reported by range, a false alarm is a warning")
+    func fallsBackToTheServers() async throws {
+        let (sourceCluster, targetCluster) = try await SharedClusters.get()
+        let source = try await OnlinePreflightTests.smallSource()
+        let target = SharedClusters.uniqueName("fallback")
+        _ = try await OfflineMigrationTests.migrate(source: source, target: target)
+        let catalog = try await sourceCluster.connect(database: source)
+        let tables = try await TableSet.resolve(ObjectFilter(), on: catalog, stage: .verify)
+        await catalog.close()
+        let name = QualifiedName(schema: "public", name: "items")
+        let disagreeing = [
+            name: StreamVerification.TableResult(source: RowDigest(rows: 100, low: 1, high: 2), target: RowDigest(rows: 100))
+        ]
+        let verifier = { (events: EventLog) in
+            Verifier(
+                source: try sourceCluster.connectionString(database: source), target: try targetCluster.connectionString(database: target),
+                tables: tables, jobs: 2, settings: VerifySettings(showRows: 3),
+                events: EventEmitter(handler: events.record, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })),
+                streamed: disagreeing)
+        }
+        let falseAlarm = EventLog()
+        let equal = try await verifier(falseAlarm).run()
+        #expect(equal.matches)
+        #expect(falseAlarm.all.contains { $0.level == .warning && $0.message.contains("trusting the servers") })
+
+        try await VerifyTests.onTarget(target, "UPDATE items SET v = 'changed' WHERE id = 42")
+        let differs = try await verifier(EventLog()).run()
+        #expect(!differs.matches)
+        #expect(differs.tables.first { $0.table == "public.items" }?.differingRows == ["key (42): content differs"])
+    }
+}

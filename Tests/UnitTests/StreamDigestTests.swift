@@ -1,0 +1,105 @@
+import Foundation
+import Testing
+
+@testable import PGDBMigrator
+
+@Suite struct StreamDigestTests {
+    /// Digests `stream` fed in pieces cut at `cuts`.
+    static func digest(_ stream: [UInt8], binary: Bool, cuts: [Int]) throws -> RowDigest {
+        var digest = CopyStreamDigest(binary: binary)
+        var start = 0
+        for cut in cuts.sorted() + [stream.count] where cut >= start {
+            try digest.consume(Array(stream[start..<cut]))
+            start = cut
+        }
+        return try digest.finished()
+    }
+
+    static func text(_ rows: [String]) -> [UInt8] { Array(rows.map { $0 + "\n" }.joined().utf8) }
+
+    /// A binary COPY stream: header (with a 3-byte extension), tuples of fields (nil: NULL), trailer.
+    static func binary(_ tuples: [[[UInt8]?]]) -> [UInt8] {
+        func int16(_ value: Int) -> [UInt8] { [UInt8(truncatingIfNeeded: value >> 8), UInt8(truncatingIfNeeded: value)] }
+        func int32(_ value: Int) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: value >> (24 - 8 * $0)) } }
+        var bytes = Array("PGCOPY\n".utf8) + [0xFF, 0x0D, 0x0A, 0x00] + int32(0) + int32(3) + [1, 2, 3]
+        for tuple in tuples {
+            bytes += int16(tuple.count)
+            for field in tuple { bytes += field.map { int32($0.count) + $0 } ?? int32(-1) }
+        }
+        return bytes + int16(-1)
+    }
+
+    static let rows = ["1\talpha\t\\N", "2\tbeta\t2024-01-01", "3\t" + String(repeating: "long value ", count: 40) + "\tx", "4\t\t"]
+
+    @Test("text: the same rows in any order, cut anywhere, digest alike")
+    func textOrderAndCuts() throws {
+        let whole = try Self.digest(Self.text(Self.rows), binary: false, cuts: [])
+        #expect(whole.rows == 4)
+        let reordered = Self.text(Self.rows.reversed())
+        for cut in 0...reordered.count {
+            #expect(try Self.digest(reordered, binary: false, cuts: [cut]) == whole, "cut at \(cut)")
+        }
+        #expect(try Self.digest(reordered, binary: false, cuts: Array(0...reordered.count)) == whole, "a byte at a time")
+    }
+
+    @Test("text: a changed byte, a lost row, a row twice instead of another, a row split in two all differ")
+    func textDifferences() throws {
+        let whole = try Self.digest(Self.text(Self.rows), binary: false, cuts: [])
+        var changed = Self.rows
+        changed[1] = "2\tbetb\t2024-01-01"
+        let cases = [
+            changed, Array(Self.rows.dropLast()), [Self.rows[0], Self.rows[0], Self.rows[2], Self.rows[3]],
+            ["1\talpha", "\t\\N"] + Self.rows.dropFirst(),
+        ]
+        for rows in cases {
+            #expect(try Self.digest(Self.text(rows), binary: false, cuts: []) != whole, "\(rows)")
+        }
+        // The rows' order inside a row matters (a swapped pair of values is a different row).
+        #expect(
+            try Self.digest(Self.text(["alpha\t1"]), binary: false, cuts: [])
+                != Self.digest(Self.text(["1\talpha"]), binary: false, cuts: []))
+        #expect(throws: CopyStreamDigest.Malformed.self) { try Self.digest(Array("1\tno newline".utf8), binary: false, cuts: []) }
+    }
+
+    @Test("binary: tuples in any order, cut anywhere (inside a count, a length, a value), digest alike; a changed value differs")
+    func binaryStreams() throws {
+        let tuples: [[[UInt8]?]] = [
+            [[0, 0, 0, 1], Array("alpha".utf8), nil], [[0, 0, 0, 2], [], Array(repeating: 7, count: 300)], [], [[0, 0, 0, 3], nil, nil],
+        ]
+        let whole = try Self.digest(Self.binary(tuples), binary: true, cuts: [])
+        #expect(whole.rows == 4)
+        let reordered = Self.binary(tuples.reversed())
+        for cut in 0...reordered.count {
+            #expect(try Self.digest(reordered, binary: true, cuts: [cut, cut / 2]) == whole, "cut at \(cut)")
+        }
+        var changed = tuples
+        changed[0][1] = Array("alphb".utf8)
+        #expect(try Self.digest(Self.binary(changed), binary: true, cuts: []) != whole)
+        var nulled = tuples
+        nulled[1][1] = nil  // an empty value and NULL are different values
+        #expect(try Self.digest(Self.binary(nulled), binary: true, cuts: []) != whole)
+        let truncated = Array(Self.binary(tuples).dropLast(2))
+        #expect(throws: CopyStreamDigest.Malformed.self) { try Self.digest(truncated, binary: true, cuts: []) }
+        #expect(throws: CopyStreamDigest.Malformed.self) {
+            try Self.digest(Array("PGCOPX\n".utf8) + Array(repeating: 0, count: 20), binary: true, cuts: [])
+        }
+    }
+
+    @Test("the row hash spreads: 200k distinct short rows give 200k distinct hashes, and part digests add up to the table's")
+    func hashSpread() throws {
+        var seen = Set<[UInt64]>()
+        var total = RowDigest()
+        var halves = (RowDigest(), RowDigest())
+        for value in 0..<200_000 {
+            var hasher = RowHasher()
+            let row = Array("\(value)\tv".utf8)
+            row.withUnsafeBytes { hasher.feed($0) }
+            let hash = hasher.finish()
+            seen.insert([hash.0, hash.1])
+            total.add(hash)
+            if value % 2 == 0 { halves.0.add(hash) } else { halves.1.add(hash) }
+        }
+        #expect(seen.count == 200_000)
+        #expect(halves.0 + halves.1 == total)
+    }
+}
