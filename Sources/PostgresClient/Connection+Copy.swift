@@ -70,7 +70,7 @@ extension Connection {
 
     /// Collects the results that end a COPY; throws the server's error if it failed.
     @discardableResult
-    private func finishCommand() throws -> Int {
+    func finishCommand() throws -> Int {
         let conn = try live()
         var rows = 0
         var failure: PostgresError?

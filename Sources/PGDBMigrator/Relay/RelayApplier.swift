@@ -1,0 +1,178 @@
+import PostgresClient
+
+/// Relay apply: this process reads the slot's changes over a replication
+/// connection to the source and applies them to the target over an ordinary
+/// one, so the target never connects to the source.
+///
+/// One target session applies the source's transactions one after the other,
+/// in commit order, as PostgreSQL's own apply worker does: with
+/// `session_replication_role = replica` (no triggers, no foreign-key checks:
+/// the source already checked them) and `row_security = off`. Each change is
+/// applied as it arrives, so a transaction of any size is never held in memory.
+///
+/// Exactly once: the target session is bound to a replication origin, and each
+/// applied transaction's commit records the source position it reached
+/// (`pg_replication_origin_xact_setup`), atomically with its rows. A restart
+/// asks the origin where it is and streams from there; the slot is told to
+/// forget only what the origin durably holds.
+struct RelayApplier: Sendable {
+    var source: ConnectionString
+    var target: ConnectionString
+    var slot: String
+    var publication: String
+    /// The replication origin on the target (names starting `pg_` are reserved).
+    var origin: String
+    /// How often the slot hears how far the target durably got.
+    var statusInterval: Duration = .seconds(1)
+    /// Each logical message (`pg_logical_emit_message`): a transactional one once its transaction is applied.
+    var onMessage: @Sendable (_ prefix: String, _ lsn: LSN) -> Void = { _, _ in }
+
+    /// Settings the source prints values with and the target reads them with, whatever the servers' defaults.
+    static let textSettings =
+        "-c DateStyle=ISO,MDY -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC -c bytea_output=hex -c client_encoding=UTF8"
+
+    /// Applies until cancelled, or until an error (a change that finds no row on the target among them).
+    func run() async throws {
+        let target = try await Connection.connect(self.target.setting("options", to: Self.textSettings), label: "relay-apply")
+        defer { Task { await target.close() } }
+        try await target.execute("SET session_replication_role = replica; SET row_security = off; SET synchronous_commit = off")
+        try await target.query(
+            "SELECT pg_replication_origin_create($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)", [origin])
+        try await target.query("SELECT pg_replication_origin_session_setup($1)", [origin])
+        var durable = LSN(
+            try await target.scalar("SELECT pg_replication_origin_session_progress(true)::text").flatMap { LSN($0) }?.value ?? 0)
+
+        let stream = try await Connection.connect(
+            source.setting("replication", to: "database").setting("options", to: Self.textSettings), label: "relay-stream")
+        defer { Task { await stream.close() } }
+        try await stream.startReplication(try await startCommand(on: stream, from: durable))
+
+        var state = TransactionState()
+        var decoder = PgOutputDecoder()
+        var relations: [UInt32: RelayRelation] = [:]
+        var received = durable
+        var lastStatus = ContinuousClock.now
+        while true {
+            try Task.checkCancellation()
+            var replyNow = false
+            for message in try await stream.readReplicationMessages(timeout: statusInterval) {
+                switch message {
+                case .keepalive(let end, let replyRequested):
+                    received = max(received, end)
+                    replyNow = replyNow || replyRequested
+                case .data(let start, let end, let data):
+                    received = max(received, start, end)
+                    let change = try decoder.decode(data)
+                    try await apply(change, on: target, state: &state, relations: &relations, appliedThrough: durable)
+                }
+            }
+            if replyNow || ContinuousClock.now - lastStatus >= statusInterval {
+                if !state.open {
+                    durable = LSN(
+                        try await target.scalar("SELECT pg_replication_origin_session_progress(true)::text").flatMap { LSN($0) }?.value
+                            ?? durable.value)
+                }
+                // The slot may forget what the target durably holds; between transactions, once every one that
+                // wrote is durable, also what came after (transactions that changed nothing published).
+                let flush = !state.began && durable >= state.lastAppliedEnd ? max(durable, received) : durable
+                try await stream.sendStandbyStatus(write: received, flush: flush, apply: state.lastCommitEnd ?? durable)
+                lastStatus = ContinuousClock.now
+            }
+        }
+    }
+
+    /// Where a transaction stands: begun in the stream, open on the target (at its first change).
+    struct TransactionState {
+        var began = false
+        var open = false
+        var finalLSN = LSN(0)
+        /// Skipped: already applied by an earlier run (its commit is at or before the origin's position).
+        var skipping = false
+        var messages: [(String, LSN)] = []
+        var lastCommitEnd: LSN?
+        /// The last transaction that wrote on the target (the origin's position once durable).
+        var lastAppliedEnd = LSN(0)
+    }
+
+    private func apply(
+        _ change: PgOutputMessage, on target: Connection, state: inout TransactionState, relations: inout [UInt32: RelayRelation],
+        appliedThrough: LSN
+    ) async throws {
+        switch change {
+        case .begin(let finalLSN, _, _):
+            state = TransactionState(
+                began: true, finalLSN: finalLSN, skipping: finalLSN < appliedThrough, lastCommitEnd: state.lastCommitEnd,
+                lastAppliedEnd: state.lastAppliedEnd)
+        case .commit(_, let endLSN, let commitTime):
+            if state.open {
+                // The origin's position last, right before COMMIT: a failed statement never advances it.
+                try await target.query(
+                    "SELECT pg_replication_origin_xact_setup($1::pg_lsn, timestamptz '2000-01-01 00:00:00+00' + $2::bigint * interval '1 microsecond')",
+                    [endLSN.description, String(commitTime)])
+                try await target.execute("COMMIT")
+                try await target.execute("SELECT pg_replication_origin_xact_reset()")
+            }
+            for (prefix, lsn) in state.messages { onMessage(prefix, lsn) }
+            state = TransactionState(lastCommitEnd: endLSN, lastAppliedEnd: state.open ? endLSN : state.lastAppliedEnd)
+        case .relation(let relation):
+            relations[relation.oid] = RelayRelation(relation)
+        case .origin, .type:
+            break
+        case .message(_, let transactional, let lsn, let prefix, _):
+            if transactional { state.messages.append((prefix, lsn)) } else { onMessage(prefix, lsn) }
+        case .insert(_, let oid, let new):
+            let table = try relation(oid, in: relations)
+            try await run(try table.insert(new), on: target, state: &state)
+        case .update(_, let oid, let old, let new):
+            let table = try relation(oid, in: relations)
+            try await run(try table.update(old: old, new: new), on: target, state: &state, oneRowOf: ("UPDATE", table.name))
+        case .delete(_, let oid, let old):
+            let table = try relation(oid, in: relations)
+            try await run(try table.delete(old: old), on: target, state: &state, oneRowOf: ("DELETE", table.name))
+        case .truncate(_, _, let restartIdentity, let oids):
+            // Exactly the tables the source truncated, never cascading further (as PostgreSQL's apply).
+            let names = try oids.map { try relation($0, in: relations).name.description }
+            let sql = "TRUNCATE ONLY \(names.joined(separator: ", "))" + (restartIdentity ? " RESTART IDENTITY" : "") + " RESTRICT"
+            try await run(.init(sql: sql, parameters: []), on: target, state: &state)
+        case .streamStart, .streamStop, .streamCommit, .streamAbort:
+            throw MigrationError(.streamApply, "relay apply received a streamed transaction, which it did not ask for")
+        }
+    }
+
+    private func relation(_ oid: UInt32, in relations: [UInt32: RelayRelation]) throws -> RelayRelation {
+        guard let relation = relations[oid] else {
+            throw MigrationError(.streamApply, "the replication stream changed relation \(oid) before describing it")
+        }
+        return relation
+    }
+
+    /// Runs one change's statement in the target transaction (begun at the first). `oneRowOf`: the
+    /// statement must touch exactly one row; none is an error that stops the apply, never a skip.
+    private func run(
+        _ statement: RelayRelation.Statement, on target: Connection, state: inout TransactionState,
+        oneRowOf change: (what: String, table: QualifiedName)? = nil
+    ) async throws {
+        guard !state.skipping else { return }
+        if !state.open {
+            try await target.execute("BEGIN")
+            state.open = true
+        }
+        let result = try await target.query(statement.sql, statement.parameters)
+        if let change, result.rows.count != 1 {
+            throw MigrationError(
+                .streamApply,
+                "\(change.what) of a row of \(change.table.shown) found no such row on the target (the source's transaction committing at \(state.finalLSN)): "
+                    + "the target no longer matches the source",
+                fix: "find what changed that table on the target besides this migration; nothing after that transaction was applied")
+        }
+    }
+
+    /// `START_REPLICATION` with the highest pgoutput protocol the source speaks, and logical messages where it has them.
+    private func startCommand(on stream: Connection, from position: LSN) async throws -> String {
+        let version = await stream.serverVersion
+        let protocolVersion = version >= 160_000 ? 4 : version >= 150_000 ? 3 : version >= 140_000 ? 2 : 1
+        var options = ["proto_version '\(protocolVersion)'", "publication_names " + SQL.literal(SQL.identifier(publication))]
+        if version >= 140_000 { options.append("messages 'true'") }
+        return "START_REPLICATION SLOT \(SQL.identifier(slot)) LOGICAL \(position) (\(options.joined(separator: ", ")))"
+    }
+}

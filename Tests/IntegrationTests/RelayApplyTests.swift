@@ -1,0 +1,140 @@
+import Foundation
+import PostgresClient
+import Testing
+
+@testable import PGDBMigrator
+
+/// Relay apply (``RelayApplier``) against real servers: the tool streams the slot's changes into the target itself.
+@Suite(.timeLimit(.minutes(5)))
+struct RelayApplyTests {
+    static let schema = """
+        CREATE TABLE k (id int PRIMARY KEY, v text, big text); ALTER TABLE k ALTER COLUMN big SET STORAGE EXTERNAL;
+        CREATE TABLE f (a int, b text); ALTER TABLE f REPLICA IDENTITY FULL;
+        CREATE TABLE s (id serial PRIMARY KEY, v text);
+        CREATE TABLE typed (id int PRIMARY KEY, n numeric, ts timestamptz, iv interval, b bytea, j jsonb, arr int[], d date);
+        INSERT INTO f VALUES (1, NULL), (1, NULL), (2, 'x');
+        """
+
+    /// A source and a target database holding the same schema and rows, a publication of everything and a pgoutput slot.
+    static func pair(_ prefix: String) async throws -> (source: String, target: String, slot: String) {
+        let (sourceCluster, targetCluster) = try await SharedClusters.get()
+        let source = try await sourceCluster.createDatabase(SharedClusters.uniqueName(prefix))
+        let target = try await targetCluster.createDatabase(SharedClusters.uniqueName(prefix + "_target"))
+        let slot = SharedClusters.uniqueName("relay")
+        try await sourceCluster.connect(database: source).execute(schema + "CREATE PUBLICATION p FOR ALL TABLES")
+        try await targetCluster.connect(database: target).execute(schema)
+        try await sourceCluster.connect(database: source).query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [slot])
+        return (source, target, slot)
+    }
+
+    /// Collects the logical messages the applier reports.
+    final class Messages: @unchecked Sendable {
+        private let lock = NSLock()
+        private var seen: [String] = []
+        func record(_ prefix: String, _: LSN) { lock.withLock { seen.append(prefix) } }
+        func contains(_ prefix: String) -> Bool { lock.withLock { seen.contains(prefix) } }
+    }
+
+    static func applier(_ pair: (source: String, target: String, slot: String), messages: Messages) async throws -> RelayApplier {
+        let (sourceCluster, targetCluster) = try await SharedClusters.get()
+        return RelayApplier(
+            source: try sourceCluster.connectionString(database: pair.source),
+            target: try targetCluster.connectionString(database: pair.target),
+            slot: pair.slot, publication: "p", origin: "pgdm_" + pair.slot, statusInterval: .milliseconds(200),
+            onMessage: messages.record)
+    }
+
+    /// Emits a transactional marker on the source and waits until the applier has applied it.
+    static func barrier(_ name: String, on source: Connection, messages: Messages) async throws {
+        try await source.query("SELECT pg_logical_emit_message(true, $1, 'barrier')", [name])
+        for _ in 0..<300 where !messages.contains(name) { try await Task.sleep(for: .milliseconds(100)) }
+        #expect(messages.contains(name), "the applier never reached \(name)")
+    }
+
+    @Test("every change kind reaches the target by content, exactly once across a stop in the middle; the origin and slot follow")
+    func appliesExactlyOnce() async throws {
+        let (sourceCluster, targetCluster) = try await SharedClusters.get()
+        let pair = try await Self.pair("relay_all")
+        let source = try await sourceCluster.connect(database: pair.source)
+        let messages = Messages()
+        let applier = try await Self.applier(pair, messages: messages)
+        var running = Task { try await applier.run() }
+
+        let big = String(repeating: "abcdefghij", count: 900)
+        // One transaction each (a simple query of several statements is one transaction).
+        for statement in [
+            "INSERT INTO k SELECT g, 'v' || g, '\(big)' || g FROM generate_series(1, 50) g",
+            "UPDATE k SET v = 'changed' WHERE id <= 10",
+            "UPDATE k SET id = id + 1000 WHERE id BETWEEN 11 AND 15",
+            "DELETE FROM k WHERE id BETWEEN 16 AND 20",
+            "DELETE FROM f WHERE ctid = (SELECT min(ctid) FROM f WHERE a = 1)",
+            "UPDATE f SET b = 'y' WHERE a = 2",
+            "INSERT INTO s (v) SELECT 'row' FROM generate_series(1, 5)",
+            """
+            INSERT INTO typed VALUES (1, 1.50, '2024-02-29 12:34:56.789+02', '1 day 02:03:04', '\\x00ff', '{"a": [1, 2]}', '{1,NULL,3}',
+                                      '2024-01-01')
+            """,
+            "BEGIN; INSERT INTO k VALUES (9999, 'rolled back', NULL); ROLLBACK",
+        ] {
+            try await source.execute(statement)
+        }
+        try await Self.barrier("first", on: source, messages: messages)
+        // Stopped in the middle of a large transaction's apply, then started again: nothing lost, nothing twice.
+        try await source.execute("INSERT INTO k SELECT g, 'bulk', NULL FROM generate_series(100000, 120000) g")
+        try await Task.sleep(for: .milliseconds(300))
+        running.cancel()
+        _ = await running.result
+        running = Task { try await applier.run() }
+        for statement in [
+            "TRUNCATE s RESTART IDENTITY", "INSERT INTO s (v) VALUES ('after truncate')",
+            #"UPDATE typed SET n = 2.25, j = '{"b": null}' WHERE id = 1"#, "DELETE FROM k WHERE id >= 110000",
+        ] {
+            try await source.execute(statement)
+        }
+        try await Self.barrier("second", on: source, messages: messages)
+        // The origin holds the target's durable position, and the slot is told it (and forgets no more).
+        let target = try await targetCluster.connect(database: pair.target)
+        let progress = try #require(
+            try await target.scalar("SELECT pg_replication_origin_progress($1, true)::text", [applier.origin]).flatMap(LSN.init))
+        var confirmed = LSN(0)
+        for _ in 0..<100 where confirmed < progress {
+            try await Task.sleep(for: .milliseconds(100))
+            confirmed =
+                try await source.scalar("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", [pair.slot])
+                .flatMap(LSN.init) ?? LSN(0)
+        }
+        #expect(confirmed >= progress, "slot at \(confirmed), target durably at \(progress)")
+        running.cancel()
+        _ = await running.result
+
+        let expected = try await Fingerprint.of(sourceCluster, database: pair.source)
+        let actual = try await Fingerprint.of(targetCluster, database: pair.target)
+        #expect(actual.tables == expected.tables, "\(actual.differences(from: expected))")
+        let identical = "SELECT count(*) FROM f WHERE a = 1"
+        let counts = (source: try await source.scalar(identical), target: try await target.scalar(identical))
+        #expect(counts.source == "1" && counts.target == "1", "one of two identical rows deleted: \(counts)")
+        #expect(try await target.scalar("SELECT id::text FROM s") == "1", "RESTART IDENTITY applied")
+        try await source.query("SELECT pg_drop_replication_slot($1)", [pair.slot])
+        try await target.query("SELECT pg_replication_origin_drop($1)", [applier.origin])
+    }
+
+    @Test("an UPDATE or DELETE that finds no row on the target stops the apply with an error naming the table, never a skip")
+    func missingRowIsAnError() async throws {
+        let (sourceCluster, targetCluster) = try await SharedClusters.get()
+        let pair = try await Self.pair("relay_missing")
+        let source = try await sourceCluster.connect(database: pair.source)
+        let target = try await targetCluster.connect(database: pair.target)
+        try await source.execute("INSERT INTO k VALUES (1, 'a', NULL), (2, 'b', NULL)")
+        let messages = Messages()
+        let applier = try await Self.applier(pair, messages: messages)
+        let running = Task { try await applier.run() }
+        try await Self.barrier("loaded", on: source, messages: messages)
+        try await target.execute("DELETE FROM k WHERE id = 2")
+        try await source.execute("UPDATE k SET v = 'lost?' WHERE id = 2; INSERT INTO k VALUES (3, 'after', NULL)")
+        let error = await #expect(throws: MigrationError.self) { try await running.value }
+        #expect(error?.message.contains("UPDATE of a row of public.k found no such row on the target") == true, "\(error?.message ?? "")")
+        #expect(try await target.scalar("SELECT count(*) FROM k WHERE id = 3") == "0", "nothing after it was applied")
+        try await source.query("SELECT pg_drop_replication_slot($1)", [pair.slot])
+        try await target.query("SELECT pg_replication_origin_drop($1)", [applier.origin])
+    }
+}
