@@ -33,6 +33,7 @@ struct RelayApplyTests {
         private var seen: [String] = []
         func record(_ prefix: String, _: LSN) { lock.withLock { seen.append(prefix) } }
         func contains(_ prefix: String) -> Bool { lock.withLock { seen.contains(prefix) } }
+        var count: Int { lock.withLock { seen.count } }
     }
 
     static func applier(_ pair: (source: String, target: String, slot: String), messages: Messages) async throws -> RelayApplier {
@@ -136,5 +137,74 @@ struct RelayApplyTests {
         #expect(try await target.scalar("SELECT count(*) FROM k WHERE id = 3") == "0", "nothing after it was applied")
         try await source.query("SELECT pg_drop_replication_slot($1)", [pair.slot])
         try await target.query("SELECT pg_replication_origin_drop($1)", [applier.origin])
+    }
+
+    @Test("the target, then the source, restart while writes go on: relay apply reconnects and loses nothing; idle, the slot catches up")
+    func reconnectsAfterRestarts() async throws {
+        let sourceCluster = try await TestCluster.start(name: "relay-restart-source")
+        let targetCluster = try await TestCluster.start(name: "relay-restart-target")
+        defer {
+            sourceCluster.stop()
+            targetCluster.stop()
+        }
+        for cluster in [sourceCluster, targetCluster] {
+            try await cluster.connect().execute("CREATE TABLE counter (id int PRIMARY KEY, n int NOT NULL)")
+        }
+        try await sourceCluster.connect().execute("CREATE PUBLICATION p FOR ALL TABLES")
+        try await sourceCluster.connect().query("SELECT pg_create_logical_replication_slot('s', 'pgoutput')")
+        let messages = Messages()
+        let reconnects = Messages()
+        let applier = RelayApplier(
+            source: try sourceCluster.connectionString(database: "postgres"),
+            target: try targetCluster.connectionString(database: "postgres"),
+            slot: "s", publication: "p", origin: "pgdm_restart", statusInterval: .milliseconds(200), onMessage: messages.record,
+            onReconnect: { reason, _ in reconnects.record(reason, LSN(0)) })
+        let running = Task { try await applier.run() }
+        // A writer that keeps going through both restarts (each statement on a fresh session: the source restarts too).
+        let writing = Task {
+            var written = 0
+            while !Task.isCancelled {
+                do {
+                    let session = try await sourceCluster.connect()
+                    for _ in 0..<20 {
+                        written += 1
+                        try await session.execute(
+                            "INSERT INTO counter VALUES (\(written), 0); UPDATE counter SET n = n + 1 WHERE id = \(written / 2 + 1)")
+                    }
+                    await session.close()
+                } catch {
+                    written -= 1  // that insert may or may not have committed: the comparison by content decides
+                    try? await Task.sleep(for: .milliseconds(200))
+                }
+            }
+        }
+        try await Task.sleep(for: .seconds(1))
+        try await targetCluster.restart()
+        try await Task.sleep(for: .seconds(2))
+        try await sourceCluster.restart()
+        try await Task.sleep(for: .seconds(2))
+        writing.cancel()
+        _ = await writing.result
+        let source = try await sourceCluster.connect()
+        try await Self.barrier("after restarts", on: source, messages: messages)
+        #expect(reconnects.count >= 2, "reconnected after each restart")
+
+        let expected = try await Fingerprint.of(sourceCluster, database: "postgres")
+        let actual = try await Fingerprint.of(targetCluster, database: "postgres")
+        #expect(actual.tables == expected.tables, "\(actual.differences(from: expected))")
+        #expect(Int(try await source.scalar("SELECT count(*) FROM counter") ?? "0")! > 40)
+
+        // Idle now: the slot is told the source's position, though nothing more is published.
+        let now = try #require(try await source.scalar("SELECT pg_current_wal_lsn()::text").flatMap(LSN.init))
+        var confirmed = LSN(0)
+        for _ in 0..<100 where confirmed < now {
+            try await Task.sleep(for: .milliseconds(100))
+            confirmed =
+                try await source.scalar("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 's'")
+                .flatMap(LSN.init) ?? LSN(0)
+        }
+        #expect(confirmed >= now, "slot at \(confirmed), source at \(now)")
+        running.cancel()
+        _ = await running.result
     }
 }

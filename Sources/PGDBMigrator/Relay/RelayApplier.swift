@@ -26,13 +26,52 @@ struct RelayApplier: Sendable {
     var statusInterval: Duration = .seconds(1)
     /// Each logical message (`pg_logical_emit_message`): a transactional one once its transaction is applied.
     var onMessage: @Sendable (_ prefix: String, _ lsn: LSN) -> Void = { _, _ in }
+    /// A lost connection (a server restarted, the network dropped), before each new attempt.
+    var onReconnect: @Sendable (_ reason: String, _ retryIn: Duration) -> Void = { _, _ in }
+    /// How long either server may stay unreachable before the apply gives up.
+    var giveUpAfter: Duration = .seconds(300)
 
     /// Settings the source prints values with and the target reads them with, whatever the servers' defaults.
     static let textSettings =
         "-c DateStyle=ISO,MDY -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC -c bytea_output=hex -c client_encoding=UTF8"
 
     /// Applies until cancelled, or until an error (a change that finds no row on the target among them).
+    /// A lost connection is not one: the apply starts again on fresh sessions from where the origin
+    /// says the target durably got (a transaction cut short was rolled back with its connection), as
+    /// PostgreSQL's own apply worker does after a restart.
     func run() async throws {
+        var delay = Duration.seconds(1)
+        var lostSince: ContinuousClock.Instant?
+        while true {
+            var progressed = false
+            do {
+                try await applyUntilLost { progressed = true }
+            } catch let error as PostgresError where Self.isRetryable(error) {
+                if progressed { (lostSince, delay) = (nil, .seconds(1)) }
+                let since = lostSince ?? .now
+                lostSince = since
+                guard ContinuousClock.now - since <= giveUpAfter else {
+                    throw MigrationError(
+                        .streamApply, "relay apply lost its connection to a server for over \(giveUpAfter): \(error.message)",
+                        fix: "nothing was dropped; when both servers are reachable, run again with \(Setting.resume)", code: .connection,
+                        underlying: error)
+                }
+                onReconnect(error.message, delay)
+                try await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(15))
+            }
+        }
+    }
+
+    /// A lost connection, or what its aftermath looks like for a moment: the old walsender or target
+    /// session still holding the slot or the origin (`object_in_use`).
+    static func isRetryable(_ error: PostgresError) -> Bool {
+        ControlSessions.isConnectionLoss(error) || error.sqlState == "55006"
+    }
+
+    /// One attempt: fresh sessions, streaming from the origin's durable position, until an error.
+    /// `progressed` hears of each applied transaction.
+    private func applyUntilLost(progressed: () -> Void) async throws {
         let target = try await Connection.connect(self.target.setting("options", to: Self.textSettings), label: "relay-apply")
         defer { Task { await target.close() } }
         try await target.execute("SET session_replication_role = replica; SET row_security = off; SET synchronous_commit = off")
@@ -64,6 +103,7 @@ struct RelayApplier: Sendable {
                     received = max(received, start, end)
                     let change = try decoder.decode(data)
                     try await apply(change, on: target, state: &state, relations: &relations, appliedThrough: durable)
+                    if case .commit = change { progressed() }
                 }
             }
             if replyNow || ContinuousClock.now - lastStatus >= statusInterval {
@@ -75,6 +115,7 @@ struct RelayApplier: Sendable {
                 // The slot may forget what the target durably holds; between transactions, once every one that
                 // wrote is durable, also what came after (transactions that changed nothing published).
                 let flush = !state.began && durable >= state.lastAppliedEnd ? max(durable, received) : durable
+                // (An idle walsender tells its position by itself while ours lags it: the slot catches up.)
                 try await stream.sendStandbyStatus(write: received, flush: flush, apply: state.lastCommitEnd ?? durable)
                 lastStatus = ContinuousClock.now
             }
