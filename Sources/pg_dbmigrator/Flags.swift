@@ -63,6 +63,7 @@ extension MigrationConfig.Setting {
         case .publication: "--publication"
         case .subscriptionName: "--subscription-name"
         case .subscriptionSource: "--subscription-source"
+        case .apply: "--apply"
         case .lagThresholdBytes: "--lag-threshold-bytes"
         case .lagThresholdSeconds: "--lag-threshold-secs"
         case .everyLagReading: "--json-heartbeat"

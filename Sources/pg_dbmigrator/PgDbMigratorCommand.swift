@@ -292,8 +292,14 @@ struct OnlineOptions: ParsableArguments {
     @Option(help: "Publication on the source; created (and dropped after cutover) when missing.")
     var publication = "pg_dbmigrator_pub"
 
-    @Option(help: "Subscription created on the target.")
-    var subscriptionName = "pg_dbmigrator_sub"
+    @Option(
+        help: ArgumentHelp(
+            "How the changes reach the target after the copy: subscription (CREATE SUBSCRIPTION: the target server connects to the source) or relay (this process streams them from the slot and applies them on the target, which never connects to the source; its position is a replication origin on the target).",
+            valueName: "subscription|relay"))
+    var apply: OnlineSettings.ApplyMethod = .subscription
+
+    @Option(help: "Subscription created on the target (default pg_dbmigrator_sub).")
+    var subscriptionName: String?
 
     @Option(
         help: ArgumentHelp(
@@ -359,6 +365,17 @@ struct OnlineOptions: ParsableArguments {
     var maxRetainedWalMb: UInt64?
 
     func settings() throws -> OnlineSettings {
+        if apply == .relay {
+            let given = [
+                subscriptionName.map { _ in "--subscription-name" }, subscriptionSource.map { _ in "--subscription-source" },
+                keepSubscription ? "--keep-subscription" : nil,
+            ].compactMap { $0 }
+            if !given.isEmpty {
+                throw ValidationError(
+                    "\(given.joined(separator: ", ")) \(given.count == 1 ? "has" : "have") no meaning with --apply relay: no subscription is made"
+                )
+            }
+        }
         var subscriptionSourceString: ConnectionString?
         if let subscriptionSource {
             do {
@@ -368,13 +385,14 @@ struct OnlineOptions: ParsableArguments {
             }
         }
         var settings = OnlineSettings(
-            slotName: slotName, publication: publication, subscriptionName: subscriptionName,
+            slotName: slotName, publication: publication, subscriptionName: subscriptionName ?? "pg_dbmigrator_sub",
             subscriptionSource: subscriptionSourceString, lagThresholdBytes: lagThresholdBytes,
             pollInterval: Self.duration(seconds: cutoverPollSecs), fastPollInterval: .milliseconds(cutoverFastPollMs),
             cutoverTimeout: Self.duration(seconds: cutoverTimeoutSecs), keepSubscription: keepSubscription,
             keepSlot: keepSlot, syncSequences: !noSequenceSync, autoCreatePublication: !noAutoCreatePublication,
             forceClean: forceClean, freezeSourceAtCutover: freezeSourceAtCutover, setReplicaIdentityFull: setReplicaIdentityFull)
         settings.lagThresholdSeconds = lagThresholdSecs
+        settings.apply = apply
         settings.dryRun = dryRun
         // Out-of-range values become a value the library refuses by name, never a trap.
         settings.maxRetainedWALBytes = maxRetainedWalMb.map { megabytes in
@@ -495,3 +513,4 @@ struct ByteSize: ExpressibleByArgument, CustomStringConvertible {
 
     var defaultValueDescription: String { description }
 }
+extension OnlineSettings.ApplyMethod: ExpressibleByArgument {}

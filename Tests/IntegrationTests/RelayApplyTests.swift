@@ -48,7 +48,8 @@ struct RelayApplyTests {
     /// Emits a transactional marker on the source and waits until the applier has applied it.
     static func barrier(_ name: String, on source: Connection, messages: Messages) async throws {
         try await source.query("SELECT pg_logical_emit_message(true, $1, 'barrier')", [name])
-        for _ in 0..<300 where !messages.contains(name) { try await Task.sleep(for: .milliseconds(100)) }
+        // One session applies one statement per round trip: under the whole suite's load a bulk change takes a while.
+        for _ in 0..<1200 where !messages.contains(name) { try await Task.sleep(for: .milliseconds(100)) }
         #expect(messages.contains(name), "the applier never reached \(name)")
     }
 

@@ -33,7 +33,8 @@ struct LagReading: Sendable {
 /// Reads lag from both servers.
 struct LagMonitor {
     var slotName: String
-    var subscriptionName: String
+    /// The subscription applying on the target; nil under relay apply (this process applies: nothing to read there).
+    var subscriptionName: String?
 
     func read(source: Connection, target: Connection) async throws -> LagReading {
         let sourceRow = try await source.query(
@@ -54,6 +55,13 @@ struct LagMonitor {
                 .streamApply, loss, fix: "clean up with \(Setting.mode) cleanup and start the migration again", code: .slotLost)
         }
         guard let applied else { preconditionFailure("a slot that exists has a confirmed position") }
+        // The walsender's replay_lag goes NULL (-1 here) once it is idle: nothing to apply means 0 s behind.
+        let replayLag = sourceRow[3].flatMap(Double.init)
+        let lagSeconds = sourceLSN.bytes(since: applied) == 0 ? 0 : replayLag.flatMap { $0 < 0 ? nil : $0 }
+        guard let subscriptionName else {
+            return LagReading(
+                sourceLSN: sourceLSN, receivedLSN: nil, appliedLSN: applied, workerRunning: true, applyErrors: nil, lagSeconds: lagSeconds)
+        }
         let version = await target.serverVersion
         let errorsColumn =
             version >= 150_000
@@ -65,9 +73,6 @@ struct LagMonitor {
                    \(errorsColumn)
             """, [subscriptionName]
         ).rows[0]
-        // The walsender's replay_lag goes NULL (-1 here) once it is idle: nothing to apply means 0 s behind.
-        let replayLag = sourceRow[3].flatMap(Double.init)
-        let lagSeconds = sourceLSN.bytes(since: applied) == 0 ? 0 : replayLag.flatMap { $0 < 0 ? nil : $0 }
         return LagReading(
             sourceLSN: sourceLSN, receivedLSN: targetRow[0].flatMap(LSN.init), appliedLSN: applied,
             workerRunning: targetRow[1] == "t", applyErrors: targetRow[2].flatMap { Int($0) }, lagSeconds: lagSeconds)

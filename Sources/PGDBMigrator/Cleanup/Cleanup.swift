@@ -68,6 +68,26 @@ struct Cleanup {
             break
         }
 
+        // Relay apply's position, only when the recorded run made it (an origin carries no mark).
+        if let origin = recorded?.online.relayOrigin {
+            // Origins belong to the server, not a database: any database will do when the target's is gone.
+            let target: Connection
+            do {
+                target = try await config.targetEndpoint.connect(label: "cleanup", stage: .cleanup)
+            } catch {
+                target = try await config.targetEndpoint.connect(label: "cleanup", database: "postgres", stage: .cleanup)
+            }
+            let removed = try await { (target: Connection) in
+                guard try await target.scalar("SELECT count(*) FROM pg_replication_origin WHERE roname = $1", [origin]) == "1" else {
+                    return false
+                }
+                if !dryRun { try await RelayApplier.dropOrigin(origin, on: target) }
+                return true
+            }(target)
+            await target.close()
+            if removed { found.append("\(verb) replication origin \(SQL.identifier(origin)) on the target (relay apply's position)") }
+        }
+
         let source = try await config.sourceEndpoint.connect()
         if let recordedSource = recorded?.online.sourceIdentity, try await SourceIdentity.read(on: source) != recordedSource {
             await source.close()

@@ -180,6 +180,27 @@ public struct OnlineSettings: Sendable {
     public var setReplicaIdentityFull: Bool
     /// How long the apply worker may fail (errors or not running, nothing applied) before the run ends with its error.
     public var applyFailureGrace: Duration
+    /// How the changes reach the target after the copy.
+    public var apply: ApplyMethod = .subscription
+
+    public enum ApplyMethod: String, Sendable, CaseIterable {
+        /// `CREATE SUBSCRIPTION` on the target: its own apply worker connects to the source.
+        case subscription
+        /// This process streams the slot's changes and applies them on the target (``RelayApplier``):
+        /// the target never connects to the source, and its login needs no right to create subscriptions.
+        case relay
+    }
+
+    /// The replication origin relay apply keeps its position in, on the target (`pg_` names are reserved).
+    var relayOrigin: String { "dbmigrator_" + slotName }
+
+    /// The target sessions that apply the changes, for lock waits to name what holds them up.
+    var applyingSessions: LockWait.Blockers {
+        apply == .relay ? .application(RelayApplier.applicationName(slot: slotName)) : .subscription(subscriptionName)
+    }
+
+    /// Reads how far the target is behind, wherever the changes are applied.
+    var lagMonitor: LagMonitor { LagMonitor(slotName: slotName, subscriptionName: apply == .relay ? nil : subscriptionName) }
 
     public init(
         slotName: String = "pg_dbmigrator_slot", publication: String = "pg_dbmigrator_pub",

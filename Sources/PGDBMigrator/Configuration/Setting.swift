@@ -12,7 +12,7 @@ extension MigrationConfig {
         case schemas = "filter.schemas", excludeSchemas = "filter.excludeSchemas"
         case tables = "filter.tables", excludeTables = "filter.excludeTables"
         case slotName = "online.slotName", publication = "online.publication"
-        case subscriptionName = "online.subscriptionName", subscriptionSource = "online.subscriptionSource"
+        case subscriptionName = "online.subscriptionName", subscriptionSource = "online.subscriptionSource", apply = "online.apply"
         case lagThresholdBytes = "online.lagThresholdBytes", lagThresholdSeconds = "online.lagThresholdSeconds"
         case everyLagReading = "online.everyLagReading", pollInterval = "online.pollInterval"
         case fastPollInterval = "online.fastPollInterval", cutoverTimeout = "online.cutoverTimeout"

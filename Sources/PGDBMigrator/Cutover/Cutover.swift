@@ -11,6 +11,8 @@ struct Cutover {
     var leftovers: Leftovers
     /// What the migration carries: what must have been published, verified and sequence-synced.
     var tables: TableSet
+    /// Stops relay apply before the teardown drops its slot (nil with a subscription, which the teardown drops).
+    var stopRelay: (@Sendable () async -> Void)? = nil
     var settings: OnlineSettings { config.online }
 
     struct Result {
@@ -63,7 +65,7 @@ struct Cutover {
         events.info(.cutover, "waiting for the target to apply up to barrier \(barrier)", ["barrier_lsn": .string(barrier.description)])
         // A target session holding a lock the apply worker needs would hold the cutover up: say whose.
         try await LockWait(server: config.targetEndpoint, events: events, stage: .cutover, timeout: config.lockTimeout)
-            .watching("applying up to the barrier", blockers: .subscription(settings.subscriptionName)) {
+            .watching("applying up to the barrier", blockers: settings.applyingSessions) {
                 try await waitForApply(past: barrier)
             }
         steps.lap("apply_wait")
@@ -123,6 +125,7 @@ struct Cutover {
 
         // From here a killed run has nothing left to apply: --resume only finishes the teardown.
         leftovers.set(\.cutoverBarrier, barrier.description)
+        await stopRelay?()
         // Each of its steps looks before it drops, and records as it goes: safe to run again.
         let teardown = ReplicationTeardown(config: config, events: events, leftovers: leftovers)
         try await sessions.retrying { source, target in try await teardown.run(source: source, target: target) }
@@ -133,7 +136,7 @@ struct Cutover {
     /// Polls until the slot's confirmed position (what the target applied and flushed) reaches the barrier:
     /// every 20 ms at most, since with a freeze writes are held for as long as this takes.
     private func waitForApply(past barrier: LSN) async throws {
-        let monitor = LagMonitor(slotName: settings.slotName, subscriptionName: settings.subscriptionName)
+        let monitor = settings.lagMonitor
         let deadline = ContinuousClock.now + settings.cutoverTimeout
         var lastReport = ContinuousClock.now
         while true {
@@ -200,6 +203,12 @@ struct ReplicationTeardown {
             try await ReplicationSlot.drop(named: settings.slotName, on: source, timeout: config.lockTimeout, events: events)
             leftovers.set(\.slotCreated, false)
             events.info(.cutover, "dropped replication slot \(SQL.identifier(settings.slotName)) on the source")
+        }
+
+        if let origin = leftovers.snapshot.relayOrigin {
+            try await RelayApplier.dropOrigin(origin, on: target)
+            leftovers.set(\.relayOrigin, nil)
+            events.info(.cutover, "dropped replication origin \(SQL.identifier(origin)) on the target (relay apply's position)")
         }
 
         if leftovers.snapshot.publicationCreated {

@@ -56,6 +56,11 @@ final class Leftovers: Sendable {
                     + "ALTER SUBSCRIPTION \(SQL.identifier(settings.subscriptionName)) SET (slot_name = NONE); "
                     + "DROP SUBSCRIPTION \(SQL.identifier(settings.subscriptionName))")
         }
+        if let origin = current.relayOrigin {
+            lines.append(
+                "replication origin \(SQL.identifier(origin)) on the target (where relay apply got to): resume streaming with "
+                    + "\(Setting.resume); remove with SELECT pg_replication_origin_drop(\(SQL.literal(origin)))")
+        }
         if current.slotCreated {
             lines.append(
                 "replication slot \(SQL.identifier(settings.slotName)) on the source (it retains WAL until dropped): "

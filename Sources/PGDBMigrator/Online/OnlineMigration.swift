@@ -7,8 +7,9 @@ struct OnlineMigration {
     var cutover: CutoverHandle
     var settings: OnlineSettings { config.online }
     private let leftovers = Leftovers()
-    /// Where the slot guard reports a slot the source has invalidated: that ends the run.
+    /// Where the slot guard reports a slot the source has invalidated, and relay apply its failure: that ends the run.
     private let slotLost = AsyncQueue<MigrationError>()
+    private let relay = RelayRun()
 
     init(config: MigrationConfig, events: EventEmitter, cutover: CutoverHandle) {
         self.config = config
@@ -57,6 +58,11 @@ struct OnlineMigration {
                 // subscription the interrupted run created go (a subscription carries its mark even when the run
                 // died before recording it); a slot of that name it did not record is refused by Validate below.
                 _ = try await Subscription.remove(for: config, runID: recorded.runID)
+                // Relay apply's position belonged to the old slot: streaming from it through the new one would skip changes.
+                if let origin = recorded.online.relayOrigin {
+                    try await config.targetEndpoint.withConnection(label: "resume") { try await RelayApplier.dropOrigin(origin, on: $0) }
+                    leftovers.set(\.relayOrigin, nil)
+                }
                 if recorded.ownsSlot(named: settings.slotName) {
                     let source = try await config.sourceEndpoint.connect()
                     _ = try await ReplicationSlot.drop(named: settings.slotName, on: source, timeout: config.lockTimeout, events: events)
@@ -80,6 +86,7 @@ struct OnlineMigration {
             }
             return try await copyAndStream(plan: plan, store: store, started: started, slot: &slot, slotGuard: &slotGuard)
         } catch {
+            await relay.stop()
             await slot?.releaseSnapshot()
             let error = events.cancellation(ifCancelled: error)
             await leaveResumable()
@@ -140,15 +147,25 @@ struct OnlineMigration {
         let copy = DatabaseCopy(config: config, report: report, events: events, store: store, resumePlan: plan)
         let warnings = try await copy.run(snapshot: newSlot.snapshotName) { await newSlot.releaseSnapshot() }
 
-        // StreamApply: the target's own apply worker takes over from the slot.
+        // StreamApply: the target's own apply worker takes over from the slot, or this process relays its changes.
         let target = try await config.targetEndpoint.connect(label: "target-control", stage: .streamApply)
-        try await subscription(runID: store.current.runID).create(on: target, connectingTo: findings.subscriptionSource, events: events)
-        leftovers.set(\.subscriptionCreated, true)
-        events.emit(
-            MigrationEvent(
-                stage: .streamApply, kind: .streaming,
-                message: "subscription \(SQL.identifier(settings.subscriptionName)) created; the target is streaming changes",
-                detail: ["subscription": .string(settings.subscriptionName)]))
+        if let subscriptionSource = findings.subscriptionSource {
+            try await subscription(runID: store.current.runID).create(on: target, connectingTo: subscriptionSource, events: events)
+            leftovers.set(\.subscriptionCreated, true)
+            events.emit(
+                MigrationEvent(
+                    stage: .streamApply, kind: .streaming,
+                    message: "subscription \(SQL.identifier(settings.subscriptionName)) created; the target is streaming changes",
+                    detail: ["subscription": .string(settings.subscriptionName)]))
+        } else {
+            try leftovers.setDurably(\.relayOrigin, settings.relayOrigin)
+            startRelay()
+            events.emit(
+                MigrationEvent(
+                    stage: .streamApply, kind: .streaming,
+                    message: "relay apply started: this process streams the slot's changes into the target",
+                    detail: ["relay_origin": .string(settings.relayOrigin)]))
+        }
         return try await streamAndCutOver(
             source: source, target: target, report: report, store: store, started: started, warnings: warnings)
     }
@@ -170,7 +187,10 @@ struct OnlineMigration {
         }
         guard let reading else { preconditionFailure("a slot that exists was read") }
         let target = try await config.targetEndpoint.connect(label: "target-control", stage: .streamApply)
-        guard try await subscription().exists(on: target, inDatabase: config.targetEndpoint.databaseName) else {
+        let relaying = leftovers.snapshot.relayOrigin != nil
+        var subscriptionThere = false
+        if !relaying { subscriptionThere = try await subscription().exists(on: target, inDatabase: config.targetEndpoint.databaseName) }
+        guard relaying || subscriptionThere else {
             throw MigrationError(
                 .streamApply, "the subscription \(SQL.identifier(settings.subscriptionName)) no longer exists on the target", fix: fix)
         }
@@ -191,6 +211,16 @@ struct OnlineMigration {
                 try await NonReplicatedData(tables: report.tables.unloggedTables, events: events, stage: .streamApply)
                     .copy(source: sourceCopy, target: targetCopy)
             }
+        }
+        guard !relaying else {
+            startRelay()
+            events.emit(
+                MigrationEvent(
+                    stage: .streamApply, kind: .streaming,
+                    message: "re-attached: relay apply carries on from where the target durably got, streaming from slot "
+                        + "\(SQL.identifier(settings.slotName)), which holds \(formatBytes(Int(reading.retainedBytes))) of WAL",
+                    detail: ["relay_origin": .string(settings.relayOrigin), "retained_wal_bytes": .int(Int(reading.retainedBytes))]))
+            return try await streamAndCutOver(source: source, target: target, report: report, store: store, started: started, warnings: [])
         }
         try await subscription().enable(on: target)
         events.emit(
@@ -289,6 +319,24 @@ struct OnlineMigration {
         Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication, runID: runID)
     }
 
+    /// What stops relay apply, when it runs.
+    private var relayStopper: (@Sendable () async -> Void)? {
+        guard relay.isRunning else { return nil }
+        let relay = self.relay
+        return { await relay.stop() }
+    }
+
+    /// Starts relay apply; its failure ends the run.
+    private func startRelay() {
+        let applier = RelayApplier(
+            source: config.source, target: config.target, slot: settings.slotName, publication: settings.publication,
+            origin: settings.relayOrigin,
+            onReconnect: { [events] reason, delay in
+                events.warning(events.currentPhase, "relay apply lost a connection (\(reason)); reconnecting in \(delay)")
+            })
+        relay.start(applier) { [slotLost] error in await slotLost.append(error) }
+    }
+
     private func startSlotGuard() -> Task<Void, Never> {
         Task { [config, events, slotLost] in
             let lost = await SlotGuard(
@@ -328,8 +376,10 @@ struct OnlineMigration {
         do {
             try await heartbeat(sessions, tables: report.tables)
             events.info(.cutover, "cutover requested")
-            result = try await Cutover(config: config, events: events, sessions: sessions, leftovers: leftovers, tables: report.tables)
-                .run()
+            result = try await Cutover(
+                config: config, events: events, sessions: sessions, leftovers: leftovers, tables: report.tables,
+                stopRelay: relayStopper
+            ).run()
         } catch {
             await sessions.close()
             throw error
@@ -373,7 +423,7 @@ struct OnlineMigration {
 
     /// Lag events every poll interval (faster once within the threshold) until cutover is requested.
     private func heartbeat(_ sessions: ControlSessions, tables: TableSet) async throws {
-        let monitor = LagMonitor(slotName: settings.slotName, subscriptionName: settings.subscriptionName)
+        let monitor = settings.lagMonitor
         var machine = LagStateMachine(threshold: settings.lagThresholdBytes.map { .bytes($0) } ?? .seconds(settings.lagThresholdSeconds))
         var pace = HeartbeatPace(interval: settings.pollInterval, everyReading: settings.everyLagReading)
         var health = ApplyHealth(grace: settings.applyFailureGrace)
@@ -425,7 +475,9 @@ struct OnlineMigration {
             case nil:
                 break
             }
-            try await checkApplyWorker(reading, health: &health, target: await sessions.current.target)
+            if settings.apply == .subscription {
+                try await checkApplyWorker(reading, health: &health, target: await sessions.current.target)
+            }
 
             let interval = machine.caughtUp ? settings.fastPollInterval : settings.pollInterval
             let wakeUp = ContinuousClock.now + interval

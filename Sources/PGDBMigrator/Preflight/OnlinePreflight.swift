@@ -13,14 +13,19 @@ struct OnlinePreflight {
     struct Findings: Sendable {
         /// Whether the publication already exists (so we must never drop it).
         var publicationExists: Bool
-        /// The connection string the subscription will use, proven to work from the target server.
-        var subscriptionSource: ConnectionString
+        /// The connection string the subscription will use, proven to work from the target server; nil under relay apply.
+        var subscriptionSource: ConnectionString?
     }
 
     func run(source: Connection, target: Connection, tables: TableSet) async throws -> Findings {
         try await checkSourceSettings(source)
-        try await checkTarget(target)
-        let subscriptionSource = try await checkSubscriptionConnection(source: source, target: target)
+        var subscriptionSource: ConnectionString?
+        if settings.apply == .relay {
+            try await checkRelayTarget(target)
+        } else {
+            try await checkTarget(target)
+            subscriptionSource = try await checkSubscriptionConnection(source: source, target: target)
+        }
 
         let publication = Publication(name: settings.publication, runID: runID)
         let owner = try await publication.owner(on: source)
@@ -188,6 +193,58 @@ struct OnlinePreflight {
                     + "that run's \(Setting.stateDirectory) removes it (\(Setting.forceClean) does the same before starting)",
                 code: .notOurs)
         }
+    }
+
+    /// Relay apply keeps its position in a replication origin on the target, set up by its session: the
+    /// login must be allowed to (a superuser; from PostgreSQL 14 any role granted the functions), the server
+    /// must have room for one, and no origin of that name may be another's.
+    private func checkRelayTarget(_ target: Connection) async throws {
+        let version = await target.serverVersion
+        let room = version >= 180_000 ? "max_active_replication_origins" : "max_replication_slots"
+        let granted = version >= 140_000 ? "has_function_privilege('pg_replication_origin_session_setup(text)', 'EXECUTE')" : "false"
+        let replicaRole = version >= 150_000 ? "has_parameter_privilege('session_replication_role', 'SET')" : "false"
+        let row = try await target.query(
+            """
+            SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), \(granted), \(replicaRole),
+                   current_setting('\(room)')::int, EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1), current_user
+            """, [settings.relayOrigin]
+        ).rows[0]
+        let role = SQL.identifier(row[5] ?? "?")
+        let superuser = row[0] == "t"
+        if !superuser && row[1] != "t" {
+            throw MigrationError(
+                .validate, "the target role \(role) may not use replication origins, where relay apply keeps its position",
+                fix: version >= 140_000
+                    ? "as a superuser on the target: GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), "
+                        + "pg_replication_origin_drop(text), pg_replication_origin_session_setup(text), "
+                        + "pg_replication_origin_session_progress(boolean), pg_replication_origin_xact_setup(pg_lsn, timestamptz), "
+                        + "pg_replication_origin_xact_reset() TO \(role)"
+                    : "connect to the target as a superuser (before PostgreSQL 14 only superusers may use replication origins)")
+        }
+        if Int(row[3] ?? "0") ?? 0 < 1 {
+            throw MigrationError(
+                .validate, "\(room) is 0 on the target: relay apply needs one replication origin",
+                fix: "raise \(room) on the target; restart needed")
+        }
+        if row[4] == "t" {
+            throw MigrationError(
+                .validate, "a replication origin named \(SQL.identifier(settings.relayOrigin)) already exists on the target",
+                fix: "choose another \(Setting.slotName) (the origin is named after it); if an interrupted run of this tool created it, "
+                    + "\(Setting.mode) cleanup with that run's \(Setting.stateDirectory) removes it", code: .notOurs)
+        }
+        if !superuser && row[2] != "t" {
+            events.warning(
+                .validate,
+                "the target role \(role) may not set session_replication_role: while relay apply runs, the target's triggers fire and "
+                    + "its foreign keys are checked (the source's commit order keeps them satisfied); "
+                    + (version >= 150_000
+                        ? "GRANT SET ON PARAMETER session_replication_role TO \(role) to apply as the target's own apply worker does"
+                        : "connect as a superuser to apply as the target's own apply worker does"))
+        }
+        events.info(
+            .validate,
+            "relay apply: this process streams the changes into the target, which never connects to the source "
+                + "(its position: replication origin \(SQL.identifier(settings.relayOrigin)))")
     }
 
     /// Tables without a primary key or replica identity: once published,

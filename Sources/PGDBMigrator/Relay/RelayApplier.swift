@@ -31,6 +31,11 @@ struct RelayApplier: Sendable {
     /// How long either server may stay unreachable before the apply gives up.
     var giveUpAfter: Duration = .seconds(300)
 
+    /// Both sessions' `application_name`, so that lock waits can name what holds the apply up.
+    var applicationName: String { Self.applicationName(slot: slot) }
+
+    static func applicationName(slot: String) -> String { String(("pg_dbmigrator relay " + slot).prefix(63)) }
+
     /// Settings the source prints values with and the target reads them with, whatever the servers' defaults.
     static let textSettings =
         "-c DateStyle=ISO,MDY -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC -c bytea_output=hex -c client_encoding=UTF8"
@@ -63,29 +68,56 @@ struct RelayApplier: Sendable {
         }
     }
 
+    /// Drops the origin `name` on the target, if it is there (no session may have it set up).
+    static func dropOrigin(_ name: String, on target: Connection) async throws {
+        try await target.query("SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = $1", [name])
+    }
+
     /// A lost connection, or what its aftermath looks like for a moment: the old walsender or target
     /// session still holding the slot or the origin (`object_in_use`).
     static func isRetryable(_ error: PostgresError) -> Bool {
         ControlSessions.isConnectionLoss(error) || error.sqlState == "55006"
     }
 
-    /// One attempt: fresh sessions, streaming from the origin's durable position, until an error.
+    /// One attempt: fresh sessions, streaming from the origin's durable position, until an error
+    /// (cancellation is one); both sessions are closed before it returns, so the slot is free again.
     /// `progressed` hears of each applied transaction.
     private func applyUntilLost(progressed: () -> Void) async throws {
-        let target = try await Connection.connect(self.target.setting("options", to: Self.textSettings), label: "relay-apply")
-        defer { Task { await target.close() } }
-        try await target.execute("SET session_replication_role = replica; SET row_security = off; SET synchronous_commit = off")
-        try await target.query(
-            "SELECT pg_replication_origin_create($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)", [origin])
-        try await target.query("SELECT pg_replication_origin_session_setup($1)", [origin])
-        var durable = LSN(
-            try await target.scalar("SELECT pg_replication_origin_session_progress(true)::text").flatMap { LSN($0) }?.value ?? 0)
+        let target = try await Connection.connect(
+            self.target.setting("options", to: Self.textSettings).setting("application_name", to: applicationName), label: "relay-apply")
+        do {
+            // Where the login may not set it, triggers fire and foreign keys are checked (commit order keeps them true).
+            _ = try? await target.execute("SET session_replication_role = replica")
+            try await target.execute("SET row_security = off; SET synchronous_commit = off")
+            try await target.query(
+                "SELECT pg_replication_origin_create($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)", [origin]
+            )
+            try await target.query("SELECT pg_replication_origin_session_setup($1)", [origin])
+            let durable = try await Self.durablePosition(on: target) ?? LSN(0)
+            let stream = try await Connection.connect(
+                source.setting("replication", to: "database").setting("options", to: Self.textSettings)
+                    .setting("application_name", to: applicationName), label: "relay-stream")
+            do {
+                try await stream.startReplication(try await startCommand(on: stream, from: durable))
+                try await apply(from: stream, to: target, durable: durable, progressed: progressed)
+            } catch {
+                await stream.close()
+                throw error
+            }
+        } catch {
+            await target.close()
+            throw error
+        }
+    }
 
-        let stream = try await Connection.connect(
-            source.setting("replication", to: "database").setting("options", to: Self.textSettings), label: "relay-stream")
-        defer { Task { await stream.close() } }
-        try await stream.startReplication(try await startCommand(on: stream, from: durable))
+    /// What the origin holds durably: its position once the target's WAL is flushed up to its last commit.
+    private static func durablePosition(on target: Connection) async throws -> LSN? {
+        try await target.scalar("SELECT pg_replication_origin_session_progress(true)::text").flatMap(LSN.init)
+    }
 
+    /// Decodes and applies the stream, telling the slot what the target durably holds, until an error.
+    private func apply(from stream: Connection, to target: Connection, durable start: LSN, progressed: () -> Void) async throws -> Never {
+        var durable = start
         var state = TransactionState()
         var decoder = PgOutputDecoder()
         var relations: [UInt32: RelayRelation] = [:]
@@ -107,15 +139,11 @@ struct RelayApplier: Sendable {
                 }
             }
             if replyNow || ContinuousClock.now - lastStatus >= statusInterval {
-                if !state.open {
-                    durable = LSN(
-                        try await target.scalar("SELECT pg_replication_origin_session_progress(true)::text").flatMap { LSN($0) }?.value
-                            ?? durable.value)
-                }
+                if !state.open { durable = try await Self.durablePosition(on: target) ?? durable }
                 // The slot may forget what the target durably holds; between transactions, once every one that
                 // wrote is durable, also what came after (transactions that changed nothing published).
-                let flush = !state.began && durable >= state.lastAppliedEnd ? max(durable, received) : durable
                 // (An idle walsender tells its position by itself while ours lags it: the slot catches up.)
+                let flush = !state.began && durable >= state.lastAppliedEnd ? max(durable, received) : durable
                 try await stream.sendStandbyStatus(write: received, flush: flush, apply: state.lastCommitEnd ?? durable)
                 lastStatus = ContinuousClock.now
             }

@@ -32,8 +32,9 @@ struct RelayRelation: Sendable {
         }
         let names = columns.map { SQL.identifier($0.name) }.joined(separator: ", ")
         let placeholders = columns.indices.map { "$\($0 + 1)" }.joined(separator: ", ")
+        // The source's value, also for an identity column GENERATED ALWAYS (ignored on other tables).
         return Statement(
-            sql: "INSERT INTO \(name) (\(names)) VALUES (\(placeholders))", parameters: try values.map(Self.text))
+            sql: "INSERT INTO \(name) (\(names)) OVERRIDING SYSTEM VALUE VALUES (\(placeholders))", parameters: try values.map(Self.text))
     }
 
     /// `old`: the old key or row when the stream sent one; else the key is read from `new`.
@@ -42,7 +43,9 @@ struct RelayRelation: Sendable {
         let new = try checked(new, in: "an UPDATE")
         var parameters: [String?] = []
         var assignments: [String] = []
-        for (column, value) in zip(columns, new) where value != .unchanged {
+        // Without an old key the key did not change: its columns are left out (an identity column GENERATED ALWAYS
+        // may only be set to DEFAULT).
+        for (column, value) in zip(columns, new) where value != .unchanged && !(old == nil && column.isKey) {
             parameters.append(try Self.text(value))
             assignments.append("\(SQL.identifier(column.name)) = $\(parameters.count)")
         }

@@ -28,7 +28,7 @@ enum ResumePlan: Equatable, Sendable {
         guard resume else { return .fresh }
         if mode == .online {
             if let barrier = recorded.online.cutoverBarrier.flatMap(LSN.init) { return .finishTeardown(barrier: barrier) }
-            if recorded.online.subscriptionCreated { return .reattach }
+            if recorded.online.subscriptionCreated || recorded.online.relayOrigin != nil { return .reattach }
             return .restartOnlineCopy(recreateTarget: recorded.copy.targetTouched)
         }
         if recorded.copy.targetPrepared { return .continueCopy }

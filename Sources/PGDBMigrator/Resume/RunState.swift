@@ -39,6 +39,8 @@ struct RunState: Codable, Sendable {
         /// The slot of the recorded `--slot-name` is ours: a slot carries no mark, so only this says so.
         var slotCreated = false
         var subscriptionCreated = false
+        /// Relay apply's replication origin on the target, once this run set out to create it.
+        var relayOrigin: String?
         /// The source database this run made read-only (it was not before), so undoing it is ours to do.
         var frozenDatabase: String?
         /// The cutover's barrier, once the target applied up to it and sequences were synced.
@@ -53,7 +55,7 @@ struct RunState: Codable, Sendable {
     /// overwritten by a new run. A run that failed at Validate left nothing.
     var hasProgress: Bool {
         copy.targetTouched || copy.dumpComplete || online.publicationCreated || online.slotCreated
-            || online.subscriptionCreated || online.frozenDatabase != nil || online.cutoverBarrier != nil
+            || online.subscriptionCreated || online.relayOrigin != nil || online.frozenDatabase != nil || online.cutoverBarrier != nil
     }
 
     /// Whether the slot `name` on the source is the one this run created.
@@ -80,6 +82,7 @@ struct RunState: Codable, Sendable {
             settings[.slotName] = config.online.slotName
             settings[.publication] = config.online.publication
             settings[.subscriptionName] = config.online.subscriptionName
+            if config.online.apply == .relay { settings[.apply] = config.online.apply.rawValue }
         }
         return Dictionary(uniqueKeysWithValues: settings.map { ($0.key.rawValue, $0.value) })
     }
