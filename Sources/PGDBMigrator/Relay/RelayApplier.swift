@@ -159,6 +159,10 @@ struct RelayApplier: Sendable {
         var skipping = false
         var messages: [(String, LSN)] = []
         var lastCommitEnd: LSN?
+        /// Statements queued for the next round trip, and which must touch exactly one row.
+        var pending: [Connection.PipelinedStatement] = []
+        var checks: [(what: String, table: QualifiedName)?] = []
+        var pendingBytes = 0
         /// The last transaction that wrote on the target (the origin's position once durable).
         var lastAppliedEnd = LSN(0)
     }
@@ -174,12 +178,16 @@ struct RelayApplier: Sendable {
                 lastAppliedEnd: state.lastAppliedEnd)
         case .commit(_, let endLSN, let commitTime):
             if state.open {
+                try await flush(&state, on: target)
                 // The origin's position last, right before COMMIT: a failed statement never advances it.
-                try await target.query(
-                    "SELECT pg_replication_origin_xact_setup($1::pg_lsn, timestamptz '2000-01-01 00:00:00+00' + $2::bigint * interval '1 microsecond')",
-                    [endLSN.description, String(commitTime)])
-                try await target.execute("COMMIT")
-                try await target.execute("SELECT pg_replication_origin_xact_reset()")
+                _ = try await Self.pipelined {
+                    try await target.runPipeline([
+                        .init(
+                            "SELECT pg_replication_origin_xact_setup($1::pg_lsn, timestamptz '2000-01-01 00:00:00+00' + $2::bigint * interval '1 microsecond')",
+                            [endLSN.description, String(commitTime)]),
+                        .init("COMMIT"), .init("SELECT pg_replication_origin_xact_reset()"),
+                    ])
+                }
             }
             for (prefix, lsn) in state.messages { onMessage(prefix, lsn) }
             state = TransactionState(lastCommitEnd: endLSN, lastAppliedEnd: state.open ? endLSN : state.lastAppliedEnd)
@@ -217,22 +225,54 @@ struct RelayApplier: Sendable {
 
     /// Runs one change's statement in the target transaction (begun at the first). `oneRowOf`: the
     /// statement must touch exactly one row; none is an error that stops the apply, never a skip.
+    /// Queues one change's statement in the target transaction (begun with the first); queued statements
+    /// go in one round trip (``flush(_:on:)``). `oneRowOf`: the statement must touch exactly one row;
+    /// none is an error that stops the apply, never a skip.
     private func run(
         _ statement: RelayRelation.Statement, on target: Connection, state: inout TransactionState,
         oneRowOf change: (what: String, table: QualifiedName)? = nil
     ) async throws {
         guard !state.skipping else { return }
         if !state.open {
-            try await target.execute("BEGIN")
+            state.pending.append(.init("BEGIN"))
+            state.checks.append(nil)
             state.open = true
         }
-        let result = try await target.query(statement.sql, statement.parameters)
-        if let change, result.rows.count != 1 {
+        state.pending.append(.init(statement.sql, statement.parameters))
+        state.checks.append(change)
+        state.pendingBytes += statement.sql.utf8.count + statement.parameters.reduce(0) { $0 + ($1?.utf8.count ?? 0) }
+        if state.pending.count >= Self.pipelineStatements || state.pendingBytes >= Self.pipelineBytes { try await flush(&state, on: target) }
+    }
+
+    /// At most this many statements, or bytes of them, wait for one round trip: everything is sent before
+    /// anything is read, so a pipeline must fit the sockets' buffers.
+    static let pipelineStatements = 256
+    static let pipelineBytes = 256 * 1024
+
+    /// Runs the queued statements in one round trip and checks that each UPDATE and DELETE touched one row.
+    private func flush(_ state: inout TransactionState, on target: Connection) async throws {
+        guard !state.pending.isEmpty else { return }
+        let statements = state.pending
+        let rows = try await Self.pipelined { try await target.runPipeline(statements) }
+        for (count, check) in zip(rows, state.checks) where count != 1 {
+            guard let change = check else { continue }
             throw MigrationError(
                 .streamApply,
                 "\(change.what) of a row of \(change.table.shown) found no such row on the target (the source's transaction committing at \(state.finalLSN)): "
                     + "the target no longer matches the source",
                 fix: "find what changed that table on the target besides this migration; nothing after that transaction was applied")
+        }
+        state.pending = []
+        state.checks = []
+        state.pendingBytes = 0
+    }
+
+    /// A failed statement of a pipeline is that statement's error (a lost connection stays one).
+    private static func pipelined<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let failure as Connection.PipelineError {
+            throw failure.error
         }
     }
 
