@@ -23,17 +23,6 @@ SRC=$(start_cluster relay-source "${SERVER[@]}")
 DST=$(start_cluster relay-target "${SERVER[@]}")
 export PGPASSWORD=$CLUSTER_PASSWORD
 url() { echo "postgresql://postgres@127.0.0.1:$1/$2"; }
-seconds_between() {  # seconds between the first events whose message contains $2 and $3, in $1
-    python3 -c '
-import json, sys, datetime
-def at(text):
-    for line in open(sys.argv[1]):
-        event = json.loads(line)
-        if text in event.get("message", ""):
-            return datetime.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
-print("%.2f" % (at(sys.argv[3]) - at(sys.argv[2])).total_seconds())' "$@"
-}
-
 printf '%-13s %12s %10s %14s %12s\n' method "backlog tx" "drain s" "tx per second" "peak RSS"
 declare -A RATE
 for method in subscription relay; do
@@ -42,7 +31,7 @@ for method in subscription relay; do
     "$PG_BIN/pgbench" -q -i -s "$SCALE" -h 127.0.0.1 -p "$SRC" -U postgres "$db" >/dev/null 2>&1
     work=$(mktemp -d)
     args=(--mode online --jobs 2 --json --state-dir "$work/state" --apply "$method" --slot-name "slot_$method"
-        --publication "pub_$method" --lag-threshold-bytes 65536 --cutover-poll-secs 0.5 --cutover-fast-poll-ms 100)
+        --publication "pub_$method" --set-replica-identity-full --lag-threshold-bytes 65536 --cutover-poll-secs 0.5 --cutover-fast-poll-ms 100)
     [ "$method" = subscription ] && args+=(--subscription-name "sub_$method")
     export PG_DBMIGRATOR_SOURCE="$(url "$SRC" "$db")" PG_DBMIGRATOR_TARGET="$(url "$DST" "$db")"
     "$BIN" "${args[@]}" >"$work/first.ndjson" 2>"$work/first.log" &
@@ -58,11 +47,14 @@ for method in subscription relay; do
         | awk '/number of transactions actually processed/ { split($0, a, ": "); split(a[2], b, "/"); print b[1] }')
     /usr/bin/time -f "%M" -o "$work/rss" "$BIN" "${args[@]}" --resume >"$work/resumed.ndjson" 2>"$work/resumed.log" &
     run=$!
+    # Event time stamps have whole seconds: the drain is timed here, polling every 50 ms.
+    attached=""
     until grep -q '"stage":"CaughtUp"' "$work/resumed.ndjson" 2>/dev/null; do
         kill -0 "$run" 2>/dev/null || { cat "$work/resumed.log" >&2; exit 1; }
-        sleep 0.2
+        [ -z "$attached" ] && grep -q 're-attached' "$work/resumed.ndjson" 2>/dev/null && attached=$(date +%s.%N)
+        sleep 0.05
     done
-    drain=$(seconds_between "$work/resumed.ndjson" "re-attached" "caught up")
+    drain=$(printf '%.2f' "$(echo "$(date +%s.%N) - ${attached:-$(date +%s.%N)}" | bc -l)")
     "$BIN" cutover --state-dir "$work/state" >/dev/null 2>&1 || { cat "$work/resumed.log" >&2; exit 1; }
     wait "$run" || { cat "$work/resumed.log" >&2; exit 1; }
     rate=$(echo "$backlog / $drain" | bc -l)

@@ -6,10 +6,16 @@ extension Connection {
     public struct PipelinedStatement: Sendable {
         public var sql: String
         public var parameters: [String?]
+        /// Run as the prepared statement of this name (parsed and planned once per session).
+        public var prepared: String?
+        /// Prepare it under ``prepared`` first (its first use in this session).
+        public var prepares = false
 
-        public init(_ sql: String, _ parameters: [String?] = []) {
+        public init(_ sql: String, _ parameters: [String?] = [], prepared: String? = nil, prepares: Bool = false) {
             self.sql = sql
             self.parameters = parameters
+            self.prepared = prepared
+            self.prepares = prepares
         }
     }
 
@@ -32,25 +38,34 @@ extension Connection {
         guard PQenterPipelineMode(conn) == 1 else { throw PostgresError(kind: .client, message: scrub(lastErrorMessage())) }
         defer { PQexitPipelineMode(conn) }
         for statement in statements {
+            let count = Int32(statement.parameters.count)
+            if statement.prepares, let name = statement.prepared {
+                guard PQsendPrepare(conn, name, statement.sql, count, nil) == 1 else {
+                    throw PostgresError(kind: .client, message: scrub(lastErrorMessage()))
+                }
+            }
             let sent = withParameterArray(statement.parameters) { values in
-                PQsendQueryParams(conn, statement.sql, Int32(statement.parameters.count), nil, values, nil, nil, 0)
+                if let name = statement.prepared { return PQsendQueryPrepared(conn, name, count, values, nil, nil, 0) }
+                return PQsendQueryParams(conn, statement.sql, count, nil, values, nil, nil, 0)
             }
             guard sent == 1 else { throw PostgresError(kind: .client, message: scrub(lastErrorMessage())) }
         }
         guard PQpipelineSync(conn) == 1 else { throw PostgresError(kind: .client, message: scrub(lastErrorMessage())) }
         var rows: [Int] = []
         var failure: PipelineError?
-        for index in statements.indices {
-            // Each statement's results, then a null that ends them.
-            while let result = PQgetResult(conn) {
-                defer { PQclear(result) }
-                switch PQresultStatus(result) {
-                case PGRES_TUPLES_OK, PGRES_COMMAND_OK:
-                    rows.append(Int(PQntuples(result)))
-                case PGRES_PIPELINE_ABORTED:
-                    break
-                default:
-                    if failure == nil { failure = PipelineError(index: index, error: error(from: result)) }
+        for (index, statement) in statements.enumerated() {
+            // A preparation's result, then the statement's; each ends with a null.
+            for preparing in statement.prepares && statement.prepared != nil ? [true, false] : [false] {
+                while let result = PQgetResult(conn) {
+                    defer { PQclear(result) }
+                    switch PQresultStatus(result) {
+                    case PGRES_TUPLES_OK, PGRES_COMMAND_OK:
+                        if !preparing { rows.append(Int(PQntuples(result))) }
+                    case PGRES_PIPELINE_ABORTED:
+                        break
+                    default:
+                        if failure == nil { failure = PipelineError(index: index, error: error(from: result)) }
+                    }
                 }
             }
         }

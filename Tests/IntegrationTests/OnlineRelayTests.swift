@@ -104,6 +104,33 @@ struct OnlineRelayTests {
         #expect(!objects.slot && !objects.publication)
     }
 
+    @Test("a target server that cannot reach the source: a subscription is refused at Validate; relay apply migrates it, equal by content")
+    func isolatedTarget() async throws {
+        let (source, _) = try await SharedClusters.get()
+        // Its own network namespace: its loopback is its own, so the source's 127.0.0.1 port is not there.
+        let isolated = try await TestCluster.startIsolated(name: "isolated-target")
+        defer { isolated.stop() }
+        let sourceDatabase = try await OnlinePreflightTests.smallSource()
+        var config = try await OnlineMigrationTests.config(source: sourceDatabase, target: "isolated") {
+            $0.stateDirectory = DestructiveMistakesTests.stateDirectory()
+        }
+        config.target = try isolated.connectionString(database: "isolated")
+        let refused = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
+        #expect(refused?.message.contains("the target server cannot connect to the source") == true, "\(refused?.message ?? "")")
+
+        config.online.apply = .relay
+        let writer = try await source.connect(database: sourceDatabase)
+        let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: EventLog())
+        try await writer.execute("UPDATE items SET v = 'relayed' WHERE id % 3 = 0")
+        try await writer.execute("DELETE FROM items WHERE id = 7")
+        migrator.cutoverHandle.request()
+        let outcome = try await run.value
+        #expect(outcome.cutoverTriggered)
+        let expected = try await Fingerprint.of(source, database: sourceDatabase)
+        let actual = try await Fingerprint.of(isolated, database: "isolated")
+        #expect(actual.tables == expected.tables, "\(actual.differences(from: expected))")
+    }
+
     @Test("--apply relay refuses the subscription's flags, naming them")
     func refusesSubscriptionFlags() async throws {
         let result = try await CLI.run([

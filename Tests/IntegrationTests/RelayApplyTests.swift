@@ -137,7 +137,8 @@ struct RelayApplyTests {
         #expect(error?.message.contains("UPDATE of a row of public.k found no such row on the target") == true, "\(error?.message ?? "")")
         #expect(try await target.scalar("SELECT count(*) FROM k WHERE id = 3") == "0", "nothing after it was applied")
         // The walsender ends a moment after the apply's connection closed.
-        for _ in 0..<100 where try await source.scalar("SELECT active::text FROM pg_replication_slots WHERE slot_name = $1", [pair.slot]) == "true" {
+        for _ in 0..<100
+        where try await source.scalar("SELECT active::text FROM pg_replication_slots WHERE slot_name = $1", [pair.slot]) == "true" {
             try await Task.sleep(for: .milliseconds(50))
         }
         try await source.query("SELECT pg_drop_replication_slot($1)", [pair.slot])

@@ -14,6 +14,7 @@ ensure_prerequisites() {
     command -v runuser >/dev/null 2>&1 || need+=(util-linux)
     command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the TLS tests make their certificates
     command -v script >/dev/null 2>&1 || need+=(bsdutils)  # the status view is tested on a terminal, under script(1)
+    command -v ip >/dev/null 2>&1 || need+=(iproute2)  # relay apply is tested with a target in a network namespace of its own
     if [ ${#need[@]} -gt 0 ]; then
         echo "installing: ${need[*]}" >&2
         local sudo=""

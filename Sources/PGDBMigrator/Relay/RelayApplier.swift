@@ -118,9 +118,8 @@ struct RelayApplier: Sendable {
     /// Decodes and applies the stream, telling the slot what the target durably holds, until an error.
     private func apply(from stream: Connection, to target: Connection, durable start: LSN, progressed: () -> Void) async throws -> Never {
         var durable = start
-        var state = TransactionState()
+        var session = RelayApplySession(target: target, appliedThrough: start, onMessage: onMessage)
         var decoder = PgOutputDecoder()
-        var relations: [UInt32: RelayRelation] = [:]
         var received = durable
         var lastStatus = ContinuousClock.now
         while true {
@@ -133,146 +132,20 @@ struct RelayApplier: Sendable {
                     replyNow = replyNow || replyRequested
                 case .data(let start, let end, let data):
                     received = max(received, start, end)
-                    let change = try decoder.decode(data)
-                    try await apply(change, on: target, state: &state, relations: &relations, appliedThrough: durable)
-                    if case .commit = change { progressed() }
+                    try await session.handle(try decoder.decode(data))
                 }
             }
+            // What arrived is sent on (its commits included) before waiting for more.
+            if try await session.flush() > 0 { progressed() }
             if replyNow || ContinuousClock.now - lastStatus >= statusInterval {
-                if !state.open { durable = try await Self.durablePosition(on: target) ?? durable }
+                if !session.inTransaction { durable = try await Self.durablePosition(on: target) ?? durable }
                 // The slot may forget what the target durably holds; between transactions, once every one that
                 // wrote is durable, also what came after (transactions that changed nothing published).
                 // (An idle walsender tells its position by itself while ours lags it: the slot catches up.)
-                let flush = !state.began && durable >= state.lastAppliedEnd ? max(durable, received) : durable
-                try await stream.sendStandbyStatus(write: received, flush: flush, apply: state.lastCommitEnd ?? durable)
+                let flush = !session.inTransaction && durable >= session.lastAppliedEnd ? max(durable, received) : durable
+                try await stream.sendStandbyStatus(write: received, flush: flush, apply: session.lastAppliedEnd)
                 lastStatus = ContinuousClock.now
             }
-        }
-    }
-
-    /// Where a transaction stands: begun in the stream, open on the target (at its first change).
-    struct TransactionState {
-        var began = false
-        var open = false
-        var finalLSN = LSN(0)
-        /// Skipped: already applied by an earlier run (its commit is at or before the origin's position).
-        var skipping = false
-        var messages: [(String, LSN)] = []
-        var lastCommitEnd: LSN?
-        /// Statements queued for the next round trip, and which must touch exactly one row.
-        var pending: [Connection.PipelinedStatement] = []
-        var checks: [(what: String, table: QualifiedName)?] = []
-        var pendingBytes = 0
-        /// The last transaction that wrote on the target (the origin's position once durable).
-        var lastAppliedEnd = LSN(0)
-    }
-
-    private func apply(
-        _ change: PgOutputMessage, on target: Connection, state: inout TransactionState, relations: inout [UInt32: RelayRelation],
-        appliedThrough: LSN
-    ) async throws {
-        switch change {
-        case .begin(let finalLSN, _, _):
-            state = TransactionState(
-                began: true, finalLSN: finalLSN, skipping: finalLSN < appliedThrough, lastCommitEnd: state.lastCommitEnd,
-                lastAppliedEnd: state.lastAppliedEnd)
-        case .commit(_, let endLSN, let commitTime):
-            if state.open {
-                try await flush(&state, on: target)
-                // The origin's position last, right before COMMIT: a failed statement never advances it.
-                _ = try await Self.pipelined {
-                    try await target.runPipeline([
-                        .init(
-                            "SELECT pg_replication_origin_xact_setup($1::pg_lsn, timestamptz '2000-01-01 00:00:00+00' + $2::bigint * interval '1 microsecond')",
-                            [endLSN.description, String(commitTime)]),
-                        .init("COMMIT"), .init("SELECT pg_replication_origin_xact_reset()"),
-                    ])
-                }
-            }
-            for (prefix, lsn) in state.messages { onMessage(prefix, lsn) }
-            state = TransactionState(lastCommitEnd: endLSN, lastAppliedEnd: state.open ? endLSN : state.lastAppliedEnd)
-        case .relation(let relation):
-            relations[relation.oid] = RelayRelation(relation)
-        case .origin, .type:
-            break
-        case .message(_, let transactional, let lsn, let prefix, _):
-            if transactional { state.messages.append((prefix, lsn)) } else { onMessage(prefix, lsn) }
-        case .insert(_, let oid, let new):
-            let table = try relation(oid, in: relations)
-            try await run(try table.insert(new), on: target, state: &state)
-        case .update(_, let oid, let old, let new):
-            let table = try relation(oid, in: relations)
-            try await run(try table.update(old: old, new: new), on: target, state: &state, oneRowOf: ("UPDATE", table.name))
-        case .delete(_, let oid, let old):
-            let table = try relation(oid, in: relations)
-            try await run(try table.delete(old: old), on: target, state: &state, oneRowOf: ("DELETE", table.name))
-        case .truncate(_, _, let restartIdentity, let oids):
-            // Exactly the tables the source truncated, never cascading further (as PostgreSQL's apply).
-            let names = try oids.map { try relation($0, in: relations).name.description }
-            let sql = "TRUNCATE ONLY \(names.joined(separator: ", "))" + (restartIdentity ? " RESTART IDENTITY" : "") + " RESTRICT"
-            try await run(.init(sql: sql, parameters: []), on: target, state: &state)
-        case .streamStart, .streamStop, .streamCommit, .streamAbort:
-            throw MigrationError(.streamApply, "relay apply received a streamed transaction, which it did not ask for")
-        }
-    }
-
-    private func relation(_ oid: UInt32, in relations: [UInt32: RelayRelation]) throws -> RelayRelation {
-        guard let relation = relations[oid] else {
-            throw MigrationError(.streamApply, "the replication stream changed relation \(oid) before describing it")
-        }
-        return relation
-    }
-
-    /// Runs one change's statement in the target transaction (begun at the first). `oneRowOf`: the
-    /// statement must touch exactly one row; none is an error that stops the apply, never a skip.
-    /// Queues one change's statement in the target transaction (begun with the first); queued statements
-    /// go in one round trip (``flush(_:on:)``). `oneRowOf`: the statement must touch exactly one row;
-    /// none is an error that stops the apply, never a skip.
-    private func run(
-        _ statement: RelayRelation.Statement, on target: Connection, state: inout TransactionState,
-        oneRowOf change: (what: String, table: QualifiedName)? = nil
-    ) async throws {
-        guard !state.skipping else { return }
-        if !state.open {
-            state.pending.append(.init("BEGIN"))
-            state.checks.append(nil)
-            state.open = true
-        }
-        state.pending.append(.init(statement.sql, statement.parameters))
-        state.checks.append(change)
-        state.pendingBytes += statement.sql.utf8.count + statement.parameters.reduce(0) { $0 + ($1?.utf8.count ?? 0) }
-        if state.pending.count >= Self.pipelineStatements || state.pendingBytes >= Self.pipelineBytes { try await flush(&state, on: target) }
-    }
-
-    /// At most this many statements, or bytes of them, wait for one round trip: everything is sent before
-    /// anything is read, so a pipeline must fit the sockets' buffers.
-    static let pipelineStatements = 256
-    static let pipelineBytes = 256 * 1024
-
-    /// Runs the queued statements in one round trip and checks that each UPDATE and DELETE touched one row.
-    private func flush(_ state: inout TransactionState, on target: Connection) async throws {
-        guard !state.pending.isEmpty else { return }
-        let statements = state.pending
-        let rows = try await Self.pipelined { try await target.runPipeline(statements) }
-        for (count, check) in zip(rows, state.checks) where count != 1 {
-            guard let change = check else { continue }
-            throw MigrationError(
-                .streamApply,
-                "\(change.what) of a row of \(change.table.shown) found no such row on the target (the source's transaction committing at \(state.finalLSN)): "
-                    + "the target no longer matches the source",
-                fix: "find what changed that table on the target besides this migration; nothing after that transaction was applied")
-        }
-        state.pending = []
-        state.checks = []
-        state.pendingBytes = 0
-    }
-
-    /// A failed statement of a pipeline is that statement's error (a lost connection stays one).
-    private static func pipelined<T>(_ body: () async throws -> T) async throws -> T {
-        do {
-            return try await body()
-        } catch let failure as Connection.PipelineError {
-            throw failure.error
         }
     }
 

@@ -16,6 +16,8 @@ final class TestCluster: @unchecked Sendable {
 
     let directory: String
     let port: Int
+    /// The network namespace the server runs in (its own loopback, nothing else), reached through its Unix socket.
+    private(set) var namespace: String?
     /// The server's programs: Debian's PostgreSQL, or another major version's (``postgres18``).
     let bin: String
     var dataDirectory: String { directory + "/data" }
@@ -32,12 +34,15 @@ final class TestCluster: @unchecked Sendable {
     /// Room for every suite's sessions at once on the shared servers; a standby needs at least its primary's.
     static let maxConnections = 150
 
-    static func start(name: String, settings: [String: String] = [:], bin: String? = nil) async throws -> TestCluster {
+    static func start(name: String, settings: [String: String] = [:], bin: String? = nil, namespace: String? = nil) async throws
+        -> TestCluster
+    {
         let defaultBin = try await serverBinDirectory()
         let bin = bin ?? defaultBin
         let directory = try makeDirectory(name: name)
         let port = try freePort()
         let cluster = TestCluster(directory: directory, port: port, bin: bin)
+        cluster.namespace = namespace
         let passwordFile = directory + "/pw"
         try superuserPassword.write(toFile: passwordFile, atomically: true, encoding: .utf8)
         try chownToServerUser(passwordFile)
@@ -58,8 +63,15 @@ final class TestCluster: @unchecked Sendable {
         ]
         for (key, value) in settings { options[key] = value }
         let optionString = options.sorted { $0.key < $1.key }.map { "-c \($0.key)=\($0.value)" }.joined(separator: " ")
-        try await runAsServerUser(
-            bin + "/pg_ctl", ["-D", cluster.dataDirectory, "-l", directory + "/server.log", "-o", optionString, "-w", "-t", "60", "start"])
+        let start = ["-D", cluster.dataDirectory, "-l", directory + "/server.log", "-o", optionString, "-w", "-t", "60", "start"]
+        if let namespace {
+            // The postmaster and every backend it forks live in the namespace.
+            let result = try await run(
+                "/usr/sbin/ip", ["netns", "exec", namespace, "/usr/sbin/runuser", "-u", "postgres", "--", bin + "/pg_ctl"] + start)
+            guard result.status == 0 else { throw TestSupportError("pg_ctl start in \(namespace) failed: \(result.output)") }
+        } else {
+            try await runAsServerUser(bin + "/pg_ctl", start)
+        }
         Registry.shared.add(cluster)
         return cluster
     }
@@ -106,13 +118,28 @@ final class TestCluster: @unchecked Sendable {
     func stop() {
         let user = TestCluster.isRoot ? "/usr/sbin/runuser -u postgres -- " : ""
         _ = system("\(user)'\(bin)/pg_ctl' -D '\(dataDirectory)' -m immediate -w stop >/dev/null 2>&1")
+        if let namespace { _ = system("/usr/sbin/ip netns delete '\(namespace)' >/dev/null 2>&1") }
         try? FileManager.default.removeItem(atPath: directory)
         Registry.shared.remove(self)
     }
 
-    /// A connection string for `database`, as `user` (default: the superuser).
+    /// A connection string for `database`, as `user` (default: the superuser); through the Unix socket
+    /// for a server in a network namespace of its own.
     func url(database: String, user: String = superuser, password: String = superuserPassword) -> String {
-        "postgresql://\(percentEncode(user)):\(percentEncode(password))@127.0.0.1:\(port)/\(percentEncode(database))"
+        let host = namespace == nil ? "127.0.0.1" : percentEncode(socketDirectory)
+        return "postgresql://\(percentEncode(user)):\(percentEncode(password))@\(host):\(port)/\(percentEncode(database))"
+    }
+
+    /// Starts a cluster in a network namespace of its own: it cannot reach any server of this host by TCP
+    /// (its loopback is its own), and is reached through its Unix socket. Needs root (`ip netns`).
+    static func startIsolated(name: String) async throws -> TestCluster {
+        guard isRoot else { throw TestSupportError("a server in a network namespace of its own needs root (ip netns)") }
+        let namespace = "pgdm-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        for arguments in [["netns", "add", namespace], ["netns", "exec", namespace, "ip", "link", "set", "lo", "up"]] {
+            let result = try await run("/usr/sbin/ip", arguments)
+            guard result.status == 0 else { throw TestSupportError("ip \(arguments.joined(separator: " ")) failed: \(result.output)") }
+        }
+        return try await start(name: name, namespace: namespace)
     }
 
     func connectionString(database: String) throws -> ConnectionString {
