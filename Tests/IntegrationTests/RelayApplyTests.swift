@@ -214,3 +214,64 @@ struct RelayApplyTests {
         _ = await running.result
     }
 }
+
+extension RelayApplyTests {
+    /// The error `applier` stops with, or nil when it still runs after `seconds` (then it is stopped).
+    static func failure(of applier: RelayApplier, within seconds: Int = 60) async -> Error? {
+        let running = Task { try await applier.run() }
+        let watchdog = Task {
+            try await Task.sleep(for: .seconds(seconds))
+            running.cancel()
+        }
+        defer { watchdog.cancel() }
+        if case .failure(let error) = await running.result, !(error is CancellationError) { return error }
+        return nil
+    }
+
+    @Test(
+        "PostgreSQL 15 to 18, a login that may not set session_replication_role: a deferred constraint failing at COMMIT stops the apply, and after the fix that transaction is applied, never skipped"
+    )
+    func failedCommitIsNeverSkipped() async throws {
+        let (sourceCluster, _) = try await SharedClusters.get()
+        let targetCluster = try await TestCluster.start(name: "relay-pg18", bin: try TestCluster.postgres18())
+        defer { targetCluster.stop() }
+        let schema = "CREATE TABLE d (id int PRIMARY KEY, u int UNIQUE DEFERRABLE INITIALLY DEFERRED);"
+        let database = try await sourceCluster.createDatabase(SharedClusters.uniqueName("relay_deferred"))
+        let source = try await sourceCluster.connect(database: database)
+        try await source.execute(schema + "CREATE PUBLICATION p FOR ALL TABLES")
+        let slot = SharedClusters.uniqueName("relay")
+        try await source.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [slot])
+        // Triggers fire for this login (its deferred uniqueness check among them): it may use origins, nothing more.
+        let target = try await targetCluster.connect()
+        try await target.execute(
+            schema
+                + """
+                CREATE ROLE applier LOGIN PASSWORD 'applier-pw'; GRANT ALL ON d TO applier;
+                GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), pg_replication_origin_drop(text),
+                    pg_replication_origin_session_setup(text), pg_replication_origin_session_progress(boolean),
+                    pg_replication_origin_xact_setup(pg_lsn, timestamptz) TO applier;
+                INSERT INTO d VALUES (1000, 7)
+                """)
+        let messages = Messages()
+        let applier = RelayApplier(
+            source: try sourceCluster.connectionString(database: database),
+            target: try ConnectionString(targetCluster.url(database: "postgres", user: "applier", password: "applier-pw")),
+            slot: slot, publication: "p", origin: "pgdm_deferred", statusInterval: .milliseconds(200), onMessage: messages.record)
+        // The source's row collides with the target's own, at COMMIT (deferred).
+        try await source.execute("INSERT INTO d VALUES (1, 7)")
+        let failed = await Self.failure(of: applier) as? PostgresError
+        #expect(failed?.sqlState == "23505", "\(failed.map { "\($0)" } ?? "no error")")
+
+        try await target.execute("DELETE FROM d WHERE id = 1000")
+        let running = Task { try await applier.run() }
+        try await Self.barrier("after the fix", on: source, messages: messages)
+        #expect(try await target.scalar("SELECT u::text FROM d WHERE id = 1") == "7", "the failed transaction was applied, not skipped")
+        running.cancel()
+        _ = await running.result
+        for _ in 0..<100
+        where try await source.scalar("SELECT active::text FROM pg_replication_slots WHERE slot_name = $1", [slot]) == "true" {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        try await source.query("SELECT pg_drop_replication_slot($1)", [slot])
+    }
+}

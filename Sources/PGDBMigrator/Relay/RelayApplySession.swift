@@ -64,13 +64,15 @@ struct RelayApplySession {
             }
             transaction = nil
             if finished.open {
-                // The origin's position last, right before COMMIT: a failed statement never advances it.
+                // The origin's position is set last, right before COMMIT, and deferred constraints are checked
+                // before it: from PostgreSQL 16 an aborted transaction's record also advances the origin, so a
+                // COMMIT that failed after setting it would have that transaction skipped after a restart.
+                queue(.init("SET CONSTRAINTS ALL IMMEDIATE"))
                 queue(
                     .init(
                         "SELECT pg_replication_origin_xact_setup($1::pg_lsn, timestamptz '2000-01-01 00:00:00+00' + $2::bigint * interval '1 microsecond')",
                         [endLSN.description, String(commitTime)]))
                 queue(.init("COMMIT"))
-                queue(.init("SELECT pg_replication_origin_xact_reset()"))
                 pendingCommits.append((endLSN, finished.messages))
                 if full { try await flush() }
             } else {
