@@ -7,8 +7,9 @@ import PostgresClient
 /// One target session applies the source's transactions one after the other,
 /// in commit order, as PostgreSQL's own apply worker does: with
 /// `session_replication_role = replica` (no triggers, no foreign-key checks:
-/// the source already checked them) and `row_security = off`. Each change is
-/// applied as it arrives, so a transaction of any size is never held in memory.
+/// the source already checked them) and `row_security = off`. Changes go to the
+/// target in bounded batches as they arrive (``RelayApplySession``), so a
+/// transaction of any size is never held in memory.
 ///
 /// Exactly once: the target session is bound to a replication origin, and each
 /// applied transaction's commit records the source position it reached
