@@ -294,9 +294,9 @@ struct OnlineOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
-            "How the changes reach the target after the copy: subscription (CREATE SUBSCRIPTION: the target server connects to the source) or relay (this process streams them from the slot and applies them on the target, which never connects to the source; its position is a replication origin on the target).",
-            valueName: "subscription|relay"))
-    var apply: OnlineSettings.ApplyMethod = .subscription
+            "How the changes reach the target after the copy: subscription (CREATE SUBSCRIPTION: the target server connects to the source), relay (this process streams them from the slot and applies them on the target, which never connects to the source; its position is a replication origin on the target), or auto: a subscription when the target may create one and reaches the source (tried at Validate), else relay.",
+            valueName: "auto|subscription|relay"))
+    var apply: OnlineSettings.ApplyMethod = .auto
 
     @Option(help: "Subscription created on the target (default pg_dbmigrator_sub).")
     var subscriptionName: String?

@@ -150,14 +150,29 @@ struct CLITests {
         #expect(((dumpDone?["detail"] as? [String: Any])?["bytes"] as? Int ?? 0) > 0)
     }
 
+    /// A source and a target for the cancel tests alone, started once.
+    private actor ServerPair {
+        private var starting: Task<(TestCluster, TestCluster), Error>?
+        func get() async throws -> (source: TestCluster, target: TestCluster) {
+            if let starting { return try await starting.value }
+            let task = Task { (try await TestCluster.start(name: "cancel-source"), try await TestCluster.start(name: "cancel-target")) }
+            starting = task
+            return try await task.value
+        }
+    }
+    private static let cancelServers = ServerPair()
+
     @Test(
         "SIGINT or SIGTERM cancels: pg_dump or the blocked statement stopped, temporary files removed, non-zero exit within seconds",
         arguments: [
             (SIGTERM, false, MigrationConfig.CopyMethod.dump), (SIGINT, false, .dump), (SIGINT, true, .dump), (SIGTERM, false, .native),
         ])
     func cancel(signal: Int32, startedWithSIGINTIgnored: Bool, copyMethod: MigrationConfig.CopyMethod) async throws {
-        let (source, target) = try await SharedClusters.get()
-        let sourceDatabase = try await OfflineMigrationTests.sampleSource()
+        // Servers of their own: the blocker's ACCESS EXCLUSIVE lock takes a transaction id (it is logged for
+        // standbys), and an open transaction with one holds up every other test's replication slot.
+        let (source, target) = try await Self.cancelServers.get()
+        let sourceDatabase = try await source.createDatabase(SharedClusters.uniqueName("shop"))
+        try await source.load(file: sampleSQLPath, into: sourceDatabase)
         let blocker = try await source.connect(database: sourceDatabase)
         try await blocker.execute("BEGIN; LOCK TABLE sales.orders IN ACCESS EXCLUSIVE MODE")
         let dumpPath = NSTemporaryDirectory() + "pgdm-cancel-\(UUID().uuidString)"
@@ -186,6 +201,10 @@ struct CLITests {
         }
         let waitingFor = copyMethod == .dump ? "pg_dump should be running" : "the catalog session should be waiting for its lock"
         if !held {
+            // What the run was doing: its threads' stacks (gdb, when there is one), for the next person to look.
+            let stacks = try? await TestCluster.run(
+                "/usr/bin/gdb", ["-p", String(running.process.processIdentifier), "-batch", "-ex", "thread apply all bt 12"])
+            Issue.record("stacks of the stuck run: \(stacks?.output.suffix(20_000) ?? "gdb unavailable")")
             let sessions = try await blocker.query(
                 "SELECT application_name, state, wait_event_type, wait_event, left(query, 80) FROM pg_stat_activity WHERE datname = current_database()"
             ).rows

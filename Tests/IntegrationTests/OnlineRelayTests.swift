@@ -104,7 +104,9 @@ struct OnlineRelayTests {
         #expect(!objects.slot && !objects.publication)
     }
 
-    @Test("a target server that cannot reach the source: a subscription is refused at Validate; relay apply migrates it, equal by content")
+    @Test(
+        "a target server that cannot reach the source: a subscription is refused at Validate; auto chooses relay apply, says why, and migrates it equal by content"
+    )
     func isolatedTarget() async throws {
         let (source, _) = try await SharedClusters.get()
         // Its own network namespace: its loopback is its own, so the source's 127.0.0.1 port is not there.
@@ -113,14 +115,18 @@ struct OnlineRelayTests {
         let sourceDatabase = try await OnlinePreflightTests.smallSource()
         var config = try await OnlineMigrationTests.config(source: sourceDatabase, target: "isolated") {
             $0.stateDirectory = DestructiveMistakesTests.stateDirectory()
+            $0.online.apply = .subscription
         }
         config.target = try isolated.connectionString(database: "isolated")
         let refused = await #expect(throws: MigrationError.self) { try await Migrator(config: config).run() }
         #expect(refused?.message.contains("the target server cannot connect to the source") == true, "\(refused?.message ?? "")")
 
-        config.online.apply = .relay
+        config.online.apply = .auto
         let writer = try await source.connect(database: sourceDatabase)
-        let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: EventLog())
+        let events = EventLog()
+        let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: events)
+        let chosen = events.all.first { $0.message.hasPrefix("relay apply chosen") }
+        #expect(chosen?.message.contains("the target server cannot connect to the source") == true, "\(events.all.map(\.message))")
         try await writer.execute("UPDATE items SET v = 'relayed' WHERE id % 3 = 0")
         try await writer.execute("DELETE FROM items WHERE id = 7")
         migrator.cutoverHandle.request()

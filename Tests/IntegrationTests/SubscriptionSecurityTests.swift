@@ -123,7 +123,10 @@ struct SubscriptionSecurityTests {
         environment["PG_DBMIGRATOR_SOURCE"] = Self.sourceString(servers, database: database) + " sslpassword='\(sslPassword)'"
         environment["PG_DBMIGRATOR_TARGET"] = servers.target.url(database: targetDatabase) + "?sslmode=disable"
         let running = try CLI.start(
-            ["--mode", "online", "--state-dir", stateDirectory, "--cutover-poll-secs", "0.5", "--no-owner", "--no-acl"],
+            [
+                "--mode", "online", "--state-dir", stateDirectory, "--cutover-poll-secs", "0.5", "--no-owner", "--no-acl", "--apply",
+                "subscription",
+            ],
             environment: environment)
 
         // Sampled while the tool runs: the target's sessions and the run's state files.
@@ -253,6 +256,8 @@ struct SubscriptionSecurityTests {
                     "--mode", "online", "--source", testCase.source,
                     "--target", servers.target.url(database: SharedClusters.uniqueName("late")) + "?sslmode=disable", "--slot-name", slot,
                     "--state-dir", try TestCluster.makeDirectory(name: "late-state"), "--no-owner", "--no-acl",
+                    // (Under the default --apply auto, a subscription that cannot work gives way to relay apply.)
+                    "--apply", "subscription",
                 ] + testCase.extra,
                 environment: testCase.environment)
             #expect(result.status == 1, "\(testCase.name): \(result.stderr)")

@@ -181,9 +181,13 @@ public struct OnlineSettings: Sendable {
     /// How long the apply worker may fail (errors or not running, nothing applied) before the run ends with its error.
     public var applyFailureGrace: Duration
     /// How the changes reach the target after the copy.
-    public var apply: ApplyMethod = .subscription
+    public var apply: ApplyMethod = .auto
 
     public enum ApplyMethod: String, Sendable, CaseIterable {
+        /// A subscription when the target may create one and reaches the source (tried from the target
+        /// server at Validate, before anything is made), relay apply otherwise; Validate says which and why.
+        /// A ``OnlineSettings/subscriptionSource`` or ``OnlineSettings/keepSubscription`` asks for a subscription.
+        case auto
         /// `CREATE SUBSCRIPTION` on the target: its own apply worker connects to the source.
         case subscription
         /// This process streams the slot's changes and applies them on the target (``RelayApplier``):

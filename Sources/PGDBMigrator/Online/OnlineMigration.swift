@@ -166,7 +166,10 @@ struct OnlineMigration {
                     message: "relay apply started: this process streams the slot's changes into the target",
                     detail: ["relay_origin": .string(settings.relayOrigin)]))
         }
-        return try await streamAndCutOver(
+        // From here the run goes on as the chosen method.
+        var chosen = self
+        chosen.config.online.apply = findings.apply
+        return try await chosen.streamAndCutOver(
             source: source, target: target, report: report, store: store, started: started, warnings: warnings)
     }
 
@@ -220,7 +223,10 @@ struct OnlineMigration {
                     message: "re-attached: relay apply carries on from where the target durably got, streaming from slot "
                         + "\(SQL.identifier(settings.slotName)), which holds \(formatBytes(Int(reading.retainedBytes))) of WAL",
                     detail: ["relay_origin": .string(settings.relayOrigin), "retained_wal_bytes": .int(Int(reading.retainedBytes))]))
-            return try await streamAndCutOver(source: source, target: target, report: report, store: store, started: started, warnings: [])
+            var relayed = self
+            relayed.config.online.apply = .relay
+            return try await relayed.streamAndCutOver(
+                source: source, target: target, report: report, store: store, started: started, warnings: [])
         }
         try await subscription().enable(on: target)
         events.emit(
@@ -230,7 +236,10 @@ struct OnlineMigration {
                     "re-attached: subscription \(SQL.identifier(settings.subscriptionName)) enabled, streaming from slot \(SQL.identifier(settings.slotName)), "
                     + "which holds \(formatBytes(Int(reading.retainedBytes))) of WAL",
                 detail: ["subscription": .string(settings.subscriptionName), "retained_wal_bytes": .int(Int(reading.retainedBytes))]))
-        return try await streamAndCutOver(source: source, target: target, report: report, store: store, started: started, warnings: [])
+        var subscribed = self
+        subscribed.config.online.apply = .subscription
+        return try await subscribed.streamAndCutOver(
+            source: source, target: target, report: report, store: store, started: started, warnings: [])
     }
 
     /// `--resume` of a run killed after its cutover had applied everything up
@@ -475,7 +484,7 @@ struct OnlineMigration {
             case nil:
                 break
             }
-            if settings.apply == .subscription {
+            if settings.apply != .relay {
                 try await checkApplyWorker(reading, health: &health, target: await sessions.current.target)
             }
 

@@ -15,17 +15,13 @@ struct OnlinePreflight {
         var publicationExists: Bool
         /// The connection string the subscription will use, proven to work from the target server; nil under relay apply.
         var subscriptionSource: ConnectionString?
+        /// How the changes will reach the target (never ``OnlineSettings/ApplyMethod/auto``).
+        var apply: OnlineSettings.ApplyMethod { subscriptionSource == nil ? .relay : .subscription }
     }
 
     func run(source: Connection, target: Connection, tables: TableSet) async throws -> Findings {
         try await checkSourceSettings(source)
-        var subscriptionSource: ConnectionString?
-        if settings.apply == .relay {
-            try await checkRelayTarget(target)
-        } else {
-            try await checkTarget(target)
-            subscriptionSource = try await checkSubscriptionConnection(source: source, target: target)
-        }
+        let subscriptionSource = try await chooseApply(source: source, target: target)
 
         let publication = Publication(name: settings.publication, runID: runID)
         let owner = try await publication.owner(on: source)
@@ -99,7 +95,7 @@ struct OnlinePreflight {
                     + conninfo.scrub(error.description),
                 fix: "pass \(Setting.subscriptionSource) as the target server must connect: a host and port it reaches, sslrootcert, "
                     + "sslcert and sslkey paths on the target server, and the password (a non-superuser subscription owner "
-                    + "must have it in the string from PostgreSQL 16); with no route from the target to the source, use \(Setting.mode) offline"
+                    + "must have it in the string from PostgreSQL 16); with no route from the target to the source, use \(Setting.apply) relay"
             )
         }
         events.info(
@@ -192,6 +188,43 @@ struct OnlinePreflight {
                     "choose another \(Setting.subscriptionName); if an interrupted run of this tool created it, \(Setting.mode) cleanup with "
                     + "that run's \(Setting.stateDirectory) removes it (\(Setting.forceClean) does the same before starting)",
                 code: .notOurs)
+        }
+    }
+
+    /// The subscription's connection string, or nil for relay apply: as asked, or under `auto` a subscription
+    /// when the target may create one and reaches the source, else relay (said, with the reason).
+    private func chooseApply(source: Connection, target: Connection) async throws -> ConnectionString? {
+        let wantsSubscription = settings.subscriptionSource != nil || settings.keepSubscription
+        switch settings.apply {
+        case .relay:
+            try await checkRelayTarget(target)
+            return nil
+        case .subscription:
+            try await checkTarget(target)
+            return try await checkSubscriptionConnection(source: source, target: target)
+        case .auto where wantsSubscription:
+            try await checkTarget(target)
+            return try await checkSubscriptionConnection(source: source, target: target)
+        case .auto:
+            let why: MigrationError
+            do {
+                try await checkTarget(target)
+                return try await checkSubscriptionConnection(source: source, target: target)
+            } catch let error as MigrationError where error.code != .notOurs {
+                why = error
+            }
+            do {
+                try await checkRelayTarget(target)
+            } catch let relayError as MigrationError {
+                throw MigrationError(
+                    .validate, "neither a subscription nor relay apply can work: \(why.message); and \(relayError.message)",
+                    fix: (why.fix.map { "for a subscription: \($0); " } ?? "") + (relayError.fix.map { "for relay apply: \($0)" } ?? ""),
+                    code: relayError.code)
+            }
+            events.info(
+                .validate, "relay apply chosen (\(Setting.apply) auto): a subscription cannot work here: \(why.message)",
+                ["apply": .string(OnlineSettings.ApplyMethod.relay.rawValue), "reason": .string(why.message)])
+            return nil
         }
     }
 
