@@ -3,9 +3,11 @@ import PostgresClient
 /// The target side of relay apply: turns decoded changes into statements on
 /// one target session and sends them in as few round trips as it can.
 ///
-/// Statements queue up (libpq pipeline mode) across transactions — each still
-/// its own target transaction, committed in the source's order with its origin
-/// position — and go when a batch is full or nothing more has arrived. Each
+/// Statements queue up (libpq pipeline mode) and go when a batch is full or
+/// nothing more has arrived. The source's transactions that arrived together
+/// are applied in one target transaction, in the source's order, committed with
+/// the origin position of the last: the target still shows a prefix of the
+/// source's history, and a restart applies the whole group again. Each
 /// distinct statement is prepared once per session, so the target parses and
 /// plans it once. An UPDATE or DELETE that finds no row raises an error inside
 /// the server (so that the pipeline stops before that transaction's COMMIT),
@@ -25,8 +27,14 @@ struct RelayApplySession {
     /// For each pending statement, the change it applies (for the error that names the table), if it must touch one row.
     private var oneRow: [(what: String, table: QualifiedName, commit: LSN)?] = []
     private var pendingBytes = 0
-    /// Commits queued with the pending statements: their end positions and logical messages, for after the round trip.
-    private var pendingCommits: [(end: LSN, messages: [(String, LSN)])] = []
+    /// A target transaction is open (its BEGIN queued or sent).
+    private var openOnTarget = false
+    /// The source transactions done inside it, not yet committed there: their ends and logical messages.
+    private var completed: [(end: LSN, messages: [(String, LSN)])] = []
+    private var lastCommitTime: Int64 = 0
+    /// Part of the open target transaction went without its COMMIT (a round trip fell inside a source
+    /// transaction): it commits at the next source commit, so a busy stream never keeps it open.
+    private var sentWithoutCommit = false
     /// The end of the last transaction that wrote on the target and whose COMMIT returned.
     private(set) var lastAppliedEnd = LSN(0)
 
@@ -34,8 +42,8 @@ struct RelayApplySession {
         var finalLSN: LSN
         /// Already applied by an earlier attempt.
         var skipping: Bool
-        /// Its BEGIN is queued (at its first change).
-        var open = false
+        /// It changed something on the target.
+        var wrote = false
         var messages: [(String, LSN)] = []
     }
 
@@ -51,8 +59,8 @@ struct RelayApplySession {
         lastAppliedEnd = appliedThrough
     }
 
-    /// Inside a source transaction (begun, not yet committed).
-    var inTransaction: Bool { transaction != nil }
+    /// Inside a source transaction, or a target transaction is open.
+    var inTransaction: Bool { transaction != nil || openOnTarget }
 
     mutating func handle(_ change: PgOutputMessage) async throws {
         switch change {
@@ -63,18 +71,11 @@ struct RelayApplySession {
                 throw MigrationError(.streamApply, "the replication stream committed a transaction it never began")
             }
             transaction = nil
-            if finished.open {
-                // The origin's position is set last, right before COMMIT, and deferred constraints are checked
-                // before it: from PostgreSQL 16 an aborted transaction's record also advances the origin, so a
-                // COMMIT that failed after setting it would have that transaction skipped after a restart.
-                queue(.init("SET CONSTRAINTS ALL IMMEDIATE"))
-                queue(
-                    .init(
-                        "SELECT pg_replication_origin_xact_setup($1::pg_lsn, timestamptz '2000-01-01 00:00:00+00' + $2::bigint * interval '1 microsecond')",
-                        [endLSN.description, String(commitTime)]))
-                queue(.init("COMMIT"))
-                pendingCommits.append((endLSN, finished.messages))
-                if full { try await flush() }
+            if openOnTarget {
+                // Done in the open target transaction; committed with the others at the next round trip.
+                completed.append((endLSN, finished.messages))
+                lastCommitTime = commitTime
+                if full || sentWithoutCommit { try await flush() }
             } else {
                 // Nothing written on the target: its messages are applied once what came before is.
                 try await flush()
@@ -129,9 +130,12 @@ struct RelayApplySession {
             throw MigrationError(.streamApply, "the replication stream sent a change outside a transaction")
         }
         guard !current.skipping else { return }
-        if !current.open {
-            current.open = true
+        if !current.wrote {
+            current.wrote = true
             transaction = current
+        }
+        if !openOnTarget {
+            openOnTarget = true
             queue(.init("BEGIN"))
         }
         let sql = change == nil ? statement.sql : "WITH changed AS (\(statement.sql)) SELECT 1 / count(*)::int FROM changed"
@@ -155,9 +159,22 @@ struct RelayApplySession {
 
     private var full: Bool { pending.count >= Self.pipelineStatements || pendingBytes >= Self.pipelineBytes }
 
-    /// Sends what is queued in one round trip; returns how many transactions it committed.
+    /// Sends what is queued in one round trip, committing the source transactions done in it when
+    /// none is half-way; returns how many it committed.
     @discardableResult
     mutating func flush() async throws -> Int {
+        let committing = openOnTarget && transaction == nil && !completed.isEmpty
+        if committing, let last = completed.last {
+            // The origin's position is set last, right before COMMIT, and deferred constraints are checked
+            // before it: from PostgreSQL 16 an aborted transaction's record also advances the origin, so a
+            // COMMIT that failed after setting it would have that group skipped after a restart.
+            queue(.init("SET CONSTRAINTS ALL IMMEDIATE"))
+            queue(
+                .init(
+                    "SELECT pg_replication_origin_xact_setup($1::pg_lsn, timestamptz '2000-01-01 00:00:00+00' + $2::bigint * interval '1 microsecond')",
+                    [last.end.description, String(lastCommitTime)]))
+            queue(.init("COMMIT"))
+        }
         guard !pending.isEmpty else { return 0 }
         let statements = pending
         let changes = oneRow
@@ -176,8 +193,14 @@ struct RelayApplySession {
             }
             throw failure.error
         }
-        let commits = pendingCommits
-        pendingCommits = []
+        guard committing else {
+            sentWithoutCommit = openOnTarget
+            return 0
+        }
+        sentWithoutCommit = false
+        let commits = completed
+        completed = []
+        openOnTarget = false
         for commit in commits {
             lastAppliedEnd = commit.end
             for (prefix, lsn) in commit.messages { onMessage(prefix, lsn) }
