@@ -150,17 +150,8 @@ struct CLITests {
         #expect(((dumpDone?["detail"] as? [String: Any])?["bytes"] as? Int ?? 0) > 0)
     }
 
-    /// A source and a target for the cancel tests alone, started once.
-    private actor ServerPair {
-        private var starting: Task<(TestCluster, TestCluster), Error>?
-        func get() async throws -> (source: TestCluster, target: TestCluster) {
-            if let starting { return try await starting.value }
-            let task = Task { (try await TestCluster.start(name: "cancel-source"), try await TestCluster.start(name: "cancel-target")) }
-            starting = task
-            return try await task.value
-        }
-    }
-    private static let cancelServers = ServerPair()
+    /// A source and a target for the cancel tests alone.
+    private static let cancelServers = TestCluster.pair("cancel")
 
     @Test(
         "SIGINT or SIGTERM cancels: pg_dump or the blocked statement stopped, temporary files removed, non-zero exit within seconds",

@@ -174,18 +174,24 @@ struct OnlineCoverageTests {
         try await setup.execute("DROP TABLE public.parted")
     }
 
+    /// A source and a target for one test alone (the caller stops them), the source database `app` holding `public.t2`.
+    static func ownServers(_ name: String) async throws -> (source: TestCluster, target: TestCluster, database: String) {
+        let source = try await TestCluster.start(name: name + "-source")
+        let target = try await TestCluster.start(name: name + "-target")
+        let database = try await source.createDatabase("app")
+        try await source.connect(database: database).execute(
+            "CREATE TABLE public.t2 (id int PRIMARY KEY, v text); INSERT INTO public.t2 VALUES (1, 'x')")
+        return (source, target, database)
+    }
+
     @Test("creating the slot behind a writing transaction: reported every 10 s naming it, given up after --lock-timeout-secs")
     func slotWaitIsNeverSilent() async throws {
         // Servers of its own: a transaction held open for 12 s on a shared source would hold up every other test's slot.
-        let source = try await TestCluster.start(name: "slot-wait-source")
-        let target = try await TestCluster.start(name: "slot-wait-target")
+        let (source, target, database) = try await Self.ownServers("slot-wait")
         defer {
             source.stop()
             target.stop()
         }
-        let database = try await source.createDatabase("app")
-        try await source.connect(database: database).execute(
-            "CREATE TABLE public.t2 (id int PRIMARY KEY, v text); INSERT INTO public.t2 VALUES (1, 'x')")
         let writer = try await Connection.connect(
             try source.connectionString(database: database).setting("application_name", to: "long-writer"), label: "writer")
         try await writer.execute("BEGIN; INSERT INTO public.t2 VALUES (50, 'open')")
@@ -232,15 +238,11 @@ struct OnlineCoverageTests {
     func applyWaitIsNeverSilent() async throws {
         // Servers of its own: with a 3 s lock timeout, another test's prepared transaction on a shared source
         // would hold up the slot's creation past it.
-        let source = try await TestCluster.start(name: "held-apply-source")
-        let target = try await TestCluster.start(name: "held-apply-target")
+        let (source, target, database) = try await Self.ownServers("held-apply")
         defer {
             source.stop()
             target.stop()
         }
-        let database = try await source.createDatabase("app")
-        try await source.connect(database: database).execute(
-            "CREATE TABLE public.t2 (id int PRIMARY KEY, v text); INSERT INTO public.t2 VALUES (1, 'x')")
         let targetDatabase = "held_apply"
         var config = try await OnlineMigrationTests.config(source: database, target: targetDatabase) {
             $0.lockTimeout = .seconds(3)

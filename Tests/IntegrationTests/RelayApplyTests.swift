@@ -45,6 +45,15 @@ struct RelayApplyTests {
             onMessage: messages.record)
     }
 
+    /// Drops the test's slot once the walsender, which ends a moment after the apply's connection closed, let it go.
+    static func dropSlot(_ slot: String, on source: Connection) async throws {
+        for _ in 0..<100
+        where try await source.scalar("SELECT active::text FROM pg_replication_slots WHERE slot_name = $1", [slot]) == "true" {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        try await source.query("SELECT pg_drop_replication_slot($1)", [slot])
+    }
+
     /// Emits a transactional marker on the source and waits until the applier has applied it.
     static func barrier(_ name: String, on source: Connection, messages: Messages) async throws {
         try await source.query("SELECT pg_logical_emit_message(true, $1, 'barrier')", [name])
@@ -116,7 +125,7 @@ struct RelayApplyTests {
         let counts = (source: try await source.scalar(identical), target: try await target.scalar(identical))
         #expect(counts.source == "1" && counts.target == "1", "one of two identical rows deleted: \(counts)")
         #expect(try await target.scalar("SELECT id::text FROM s") == "1", "RESTART IDENTITY applied")
-        try await source.query("SELECT pg_drop_replication_slot($1)", [pair.slot])
+        try await Self.dropSlot(pair.slot, on: source)
         try await target.query("SELECT pg_replication_origin_drop($1)", [applier.origin])
     }
 
@@ -136,12 +145,7 @@ struct RelayApplyTests {
         let error = await #expect(throws: MigrationError.self) { try await running.value }
         #expect(error?.message.contains("UPDATE of a row of public.k found no such row on the target") == true, "\(error?.message ?? "")")
         #expect(try await target.scalar("SELECT count(*) FROM k WHERE id = 3") == "0", "nothing after it was applied")
-        // The walsender ends a moment after the apply's connection closed.
-        for _ in 0..<100
-        where try await source.scalar("SELECT active::text FROM pg_replication_slots WHERE slot_name = $1", [pair.slot]) == "true" {
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        try await source.query("SELECT pg_drop_replication_slot($1)", [pair.slot])
+        try await Self.dropSlot(pair.slot, on: source)
         try await target.query("SELECT pg_replication_origin_drop($1)", [applier.origin])
     }
 
@@ -268,10 +272,6 @@ extension RelayApplyTests {
         #expect(try await target.scalar("SELECT u::text FROM d WHERE id = 1") == "7", "the failed transaction was applied, not skipped")
         running.cancel()
         _ = await running.result
-        for _ in 0..<100
-        where try await source.scalar("SELECT active::text FROM pg_replication_slots WHERE slot_name = $1", [slot]) == "true" {
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        try await source.query("SELECT pg_drop_replication_slot($1)", [slot])
+        try await Self.dropSlot(slot, on: source)
     }
 }

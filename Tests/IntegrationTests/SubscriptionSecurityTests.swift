@@ -23,17 +23,7 @@ struct SubscriptionSecurityTests {
         var target: TestCluster
     }
 
-    private actor Holder {
-        var starting: Task<Servers, Error>?
-        func get() async throws -> Servers {
-            if let starting { return try await starting.value }
-            let task = Task { try await SubscriptionSecurityTests.startServers() }
-            starting = task
-            return try await task.value
-        }
-    }
-
-    private static let holder = Holder()
+    private static let holder = StartedOnce { try await SubscriptionSecurityTests.startServers() }
 
     static func startServers() async throws -> Servers {
         let tls = try await TLSFiles.make(clientName: role)

@@ -77,15 +77,10 @@ struct Cleanup {
             } catch {
                 target = try await config.targetEndpoint.connect(label: "cleanup", database: "postgres", stage: .cleanup)
             }
-            let removed = try await { (target: Connection) in
-                guard try await target.scalar("SELECT count(*) FROM pg_replication_origin WHERE roname = $1", [origin]) == "1" else {
-                    return false
-                }
-                if !dryRun { try await RelayApplier.dropOrigin(origin, on: target) }
-                return true
-            }(target)
+            let exists = try await target.scalar("SELECT count(*) FROM pg_replication_origin WHERE roname = $1", [origin]) == "1"
+            if exists && !dryRun { try await RelayApplier.dropOrigin(origin, on: target) }
             await target.close()
-            if removed { found.append("\(verb) replication origin \(SQL.identifier(origin)) on the target (relay apply's position)") }
+            if exists { found.append("\(verb) replication origin \(SQL.identifier(origin)) on the target (relay apply's position)") }
         }
 
         let source = try await config.sourceEndpoint.connect()

@@ -11,8 +11,8 @@ struct Cutover {
     var leftovers: Leftovers
     /// What the migration carries: what must have been published, verified and sequence-synced.
     var tables: TableSet
-    /// Stops relay apply before the teardown drops its slot (nil with a subscription, which the teardown drops).
-    var stopRelay: (@Sendable () async -> Void)? = nil
+    /// Stops relay apply, if it runs, before the teardown drops its slot (a subscription the teardown drops).
+    var stopRelay: @Sendable () async -> Void
     var settings: OnlineSettings { config.online }
 
     struct Result {
@@ -125,7 +125,7 @@ struct Cutover {
 
         // From here a killed run has nothing left to apply: --resume only finishes the teardown.
         leftovers.set(\.cutoverBarrier, barrier.description)
-        await stopRelay?()
+        await stopRelay()
         // Each of its steps looks before it drops, and records as it goes: safe to run again.
         let teardown = ReplicationTeardown(config: config, events: events, leftovers: leftovers)
         try await sessions.retrying { source, target in try await teardown.run(source: source, target: target) }

@@ -328,13 +328,6 @@ struct OnlineMigration {
         Subscription(name: settings.subscriptionName, slotName: settings.slotName, publication: settings.publication, runID: runID)
     }
 
-    /// What stops relay apply, when it runs.
-    private var relayStopper: (@Sendable () async -> Void)? {
-        guard relay.isRunning else { return nil }
-        let relay = self.relay
-        return { await relay.stop() }
-    }
-
     /// Starts relay apply; its failure ends the run.
     private func startRelay() {
         let applier = RelayApplier(
@@ -387,7 +380,7 @@ struct OnlineMigration {
             events.info(.cutover, "cutover requested")
             result = try await Cutover(
                 config: config, events: events, sessions: sessions, leftovers: leftovers, tables: report.tables,
-                stopRelay: relayStopper
+                stopRelay: { [relay] in await relay.stop() }
             ).run()
         } catch {
             await sessions.close()

@@ -25,7 +25,7 @@ final class RelayRun: Sendable {
         task.withLock { $0 = running }
     }
 
-    /// Stops the apply and waits until its sessions are closed (the slot is free again).
+    /// Stops the apply, if it runs, and waits until its sessions are closed (the slot is free again).
     func stop() async {
         let running = task.withLock { task -> Task<Void, Never>? in
             defer { task = nil }
@@ -34,6 +34,4 @@ final class RelayRun: Sendable {
         running?.cancel()
         await running?.value
     }
-
-    var isRunning: Bool { task.withLock { $0 != nil } }
 }

@@ -195,14 +195,11 @@ struct OnlinePreflight {
     /// when the target may create one and reaches the source, else relay (said, with the reason).
     private func chooseApply(source: Connection, target: Connection) async throws -> ConnectionString? {
         let wantsSubscription = settings.subscriptionSource != nil || settings.keepSubscription
-        switch settings.apply {
+        switch settings.apply == .auto && wantsSubscription ? .subscription : settings.apply {
         case .relay:
             try await checkRelayTarget(target)
             return nil
         case .subscription:
-            try await checkTarget(target)
-            return try await checkSubscriptionConnection(source: source, target: target)
-        case .auto where wantsSubscription:
             try await checkTarget(target)
             return try await checkSubscriptionConnection(source: source, target: target)
         case .auto:

@@ -29,11 +29,17 @@ final class TestCluster: @unchecked Sendable {
         self.bin = bin
     }
 
-    /// Starts a new cluster. `settings` are extra `-c name=value` server settings; `bin`, the
-    /// programs of another PostgreSQL than Debian's (see ``postgres18()``).
     /// Room for every suite's sessions at once on the shared servers; a standby needs at least its primary's.
     static let maxConnections = 150
 
+    /// A source and a target of their own for some tests, named `name`-source and `name`-target, started at the first ask.
+    static func pair(_ name: String) -> StartedOnce<(source: TestCluster, target: TestCluster)> {
+        StartedOnce { (try await start(name: name + "-source"), try await start(name: name + "-target")) }
+    }
+
+    /// Starts a new cluster. `settings` are extra `-c name=value` server settings; `bin`, the
+    /// programs of another PostgreSQL than Debian's (see ``postgres18()``); `namespace`, a network
+    /// namespace to run it in (see ``startIsolated(name:)``).
     static func start(name: String, settings: [String: String] = [:], bin: String? = nil, namespace: String? = nil) async throws
         -> TestCluster
     {
@@ -303,23 +309,27 @@ final class Registry: @unchecked Sendable {
 }
 
 /// The source and target servers most tests share; each test uses databases of its own.
-enum SharedClusters {
-    /// One start for the whole run, however many tests ask at once (a stored
-    /// task, not a stored result: an actor is re-entered at each `await`).
-    private actor Holder {
-        var starting: Task<(TestCluster, TestCluster), Error>?
-        func get() async throws -> (TestCluster, TestCluster) {
-            if let starting { return try await starting.value }
-            let task = Task { (try await TestCluster.start(name: "source"), try await TestCluster.start(name: "target")) }
-            starting = task
-            return try await task.value
-        }
-    }
+/// Servers (or anything) started once for the whole run, however many tests ask at once (a stored task,
+/// not a stored result: an actor is re-entered at each `await`).
+actor StartedOnce<Value: Sendable> {
+    private let start: @Sendable () async throws -> Value
+    private var starting: Task<Value, Error>?
 
-    private static let holder = Holder()
+    init(_ start: @escaping @Sendable () async throws -> Value) { self.start = start }
+
+    func get() async throws -> Value {
+        if let starting { return try await starting.value }
+        let task = Task { try await start() }
+        starting = task
+        return try await task.value
+    }
+}
+
+enum SharedClusters {
+    private static let servers = StartedOnce { (try await TestCluster.start(name: "source"), try await TestCluster.start(name: "target")) }
 
     static func get() async throws -> (source: TestCluster, target: TestCluster) {
-        let pair = try await holder.get()
+        let pair = try await servers.get()
         return (pair.0, pair.1)
     }
 
