@@ -61,7 +61,9 @@ final class TestCluster: @unchecked Sendable {
         var options: [String: String] = [
             "port": String(port), "listen_addresses": "127.0.0.1", "unix_socket_directories": directory,
             "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
-            "wal_level": "logical", "max_wal_senders": "10", "max_replication_slots": "10",
+            "wal_level": "logical", "max_wal_senders": "40", "max_replication_slots": "40",
+            // Room for every test that streams at once: the suite runs them in parallel on shared servers.
+            "max_worker_processes": "32", "max_logical_replication_workers": "24",
             "shared_buffers": "64MB", "max_connections": String(maxConnections), "log_min_messages": "warning",
             "max_prepared_transactions": "5",
             // A log file the server knows (pg_current_logfile), so apply errors can be read back.
@@ -103,7 +105,7 @@ final class TestCluster: @unchecked Sendable {
             ])
         let options = [
             "port=\(standby.port)", "listen_addresses=127.0.0.1", "unix_socket_directories=\(directory)", "hot_standby=on",
-            "wal_level=logical", "max_wal_senders=10", "max_replication_slots=10", "max_prepared_transactions=5",
+            "wal_level=logical", "max_wal_senders=40", "max_replication_slots=40", "max_worker_processes=32", "max_prepared_transactions=5",
             "logging_collector=off", "max_connections=\(TestCluster.maxConnections)",
         ].map { "-c \($0)" }.joined(separator: " ")
         try await TestCluster.runAsServerUser(
