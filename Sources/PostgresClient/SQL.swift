@@ -5,7 +5,7 @@
 public enum SQL {
     /// `"name"` with embedded quotes doubled: `a"b` becomes `"a""b"`.
     public static func identifier(_ name: String) -> String {
-        "\"" + name.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+        name.utf8.contains(UInt8(ascii: "\"")) ? "\"" + name.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : "\"" + name + "\""
     }
 
     /// `schema.name`, each part quoted.

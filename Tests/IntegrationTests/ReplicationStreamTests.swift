@@ -121,7 +121,7 @@ struct ReplicationStreamTests {
         }
         #expect(confirmed == flushed.description)
         await replication.close()
-        try await session.query("SELECT pg_drop_replication_slot($1)", [slot])
+        try await RelayApplyTests.dropSlot(slot, on: session)
     }
 
     @Test("a streamed transaction: its blocks carry xids, a rolled-back savepoint is a subtransaction abort, then the commit")

@@ -2,7 +2,9 @@
 # loopback port in a temporary directory, as the postgres OS user when run
 # as root (initdb refuses root). All are stopped and removed on exit.
 
-CLUSTER_DIRS=()
+# Callers start clusters in command substitutions (PORT=$(start_cluster …)), which run in subshells:
+# the directories are recorded in a file, so that stop_clusters in the calling shell finds them all.
+CLUSTER_REGISTRY=$(mktemp /tmp/pgdm-clusters-XXXXXX)
 CLUSTER_PASSWORD=${CLUSTER_PASSWORD:-demo-Pass-123}
 
 as_server_user() {
@@ -28,15 +30,17 @@ start_cluster() {
     opts+=" -c max_wal_senders=10 -c max_replication_slots=10 -c fsync=off -c synchronous_commit=off"
     for setting in "$@"; do opts+=" -c $setting"; done
     as_server_user "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -o "$opts" -w start >/dev/null
-    CLUSTER_DIRS+=("$dir")
+    echo "$dir" >> "$CLUSTER_REGISTRY"
     echo "$port"
 }
 
 stop_clusters() {
-    for dir in "${CLUSTER_DIRS[@]}"; do
+    local dir
+    while read -r dir; do
         as_server_user "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
         rm -rf "$dir"
-    done
+    done < "$CLUSTER_REGISTRY"
+    rm -f "$CLUSTER_REGISTRY"
 }
 
 # psql_at PORT DB [psql args...]

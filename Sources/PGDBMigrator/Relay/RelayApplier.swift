@@ -89,6 +89,8 @@ struct RelayApplier: Sendable {
         do {
             // Where the login may not set it, triggers fire and foreign keys are checked (commit order keeps them true).
             _ = try? await target.execute("SET session_replication_role = replica")
+            // Rows are found by their key's index, as PostgreSQL's apply worker finds them: a generic plan's
+            // sequential scan of a small, busy table reads every dead version of its rows.
             try await target.execute("SET row_security = off; SET synchronous_commit = off")
             try await target.query(
                 "SELECT pg_replication_origin_create($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)", [origin]
@@ -126,7 +128,10 @@ struct RelayApplier: Sendable {
         while true {
             try Task.checkCancellation()
             var replyNow = false
-            for message in try await stream.readReplicationMessages(timeout: statusInterval) {
+            // While the target runs a pipeline, only what has already arrived is read: the answer is awaited
+            // as soon as the stream pauses.
+            let messages = try await stream.readReplicationMessages(timeout: session.isSending ? .zero : statusInterval)
+            for message in messages {
                 switch message {
                 case .keepalive(let end, let replyRequested):
                     received = max(received, end)
@@ -136,9 +141,11 @@ struct RelayApplier: Sendable {
                     try await session.handle(try decoder.decode(data))
                 }
             }
-            // What arrived is sent on (its commits included) before waiting for more.
-            if try await session.flush() > 0 { progressed() }
+            // What arrived is sent on (its commits included) before waiting for more, and while the stream
+            // pauses every answer is read.
+            if try await (messages.isEmpty ? session.settle() : session.flush(unlessBusy: true)) > 0 { progressed() }
             if replyNow || ContinuousClock.now - lastStatus >= statusInterval {
+                if try await session.collect() > 0 { progressed() }
                 if !session.inTransaction { durable = try await Self.durablePosition(on: target) ?? durable }
                 // The slot may forget what the target durably holds; between transactions, once every one that
                 // wrote is durable, also what came after (transactions that changed nothing published).

@@ -19,9 +19,13 @@ struct RelayApplySession {
     let onMessage: @Sendable (_ prefix: String, _ lsn: LSN) -> Void
 
     private var relations: [UInt32: RelayRelation] = [:]
-    /// Each distinct statement's prepared name in this session; forgotten when a relation is described again.
-    private var preparedNames: [String: String] = [:]
+    /// Each statement shape's text and prepared name in this session; forgotten when a relation is described again.
+    private var prepared: [PreparedKey: (sql: String, name: String)] = [:]
     private var preparedCount = 0
+    /// `enable_seqscan` is off in this session (see ``useIndexScans(_:)``).
+    private var indexScansOnly = false
+    /// The transaction statements (BEGIN, COMMIT, …) prepared in this session so far.
+    private var fixedPrepared: Set<String> = []
     private var transaction: Transaction?
     private var pending: [Connection.PipelinedStatement] = []
     /// For each pending statement, the change it applies (for the error that names the table), if it must touch one row.
@@ -30,20 +34,38 @@ struct RelayApplySession {
     /// A target transaction is open (its BEGIN queued or sent).
     private var openOnTarget = false
     /// The source transactions done inside it, not yet committed there: their ends and logical messages.
-    private var completed: [(end: LSN, messages: [(String, LSN)])] = []
+    private var completed: [Applied] = []
     private var lastCommitTime: Int64 = 0
+    /// Source transactions whose target COMMIT is queued (in ``pending``), not yet sent.
+    private var queuedCommits: [Applied] = []
     /// Part of the open target transaction went without its COMMIT (a round trip fell inside a source
     /// transaction): it commits at the next source commit, so a busy stream never keeps it open.
     private var sentWithoutCommit = false
     /// The end of the last transaction that wrote on the target and whose COMMIT returned.
     private(set) var lastAppliedEnd = LSN(0)
+    /// The pipeline sent and not yet answered: the target runs it while the next one is decoded.
+    private var inFlight: InFlight?
+
+    private struct InFlight {
+        var answer: Task<Void, Error>
+        /// Set when the answer is there, so that a flush can tell, without waiting, that the target is free.
+        var answered: Mutex<Bool>
+        /// Per statement, the change it applies when it must touch one row.
+        var changes: [(what: String, table: QualifiedName, commit: LSN)?]
+        /// The source transactions its COMMIT commits.
+        var commits: [Applied]
+    }
+
+    /// A source transaction applied on the target: its end, and its logical messages.
+    private struct Applied {
+        var end: LSN
+        var messages: [(String, LSN)]
+    }
 
     private struct Transaction {
         var finalLSN: LSN
         /// Already applied by an earlier attempt.
         var skipping: Bool
-        /// It changed something on the target.
-        var wrote = false
         var messages: [(String, LSN)] = []
     }
 
@@ -51,6 +73,12 @@ struct RelayApplySession {
     /// anything is read, so a pipeline must fit the sockets' buffers.
     static let pipelineStatements = 512
     static let pipelineBytes = 512 * 1024
+    /// At most this many source transactions commit as one target transaction. Fewer commits cost the
+    /// target less, but a longer transaction costs more for each row it changes again (each update
+    /// walks every version the transaction made of that row): with pgbench's 20 branch rows, changed by
+    /// every transaction, groups of hundreds cost the target about three times the CPU of groups of 16
+    /// (`scripts/bench-relay.sh`, measured before sequential scans were turned off).
+    static let groupTransactions = 16
 
     init(target: Connection, appliedThrough: LSN, onMessage: @escaping @Sendable (String, LSN) -> Void) {
         self.target = target
@@ -59,8 +87,11 @@ struct RelayApplySession {
         lastAppliedEnd = appliedThrough
     }
 
-    /// Inside a source transaction, or a target transaction is open.
-    var inTransaction: Bool { transaction != nil || openOnTarget }
+    /// Inside a source transaction, a target transaction is open, or a pipeline is not answered yet.
+    var inTransaction: Bool { transaction != nil || openOnTarget || inFlight != nil }
+
+    /// A pipeline was sent and its answer not yet read.
+    var isSending: Bool { inFlight != nil }
 
     mutating func handle(_ change: PgOutputMessage) async throws {
         switch change {
@@ -73,42 +104,43 @@ struct RelayApplySession {
             transaction = nil
             if openOnTarget {
                 // Done in the open target transaction; committed with the others at the next round trip.
-                completed.append((endLSN, finished.messages))
+                completed.append(Applied(end: endLSN, messages: finished.messages))
                 lastCommitTime = commitTime
-                if full || sentWithoutCommit { try await flush() }
-            } else {
+                if completed.count >= Self.groupTransactions || sentWithoutCommit { closeGroup() }
+                if full { try await flush() } else if sentWithoutCommit { try await flush(unlessBusy: true) }
+            } else if !finished.messages.isEmpty {
                 // Nothing written on the target: its messages are applied once what came before is.
-                try await flush()
+                try await settle()
                 for (prefix, lsn) in finished.messages { onMessage(prefix, lsn) }
             }
         case .relation(let relation):
             // Its columns or their types may have changed: statements are prepared again from here.
             relations[relation.oid] = RelayRelation(relation)
-            preparedNames = [:]
+            prepared = [:]
         case .origin, .type:
             break
         case .message(_, let transactional, let lsn, let prefix, _):
             if transactional, transaction != nil {
                 transaction?.messages.append((prefix, lsn))
             } else {
-                try await flush()
+                try await settle()
                 onMessage(prefix, lsn)
             }
         case .insert(_, let oid, let new):
-            try await add(try relation(oid).insert(new))
+            let table = try relation(oid)
+            try await add(try table.insert(new), of: table, oid: oid)
         case .update(_, let oid, let old, let new):
             let table = try relation(oid)
-            try await add(try table.update(old: old, new: new), oneRowOf: ("UPDATE", table.name))
+            try await add(try table.update(old: old, new: new), of: table, oid: oid, oneRowOf: "UPDATE")
         case .delete(_, let oid, let old):
             let table = try relation(oid)
-            try await add(try table.delete(old: old), oneRowOf: ("DELETE", table.name))
+            try await add(try table.delete(old: old), of: table, oid: oid, oneRowOf: "DELETE")
         case .truncate(_, _, let restartIdentity, let oids):
             // Exactly the tables the source truncated, never cascading further (as PostgreSQL's apply).
             let names = try oids.map { try relation($0).name.description }
-            try await add(
-                .init(
-                    sql: "TRUNCATE ONLY \(names.joined(separator: ", "))" + (restartIdentity ? " RESTART IDENTITY" : "") + " RESTRICT",
-                    parameters: []))
+            guard try beginChange() else { return }
+            queue(.init("TRUNCATE ONLY \(names.joined(separator: ", "))" + (restartIdentity ? " RESTART IDENTITY" : "") + " RESTRICT"))
+            if full { try await flush() }
         case .streamStart, .streamStop, .streamCommit, .streamAbort:
             throw MigrationError(.streamApply, "relay apply received a streamed transaction, which it did not ask for")
         }
@@ -121,32 +153,47 @@ struct RelayApplySession {
         return relation
     }
 
+    private struct PreparedKey: Hashable {
+        var relation: UInt32
+        var shape: RelayRelation.Shape
+    }
+
     /// Queues one change's statement in its transaction (begun with the first). `oneRowOf`: it must touch
     /// exactly one row; none is an error inside the server (`1 / 0`), which stops the apply, never a skip.
-    private mutating func add(_ statement: RelayRelation.Statement, oneRowOf change: (what: String, table: QualifiedName)? = nil)
+    private mutating func add(_ change: RelayRelation.Change, of table: RelayRelation, oid: UInt32, oneRowOf what: String? = nil)
         async throws
     {
-        guard var current = transaction else {
+        guard try beginChange() else { return }
+        if change.shape.kind != .insert { useIndexScans(!change.shape.byWholeRow) }
+        let key = PreparedKey(relation: oid, shape: change.shape)
+        let known = prepared[key]
+        let statement = known ?? prepare(table.sql(for: change.shape), checkingOneRow: what != nil)
+        if known == nil { prepared[key] = statement }
+        queue(
+            .init(statement.sql, change.parameters, prepared: statement.name, prepares: known == nil),
+            oneRowOf: what.map { ($0, table.name, transaction?.finalLSN ?? LSN(0)) })
+        if full { try await flush() }
+    }
+
+    /// A new prepared statement's name, and its text: one that must touch exactly one row raises
+    /// division by zero when it touches none.
+    private mutating func prepare(_ sql: String, checkingOneRow: Bool) -> (sql: String, name: String) {
+        preparedCount += 1
+        return (checkingOneRow ? "WITH changed AS (\(sql)) SELECT 1 / count(*)::int FROM changed" : sql, "relay_\(preparedCount)")
+    }
+
+    /// Before a change: false when its transaction was applied by an earlier attempt; else the target
+    /// transaction is open (BEGIN queued with the first change).
+    private mutating func beginChange() throws -> Bool {
+        guard let current = transaction else {
             throw MigrationError(.streamApply, "the replication stream sent a change outside a transaction")
         }
-        guard !current.skipping else { return }
-        if !current.wrote {
-            current.wrote = true
-            transaction = current
-        }
+        guard !current.skipping else { return false }
         if !openOnTarget {
             openOnTarget = true
-            queue(.init("BEGIN"))
+            queueFixed("relay_begin", "BEGIN")
         }
-        let sql = change == nil ? statement.sql : "WITH changed AS (\(statement.sql)) SELECT 1 / count(*)::int FROM changed"
-        let name = preparedNames[sql]
-        if name == nil { preparedCount += 1 }
-        let statementName = name ?? "relay_\(preparedCount)"
-        if name == nil { preparedNames[sql] = statementName }
-        queue(
-            .init(sql, statement.parameters, prepared: statementName, prepares: name == nil),
-            oneRowOf: change.map { ($0.what, $0.table, current.finalLSN) })
-        if full { try await flush() }
+        return true
     }
 
     private mutating func queue(
@@ -154,37 +201,85 @@ struct RelayApplySession {
     ) {
         pending.append(statement)
         oneRow.append(oneRowOf)
-        pendingBytes += statement.sql.utf8.count + statement.parameters.reduce(0) { $0 + ($1?.utf8.count ?? 0) }
+        pendingBytes +=
+            (statement.prepared == nil || statement.prepares ? statement.sql.utf8.count : 0)
+            + statement.parameters.reduce(0) { $0 + ($1?.utf8.count ?? 0) }
+    }
+
+    /// Rows found by key are found through its index, as PostgreSQL's apply worker finds them: a generic
+    /// plan may choose a sequential scan for a small table, and on a busy one that reads every dead
+    /// version of its rows (pgbench's branches: 20 rows, each changed by every other transaction). Rows
+    /// found by all their values (identity FULL) keep the sequential scan, which any other scan would be
+    /// slower than. Plans are made under the setting in force when a statement is first run, and the
+    /// setting changes only where the kind of lookup does.
+    private mutating func useIndexScans(_ indexOnly: Bool) {
+        guard indexOnly != indexScansOnly else { return }
+        indexScansOnly = indexOnly
+        queueFixed(indexOnly ? "relay_index_scans" : "relay_any_scans", "SET enable_seqscan = \(indexOnly ? "off" : "on")")
+    }
+
+    /// Queues one of the statements every transaction runs, prepared once per session like the changes.
+    private mutating func queueFixed(_ name: String, _ sql: String, _ parameters: [String?] = []) {
+        let prepares = fixedPrepared.insert(name).inserted
+        queue(.init(sql, parameters, prepared: name, prepares: prepares))
     }
 
     private var full: Bool { pending.count >= Self.pipelineStatements || pendingBytes >= Self.pipelineBytes }
 
-    /// Sends what is queued in one round trip, committing the source transactions done in it when
-    /// none is half-way; returns how many it committed.
+    /// Queues the COMMIT of the open target transaction, once no source transaction is half-way in it:
+    /// it commits the source transactions done in it, recording the last one's position in the origin.
+    private mutating func closeGroup() {
+        guard openOnTarget, transaction == nil, let last = completed.last else { return }
+        // The origin's position is set last, right before COMMIT, and deferred constraints are checked
+        // before it: from PostgreSQL 16 an aborted transaction's record also advances the origin, so a
+        // COMMIT that failed after setting it would have that group skipped after a restart.
+        queueFixed("relay_immediate", "SET CONSTRAINTS ALL IMMEDIATE")
+        queueFixed(
+            "relay_origin",
+            "SELECT pg_replication_origin_xact_setup($1::pg_lsn, timestamptz '2000-01-01 00:00:00+00' + $2::bigint * interval '1 microsecond')",
+            [last.end.description, String(lastCommitTime)])
+        queueFixed("relay_commit", "COMMIT")
+        queuedCommits += completed
+        completed = []
+        openOnTarget = false
+    }
+
+    /// Sends what is queued in one round trip (the source transactions done commit in it, when none is
+    /// half-way), once the pipeline before it is answered: at most one is in flight, and a failure stops
+    /// everything after it. Returns how many source transactions that earlier answer committed.
+    /// `unlessBusy`: while the target still runs the pipeline before, keep what is queued (it grows into a
+    /// bigger pipeline: fewer round trips, each of which leaves the target idle for a moment).
     @discardableResult
-    mutating func flush() async throws -> Int {
-        let committing = openOnTarget && transaction == nil && !completed.isEmpty
-        if committing, let last = completed.last {
-            // The origin's position is set last, right before COMMIT, and deferred constraints are checked
-            // before it: from PostgreSQL 16 an aborted transaction's record also advances the origin, so a
-            // COMMIT that failed after setting it would have that group skipped after a restart.
-            queue(.init("SET CONSTRAINTS ALL IMMEDIATE"))
-            queue(
-                .init(
-                    "SELECT pg_replication_origin_xact_setup($1::pg_lsn, timestamptz '2000-01-01 00:00:00+00' + $2::bigint * interval '1 microsecond')",
-                    [last.end.description, String(lastCommitTime)]))
-            queue(.init("COMMIT"))
-        }
+    mutating func flush(unlessBusy: Bool = false) async throws -> Int {
+        if unlessBusy, !full, let sent = inFlight, !sent.answered.withLock({ $0 }) { return 0 }
+        closeGroup()
         guard !pending.isEmpty else { return 0 }
-        let statements = pending
-        let changes = oneRow
+        let committedBefore = try await collect()
+        let (target, statements) = (self.target, pending)
+        let answered = Mutex(false)
+        inFlight = InFlight(
+            answer: Task {
+                defer { answered.withLock { $0 = true } }
+                _ = try await target.runPipeline(statements)
+            }, answered: answered, changes: oneRow, commits: queuedCommits)
         pending = []
         oneRow = []
         pendingBytes = 0
+        queuedCommits = []
+        sentWithoutCommit = openOnTarget
+        return committedBefore
+    }
+
+    /// Waits for the pipeline in flight, if any: its commits are applied from here (their messages
+    /// delivered). Returns how many source transactions it committed.
+    @discardableResult
+    mutating func collect() async throws -> Int {
+        guard let sent = inFlight else { return 0 }
+        inFlight = nil
         do {
-            _ = try await target.runPipeline(statements)
+            try await sent.answer.value
         } catch let failure as Connection.PipelineError {
-            if failure.error.sqlState == "22012", let change = changes[failure.index] {
+            if failure.error.sqlState == "22012", let change = sent.changes[failure.index] {
                 throw MigrationError(
                     .streamApply,
                     "\(change.what) of a row of \(change.table.shown) found no such row on the target (the source's transaction "
@@ -193,18 +288,17 @@ struct RelayApplySession {
             }
             throw failure.error
         }
-        guard committing else {
-            sentWithoutCommit = openOnTarget
-            return 0
-        }
-        sentWithoutCommit = false
-        let commits = completed
-        completed = []
-        openOnTarget = false
-        for commit in commits {
+        for commit in sent.commits {
             lastAppliedEnd = commit.end
             for (prefix, lsn) in commit.messages { onMessage(prefix, lsn) }
         }
-        return commits.count
+        return sent.commits.count
+    }
+
+    /// Sends what is queued and waits for every answer: all that arrived so far is on the target.
+    @discardableResult
+    mutating func settle() async throws -> Int {
+        let earlier = try await flush()
+        return earlier + (try await collect())
     }
 }
