@@ -385,7 +385,7 @@ struct OnlineOptions: ParsableArguments {
             }
         }
         var settings = OnlineSettings(
-            slotName: slotName, publication: publication, subscriptionName: subscriptionName ?? "pg_dbmigrator_sub",
+            slotName: slotName, publication: publication, subscriptionName: subscriptionName ?? OnlineSettings.defaultSubscriptionName,
             subscriptionSource: subscriptionSourceString, lagThresholdBytes: lagThresholdBytes,
             pollInterval: Self.duration(seconds: cutoverPollSecs), fastPollInterval: .milliseconds(cutoverFastPollMs),
             cutoverTimeout: Self.duration(seconds: cutoverTimeoutSecs), keepSubscription: keepSubscription,

@@ -127,6 +127,8 @@ struct OnlineRelayTests {
         let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: events)
         let chosen = events.all.first { $0.message.hasPrefix("relay apply chosen") }
         #expect(chosen?.message.contains("the target server cannot connect to the source") == true, "\(events.all.map(\.message))")
+        // The subscription name the run was given is said to go unused, not silently ignored.
+        #expect(chosen?.message.contains("\(config.online.subscriptionName) is not used: relay apply makes no subscription") == true)
         try await writer.execute("UPDATE items SET v = 'relayed' WHERE id % 3 = 0")
         try await writer.execute("DELETE FROM items WHERE id = 7")
         migrator.cutoverHandle.request()

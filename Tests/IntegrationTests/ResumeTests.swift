@@ -300,8 +300,10 @@ struct ResumeTests {
         return (slot != "0", subscription != "0")
     }
 
-    @Test("kill -9 while streaming with writes running, then --resume: it re-attaches, and cutover loses nothing")
-    func killWhileStreaming() async throws {
+    @Test(
+        "kill -9 while streaming with writes running, then --resume: it re-attaches, and cutover loses nothing and applies nothing twice",
+        arguments: ["subscription", "relay"])
+    func killWhileStreaming(apply: String) async throws {
         let (source, _) = try await SharedClusters.get()
         let sourceDatabase = try await OfflineMigrationTests.sampleSource()
         let targetDatabase = SharedClusters.uniqueName("reattached")
@@ -310,9 +312,17 @@ struct ResumeTests {
         defer { try? FileManager.default.removeItem(atPath: state) }
         let workload = WriteWorkload()
         try await workload.start(source, database: sourceDatabase)
-        let arguments = try await OnlineAbortTests.arguments(sourceDatabase, targetDatabase, names) + ["--state-dir", state]
+        var arguments =
+            try await OnlineAbortTests.arguments(sourceDatabase, targetDatabase, names) + ["--state-dir", state, "--apply", apply]
+        if apply == "relay", let flag = arguments.firstIndex(of: "--subscription-name") { arguments.removeSubrange(flag...(flag + 1)) }
         let first = try CLI.start(arguments)
         #expect(await first.waitForStderr("stage=Lag"))
+        if apply == "relay" {
+            // Killed while it applies: a transaction half-way on the target dies with its session, and the
+            // origin holds the last one committed.
+            #expect(first.stderrSoFar.contains("relay apply started"), "\(first.stderrSoFar)")
+            #expect(try await OnlineRelayTests.origins("dbmigrator_" + names.slot) == "1")
+        }
         first.signal(SIGKILL)
         _ = try await first.wait(timeout: 120)
         try await Task.sleep(for: .seconds(1))  // the application keeps writing while no tool runs
@@ -326,8 +336,11 @@ struct ResumeTests {
         #expect(result.status == 0, "\(result.stderr)")
         #expect(committed > 10, "workload: \(workload.lastError ?? "none")")
         #expect(!result.stderr.contains("stage=Dump"), "a re-attached run copies nothing again")
+        // Equal by content: a change applied twice would show as a duplicate row (the identity FULL table
+        // takes duplicates) or stop the apply (a key taken twice).
         try await Self.expectEqual(sourceDatabase, targetDatabase, materializedViews: false)
         #expect(try await Self.replicationObjects(names) == (false, false))
+        #expect(try await OnlineRelayTests.origins("dbmigrator_" + names.slot) == "0")
     }
 
     @Test("kill -9 during the online copy, then --resume: the copy starts again from a new slot and ends equal")

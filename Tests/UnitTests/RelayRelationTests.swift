@@ -79,3 +79,14 @@ import Testing
         #expect(throws: RelayRelation.Unexpected.self) { try table.insert([Self.text("1"), .unchanged, .null]) }
     }
 }
+
+@Suite struct RelayConnectionTests {
+    @Test("relay sessions keep the user's own options, with the text settings after them (a later -c wins)")
+    func keepsOptions() throws {
+        let given = try ConnectionString("postgresql://u@db.example:5432/app?options=-c%20search_path%3Dapp")
+        let options = try #require(RelayApplier.withTextSettings(given)["options"])
+        #expect(options == "-c search_path=app " + RelayApplier.textSettings)
+        #expect(
+            RelayApplier.withTextSettings(try ConnectionString("postgresql://u@db.example/app"))["options"] == RelayApplier.textSettings)
+    }
+}

@@ -198,6 +198,9 @@ public struct OnlineSettings: Sendable {
     /// The replication origin relay apply keeps its position in, on the target (`pg_` names are reserved).
     var relayOrigin: String { "dbmigrator_" + slotName }
 
+    /// The subscription's name unless one is given.
+    public static let defaultSubscriptionName = "pg_dbmigrator_sub"
+
     /// The target sessions that apply the changes, for lock waits to name what holds them up.
     var applyingSessions: LockWait.Blockers {
         apply == .relay ? .application(RelayApplier.applicationName(slot: slotName)) : .subscription(subscriptionName)
@@ -208,7 +211,7 @@ public struct OnlineSettings: Sendable {
 
     public init(
         slotName: String = "pg_dbmigrator_slot", publication: String = "pg_dbmigrator_pub",
-        subscriptionName: String = "pg_dbmigrator_sub", subscriptionSource: ConnectionString? = nil,
+        subscriptionName: String = defaultSubscriptionName, subscriptionSource: ConnectionString? = nil,
         lagThresholdBytes: UInt64? = nil, pollInterval: Duration = .seconds(5),
         fastPollInterval: Duration = .milliseconds(500), cutoverTimeout: Duration = .seconds(300),
         keepSubscription: Bool = false, keepSlot: Bool = false, syncSequences: Bool = true,

@@ -218,8 +218,12 @@ struct OnlinePreflight {
                     fix: (why.fix.map { "for a subscription: \($0); " } ?? "") + (relayError.fix.map { "for relay apply: \($0)" } ?? ""),
                     code: relayError.code)
             }
+            // A subscription name given for a subscription that will not be made: said, not silently ignored.
+            let unused =
+                settings.subscriptionName == OnlineSettings.defaultSubscriptionName
+                ? "" : " (\(Setting.subscriptionName) \(settings.subscriptionName) is not used: relay apply makes no subscription)"
             events.info(
-                .validate, "relay apply chosen (\(Setting.apply) auto): a subscription cannot work here: \(why.message)",
+                .validate, "relay apply chosen (\(Setting.apply) auto): a subscription cannot work here: \(why.message)\(unused)",
                 ["apply": .string(OnlineSettings.ApplyMethod.relay.rawValue), "reason": .string(why.message)])
             return nil
         }

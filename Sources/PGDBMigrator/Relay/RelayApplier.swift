@@ -41,6 +41,11 @@ struct RelayApplier: Sendable {
     static let textSettings =
         "-c DateStyle=ISO,MDY -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC -c bytea_output=hex -c client_encoding=UTF8"
 
+    /// `connection` with ``textSettings`` after any `options` of the user's own (a later `-c` wins).
+    static func withTextSettings(_ connection: ConnectionString) -> ConnectionString {
+        connection.setting("options", to: [connection["options"], textSettings].compactMap { $0 }.joined(separator: " "))
+    }
+
     /// Applies until cancelled, or until an error (a change that finds no row on the target among them).
     /// A lost connection is not one: the apply starts again on fresh sessions from where the origin
     /// says the target durably got (a transaction cut short was rolled back with its connection), as
@@ -85,7 +90,7 @@ struct RelayApplier: Sendable {
     /// `progressed` hears of each applied transaction.
     private func applyUntilLost(progressed: () -> Void) async throws {
         let target = try await Connection.connect(
-            self.target.setting("options", to: Self.textSettings).setting("application_name", to: applicationName), label: "relay-apply")
+            Self.withTextSettings(self.target).setting("application_name", to: applicationName), label: "relay-apply")
         do {
             // Where the login may not set it, triggers fire and foreign keys are checked (commit order keeps them true).
             _ = try? await target.execute("SET session_replication_role = replica")
@@ -98,7 +103,7 @@ struct RelayApplier: Sendable {
             try await target.query("SELECT pg_replication_origin_session_setup($1)", [origin])
             let durable = try await Self.durablePosition(on: target) ?? LSN(0)
             let stream = try await Connection.connect(
-                source.setting("replication", to: "database").setting("options", to: Self.textSettings)
+                Self.withTextSettings(source).setting("replication", to: "database")
                     .setting("application_name", to: applicationName), label: "relay-stream")
             do {
                 try await stream.startReplication(try await startCommand(on: stream, from: durable))
