@@ -129,6 +129,73 @@ struct RelayApplyTests {
         try await target.query("SELECT pg_replication_origin_drop($1)", [applier.origin])
     }
 
+    @Test(
+        "large transactions streamed before they commit: kept aside, applied whole at their commit in commit order, an aborted savepoint's changes and an aborted transaction never; across a restart"
+    )
+    func streamedTransactions() async throws {
+        let (sourceCluster, targetCluster) = try await SharedClusters.get()
+        let pair = try await Self.pair("relay_streamed")
+        let source = try await sourceCluster.connect(database: pair.source)
+        let other = try await sourceCluster.connect(database: pair.source)
+        let messages = Messages()
+        var applier = try await Self.applier(pair, messages: messages)
+        // The walsender streams any transaction past 64 kB of changes (the setting is the session's own).
+        applier.source = applier.source.setting("options", to: "-c logical_decoding_work_mem=64kB")
+        let spools = {
+            try FileManager.default.contentsOfDirectory(atPath: NSTemporaryDirectory()).filter { $0.hasPrefix("pg_dbmigrator-relay-") }
+        }
+        let spoolsBefore = Set(try spools())
+        var running = Task { [applier] in try await applier.run() }
+
+        // Streamed in blocks while another transaction commits in between: that one is applied first.
+        try await source.execute(
+            """
+            BEGIN;
+            INSERT INTO k SELECT g, 'kept', repeat('x', 200) FROM generate_series(1, 3000) g;
+            SAVEPOINT a;
+            INSERT INTO k SELECT g, 'rolled back', repeat('y', 200) FROM generate_series(3001, 6000) g;
+            ROLLBACK TO SAVEPOINT a;
+            UPDATE k SET v = 'updated' WHERE id % 10 = 0;
+            SAVEPOINT b;
+            DELETE FROM k WHERE id % 7 = 0;
+            SAVEPOINT c;
+            INSERT INTO f SELECT g, 'nested' FROM generate_series(1, 2000) g;
+            RELEASE SAVEPOINT b;
+            INSERT INTO k SELECT g, 'after', NULL FROM generate_series(7001, 9000) g
+            """)
+        try await other.execute("INSERT INTO k VALUES (50000, 'committed in between', NULL)")
+        try await source.execute("COMMIT")
+        // Streamed, then rolled back whole.
+        try await source.execute(
+            "BEGIN; INSERT INTO k SELECT g, 'never', repeat('z', 200) FROM generate_series(60001, 64000) g; ROLLBACK")
+        try await Self.barrier("streamed", on: source, messages: messages)
+        let streamedCount = try await source.scalar(
+            "SELECT stream_txns::text FROM pg_stat_replication_slots WHERE slot_name = $1", [pair.slot])
+        #expect(Int(streamedCount ?? "0") ?? 0 >= 2, "the source streamed them: \(streamedCount ?? "none")")
+
+        // Stopped while a streamed transaction is half-way kept: the next attempt has it streamed again from its start.
+        try await source.execute("BEGIN; INSERT INTO k SELECT g, 'across', repeat('w', 200) FROM generate_series(70001, 74000) g")
+        try await Task.sleep(for: .milliseconds(500))
+        running.cancel()
+        _ = await running.result
+        #expect(Set(try spools()) == spoolsBefore, "the stopped attempt's files are gone")
+        running = Task { [applier] in try await applier.run() }
+        try await source.execute("UPDATE k SET v = 'last' WHERE id > 70000; COMMIT")
+        try await Self.barrier("restarted", on: source, messages: messages)
+        running.cancel()
+        _ = await running.result
+
+        let expected = try await Fingerprint.of(sourceCluster, database: pair.source)
+        let actual = try await Fingerprint.of(targetCluster, database: pair.target)
+        #expect(actual.tables == expected.tables, "\(actual.differences(from: expected))")
+        let target = try await targetCluster.connect(database: pair.target)
+        #expect(try await target.scalar("SELECT count(*)::text FROM k WHERE v IN ('rolled back', 'never')") == "0")
+        #expect(try await target.scalar("SELECT count(*)::text FROM k WHERE v = 'last'") == "4000")
+        #expect(Set(try spools()) == spoolsBefore, "nothing left aside")
+        try await Self.dropSlot(pair.slot, on: source)
+        try await target.query("SELECT pg_replication_origin_drop($1)", [applier.origin])
+    }
+
     @Test("an UPDATE or DELETE that finds no row on the target stops the apply with an error naming the table, never a skip")
     func missingRowIsAnError() async throws {
         let (sourceCluster, targetCluster) = try await SharedClusters.get()

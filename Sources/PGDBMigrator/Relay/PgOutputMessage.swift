@@ -70,12 +70,25 @@ enum PgOutputMessage: Equatable, Sendable {
     struct Malformed: Error, CustomStringConvertible {
         var description: String
     }
+
+    /// Inside a stream block: the (sub)transaction a change or message belongs to.
+    var streamedXid: UInt32? {
+        switch self {
+        case .insert(let xid, _, _), .update(let xid, _, _, _), .delete(let xid, _, _), .truncate(let xid, _, _, _),
+            .message(let xid, _, _, _, _):
+            xid
+        default: nil
+        }
+    }
 }
 
 /// Reads `pgoutput` messages, keeping the one piece of state their layout
 /// depends on: whether a streamed block is open (its messages carry an xid).
 struct PgOutputDecoder {
-    private(set) var inStreamBlock = false
+    private(set) var inStreamBlock: Bool
+
+    /// `inStreamBlock`: the messages are a streamed transaction's, as kept and read back at its commit.
+    init(inStreamBlock: Bool = false) { self.inStreamBlock = inStreamBlock }
 
     mutating func decode(_ bytes: [UInt8]) throws -> PgOutputMessage {
         var reader = ByteReader(bytes)

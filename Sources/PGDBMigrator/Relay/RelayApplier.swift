@@ -128,6 +128,8 @@ struct RelayApplier: Sendable {
         var durable = start
         var session = RelayApplySession(target: target, appliedThrough: start, onMessage: onMessage)
         var decoder = PgOutputDecoder()
+        var streamed = StreamedTransactions()
+        defer { streamed.removeAll() }
         var received = durable
         var lastStatus = ContinuousClock.now
         while true {
@@ -143,7 +145,7 @@ struct RelayApplier: Sendable {
                     replyNow = replyNow || replyRequested
                 case .data(let start, let end, let data):
                     received = max(received, start, end)
-                    try await session.handle(try decoder.decode(data))
+                    try await apply(try decoder.decode(data), raw: data, streamed: &streamed, to: &session)
                 }
             }
             // What arrived is sent on (its commits included) before waiting for more, and while the stream
@@ -162,12 +164,39 @@ struct RelayApplier: Sendable {
         }
     }
 
+    /// Applies one message, or keeps it while its streamed transaction is not committed; at that commit,
+    /// applies the whole transaction in its place in the commit order.
+    private func apply(
+        _ message: PgOutputMessage, raw: [UInt8], streamed: inout StreamedTransactions, to session: inout RelayApplySession
+    ) async throws {
+        switch message {
+        case .streamStart(let xid, _): try streamed.startBlock(xid)
+        case .streamStop: streamed.stopBlock()
+        case .streamAbort(let xid, let subtransaction): try streamed.abort(xid, subtransaction: subtransaction)
+        case .streamCommit(let xid, let commitLSN, let endLSN, let commitTime):
+            try await session.handle(.begin(finalLSN: commitLSN, commitTime: commitTime, xid: xid))
+            if var messages = try streamed.committed(xid) {
+                var decoder = PgOutputDecoder(inStreamBlock: true)
+                while let bytes = try messages.next() { try await session.handle(try decoder.decode(bytes)) }
+            }
+            try await session.handle(.commit(commitLSN: commitLSN, endLSN: endLSN, commitTime: commitTime))
+        default:
+            if streamed.openBlock != nil {
+                try streamed.keep(raw, subtransaction: message.streamedXid)
+            } else {
+                try await session.handle(message)
+            }
+        }
+    }
+
     /// `START_REPLICATION` with the highest pgoutput protocol the source speaks, and logical messages where it has them.
     private func startCommand(on stream: Connection, from position: LSN) async throws -> String {
         let version = await stream.serverVersion
         let protocolVersion = version >= 160_000 ? 4 : version >= 150_000 ? 3 : version >= 140_000 ? 2 : 1
         var options = ["proto_version '\(protocolVersion)'", "publication_names " + SQL.literal(SQL.identifier(publication))]
-        if version >= 140_000 { options.append("messages 'true'") }
+        // Large transactions come before they commit (kept on this side until then), so the source does not
+        // keep them on its disk; and logical messages.
+        if version >= 140_000 { options += ["streaming 'on'", "messages 'true'"] }
         return "START_REPLICATION SLOT \(SQL.identifier(slot)) LOGICAL \(position) (\(options.joined(separator: ", ")))"
     }
 }

@@ -142,7 +142,8 @@ struct RelayApplySession {
             queue(.init("TRUNCATE ONLY \(names.joined(separator: ", "))" + (restartIdentity ? " RESTART IDENTITY" : "") + " RESTRICT"))
             if full { try await flush() }
         case .streamStart, .streamStop, .streamCommit, .streamAbort:
-            throw MigrationError(.streamApply, "relay apply received a streamed transaction, which it did not ask for")
+            // ``RelayApplier`` keeps streamed transactions until they commit, then hands them over whole.
+            throw MigrationError(.streamApply, "a streamed transaction's block reached the apply session itself")
         }
     }
 
