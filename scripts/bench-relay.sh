@@ -6,13 +6,17 @@
 # prints the resumed process's peak RSS. The relay/subscription rate ratio is the figure that matters
 # (the issue asks for at least 0.7).
 #
-# Usage: scripts/bench-relay.sh [SCALE] [SECONDS]     e.g. scripts/bench-relay.sh 20 30
+# With LARGE_MB (e.g. 1024), relay then drains one transaction that inserts about that many MB
+# (the source streams it before it commits; relay keeps it in a file): its peak RSS shows that a
+# transaction's size does not reach memory.
+#
+# Usage: scripts/bench-relay.sh [SCALE] [SECONDS] [LARGE_MB]     e.g. scripts/bench-relay.sh 20 30 1024
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/prerequisites.sh
 source scripts/lib/clusters.sh
 ensure_prerequisites
-SCALE=${1:-20}; SECONDS_OF_LOAD=${2:-30}
+SCALE=${1:-20}; SECONDS_OF_LOAD=${2:-30}; LARGE_MB=${3:-0}
 [ -x /usr/bin/time ] || { echo "error: /usr/bin/time is needed (apt-get install time)" >&2; exit 1; }
 
 trap 'kill $(jobs -p) 2>/dev/null || true; stop_clusters' EXIT
@@ -23,43 +27,70 @@ SRC=$(start_cluster relay-source "${SERVER[@]}")
 DST=$(start_cluster relay-target "${SERVER[@]}")
 export PGPASSWORD=$CLUSTER_PASSWORD
 url() { echo "postgresql://postgres@127.0.0.1:$1/$2"; }
-printf '%-13s %12s %10s %14s %12s\n' method "backlog tx" "drain s" "tx per second" "peak RSS"
-declare -A RATE
+
+# wait_for FILE PID PATTERN: until the run's events contain PATTERN (its log shown if it died).
+wait_for() {
+    until grep -q "$3" "$1" 2>/dev/null; do
+        kill -0 "$2" 2>/dev/null || { cat "${1%.ndjson}.log" >&2; exit 1; }
+        sleep 0.05
+    done
+}
+
+# drain LABEL METHOD DB BACKLOG-COMMAND...: migrates DB online until caught up, aborts, runs the
+# command (it prints how many transactions it wrote), resumes and times the drain. Sets RATE.
+drain() {
+    local label=$1 method=$2 db=$3; shift 3
+    local work; work=$(mktemp -d)
+    local args=(--mode online --jobs 2 --json --state-dir "$work/state" --apply "$method" --slot-name "slot_$db"
+        --publication "pub_$db" --set-replica-identity-full --lag-threshold-bytes 65536 --cutover-poll-secs 0.5 --cutover-fast-poll-ms 100)
+    [ "$method" = subscription ] && args+=(--subscription-name "sub_$db")
+    export PG_DBMIGRATOR_SOURCE="$(url "$SRC" "$db")" PG_DBMIGRATOR_TARGET="$(url "$DST" "$db")"
+    "$BIN" "${args[@]}" >"$work/first.ndjson" 2>"$work/first.log" &
+    local run=$!
+    wait_for "$work/first.ndjson" "$run" '"stage":"CaughtUp"'
+    "$BIN" abort --state-dir "$work/state" >/dev/null 2>&1 || true
+    wait "$run" 2>/dev/null || true
+    # The backlog: written while nothing applies.
+    local backlog; backlog=$("$@")
+    /usr/bin/time -f "%M" -o "$work/rss" "$BIN" "${args[@]}" --resume >"$work/resumed.ndjson" 2>"$work/resumed.log" &
+    run=$!
+    # Event time stamps have whole seconds: the drain is timed here, polling every 50 ms.
+    wait_for "$work/resumed.ndjson" "$run" 're-attached'
+    local attached; attached=$(date +%s.%N)
+    wait_for "$work/resumed.ndjson" "$run" '"stage":"CaughtUp"'
+    local seconds; seconds=$(printf '%.2f' "$(echo "$(date +%s.%N) - $attached" | bc -l)")
+    "$BIN" cutover --state-dir "$work/state" >/dev/null 2>&1 || { cat "$work/resumed.log" >&2; exit 1; }
+    wait "$run" || { cat "$work/resumed.log" >&2; exit 1; }
+    RATE=$(echo "$backlog / $seconds" | bc -l)
+    local shown; shown=$(printf '%.0f' "$RATE")
+    [ "$backlog" -gt 1 ] || shown=-
+    printf '%-22s %12s %10s %14s %9d MB\n' "$label" "$backlog" "$seconds" "$shown" $(($(cat "$work/rss") / 1024))
+    rm -rf "$work"
+}
+
+pgbench_backlog() {
+    "$PG_BIN/pgbench" -n -c 4 -j 2 -T "$SECONDS_OF_LOAD" -h 127.0.0.1 -p "$SRC" -U postgres "$1" 2>/dev/null \
+        | awk '/number of transactions actually processed/ { split($0, a, ": "); split(a[2], b, "/"); print b[1] }'
+}
+
+large_backlog() {
+    psql_at "$SRC" "$1" -c "INSERT INTO big SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, $LARGE_MB * 1000) g"
+    echo 1
+}
+
+printf '%-22s %12s %10s %14s %12s\n' method "backlog tx" "drain s" "tx per second" "peak RSS"
+declare -A RATES
 for method in subscription relay; do
     db="bench_$method"
     psql_at "$SRC" postgres -c "CREATE DATABASE $db" >/dev/null
     "$PG_BIN/pgbench" -q -i -s "$SCALE" -h 127.0.0.1 -p "$SRC" -U postgres "$db" >/dev/null 2>&1
-    work=$(mktemp -d)
-    args=(--mode online --jobs 2 --json --state-dir "$work/state" --apply "$method" --slot-name "slot_$method"
-        --publication "pub_$method" --set-replica-identity-full --lag-threshold-bytes 65536 --cutover-poll-secs 0.5 --cutover-fast-poll-ms 100)
-    [ "$method" = subscription ] && args+=(--subscription-name "sub_$method")
-    export PG_DBMIGRATOR_SOURCE="$(url "$SRC" "$db")" PG_DBMIGRATOR_TARGET="$(url "$DST" "$db")"
-    "$BIN" "${args[@]}" >"$work/first.ndjson" 2>"$work/first.log" &
-    run=$!
-    until grep -q '"stage":"CaughtUp"' "$work/first.ndjson" 2>/dev/null; do
-        kill -0 "$run" 2>/dev/null || { cat "$work/first.log" >&2; exit 1; }
-        sleep 0.5
-    done
-    "$BIN" abort --state-dir "$work/state" >/dev/null 2>&1 || true
-    wait "$run" 2>/dev/null || true
-    # The backlog: unthrottled writes while nothing applies.
-    backlog=$("$PG_BIN/pgbench" -n -c 4 -j 2 -T "$SECONDS_OF_LOAD" -h 127.0.0.1 -p "$SRC" -U postgres "$db" 2>/dev/null \
-        | awk '/number of transactions actually processed/ { split($0, a, ": "); split(a[2], b, "/"); print b[1] }')
-    /usr/bin/time -f "%M" -o "$work/rss" "$BIN" "${args[@]}" --resume >"$work/resumed.ndjson" 2>"$work/resumed.log" &
-    run=$!
-    # Event time stamps have whole seconds: the drain is timed here, polling every 50 ms.
-    attached=""
-    until grep -q '"stage":"CaughtUp"' "$work/resumed.ndjson" 2>/dev/null; do
-        kill -0 "$run" 2>/dev/null || { cat "$work/resumed.log" >&2; exit 1; }
-        [ -z "$attached" ] && grep -q 're-attached' "$work/resumed.ndjson" 2>/dev/null && attached=$(date +%s.%N)
-        sleep 0.05
-    done
-    drain=$(printf '%.2f' "$(echo "$(date +%s.%N) - ${attached:-$(date +%s.%N)}" | bc -l)")
-    "$BIN" cutover --state-dir "$work/state" >/dev/null 2>&1 || { cat "$work/resumed.log" >&2; exit 1; }
-    wait "$run" || { cat "$work/resumed.log" >&2; exit 1; }
-    rate=$(echo "$backlog / $drain" | bc -l)
-    RATE[$method]=$rate
-    printf '%-13s %12s %10s %14.0f %9d MB\n' "$method" "$backlog" "$drain" "$rate" $(($(cat "$work/rss") / 1024))
-    rm -rf "$work"
+    drain "$method" "$method" "$db" pgbench_backlog "$db"
+    RATES[$method]=$RATE
 done
-printf 'relay / subscription rate: %.2f\n' "$(echo "${RATE[relay]} / ${RATE[subscription]}" | bc -l)"
+printf 'relay / subscription rate: %.2f\n' "$(echo "${RATES[relay]} / ${RATES[subscription]}" | bc -l)"
+
+if [ "$LARGE_MB" -gt 0 ]; then
+    psql_at "$SRC" postgres -c "CREATE DATABASE bench_large" >/dev/null
+    psql_at "$SRC" bench_large -c "CREATE TABLE big (id int PRIMARY KEY, v text)"
+    drain "relay, one ${LARGE_MB} MB tx" relay bench_large large_backlog bench_large
+fi
