@@ -3,14 +3,16 @@ import PostgresClient
 /// The target side of relay apply: turns decoded changes into statements on
 /// one target session and sends them in as few round trips as it can.
 ///
-/// Statements queue up (libpq pipeline mode) and go when a batch is full or
-/// nothing more has arrived. The source's transactions that arrived together
-/// are applied in one target transaction, in the source's order, committed with
-/// the origin position of the last: the target still shows a prefix of the
-/// source's history, and a restart applies the whole group again. Each
-/// distinct statement is prepared once per session, so the target parses and
-/// plans it once. An UPDATE or DELETE that finds no row raises an error inside
-/// the server (so that the pipeline stops before that transaction's COMMIT),
+/// Statements queue up and go in one round trip (libpq pipeline mode) when a
+/// batch is full, when the target has answered the batch before, or when
+/// nothing more has arrived; the next batch is decoded while the target runs
+/// one. Up to ``groupTransactions`` source transactions that arrived together
+/// are applied in one target transaction, in the source's order, committed
+/// with the origin position of the last: the target still shows a prefix of
+/// the source's history, and a restart applies the whole group again. Each
+/// kind of statement is prepared once per session, so the target parses it
+/// once. An UPDATE or DELETE that finds no row raises an error inside the
+/// server (so that the pipeline stops before that transaction's COMMIT),
 /// reported here as the table's missing row.
 struct RelayApplySession {
     let target: Connection
@@ -211,8 +213,8 @@ struct RelayApplySession {
     /// plan may choose a sequential scan for a small table, and on a busy one that reads every dead
     /// version of its rows (pgbench's branches: 20 rows, each changed by every other transaction). Rows
     /// found by all their values (identity FULL) keep the sequential scan, which any other scan would be
-    /// slower than. Plans are made under the setting in force when a statement is first run, and the
-    /// setting changes only where the kind of lookup does.
+    /// slower than. Each statement runs, and is planned, under the setting it needs; the setting changes
+    /// only where the kind of lookup does.
     private mutating func useIndexScans(_ indexOnly: Bool) {
         guard indexOnly != indexScansOnly else { return }
         indexScansOnly = indexOnly
