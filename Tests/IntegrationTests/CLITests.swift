@@ -178,8 +178,12 @@ struct CLITests {
         let dumpers = {
             allCommandLines().filter { $0.arguments.first?.hasSuffix("pg_dump") == true && $0.arguments.contains { $0.contains(dumpPath) } }
         }
+        // Watched from a session of its own: inside the blocker's open transaction pg_stat_activity is read once
+        // and kept (a statistics snapshot per transaction), so a first look taken before the run reached its lock
+        // would be all the test ever saw (the rare "never waits" failure, which was the test's).
+        let observer = try await source.connect(database: sourceDatabase)
         let waitingSessions = {
-            try await blocker.scalar(
+            try await observer.scalar(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
             )
         }
@@ -196,7 +200,7 @@ struct CLITests {
             let stacks = try? await TestCluster.run(
                 "/usr/bin/gdb", ["-p", String(running.process.processIdentifier), "-batch", "-ex", "thread apply all bt 12"])
             Issue.record("stacks of the stuck run: \(stacks?.output.suffix(20_000) ?? "gdb unavailable")")
-            let sessions = try await blocker.query(
+            let sessions = try await observer.query(
                 "SELECT application_name, state, wait_event_type, wait_event, left(query, 80) FROM pg_stat_activity WHERE datname = current_database()"
             ).rows
             Issue.record("\(waitingFor); sessions: \(sessions); stderr so far: \(running.stderrSoFar)")

@@ -160,6 +160,32 @@ struct ControlTests {
         try await OnlineMigrationTests.removeReplicationObjects(config)
     }
 
+    @Test("a migration started without --state-dir is found by its --target; cutover --no-wait returns once requested")
+    func foundByTarget() async throws {
+        let (source, target) = try await SharedClusters.get()
+        let database = try await OnlinePreflightTests.smallSource()
+        let targetURL = target.url(database: SharedClusters.uniqueName("by_target"))
+        let suffix = SharedClusters.uniqueName("t")
+        let migration = try CLI.start([
+            "--mode", "online", "--source", source.url(database: database), "--target", targetURL, "--slot-name", "slot_\(suffix)",
+            "--publication", "pub_\(suffix)", "--subscription-name", "sub_\(suffix)", "--cutover-poll-secs", "0.5",
+        ])
+        #expect(await migration.waitForStderr("the target is streaming changes"), "\(migration.stderrSoFar)")
+        let status = try await CLI.run(["status", "--target", targetURL, "--json"])
+        #expect(status.status == 0 && status.stdout.contains("\"streaming\":true"), "\(status.stdout) \(status.stderr)")
+        // Another target has no migration running.
+        let elsewhere = try await CLI.run(["status", "--target", target.url(database: "no_migration_here")])
+        #expect(elsewhere.status == 1 && elsewhere.stderr.contains("no migration is running here"), "\(elsewhere.stderr)")
+
+        let requested = try await CLI.run(["cutover", "--target", targetURL, "--no-wait"])
+        // Answered once requested, not with how the cutover ended (which waiting for it prints).
+        #expect(requested.status == 0 && requested.stdout.contains("cutover requested"), "\(requested.stdout) \(requested.stderr)")
+        #expect(!requested.stdout.contains("completed"), "\(requested.stdout)")
+        let result = try await migration.wait()
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stderr.contains("migration complete"), "\(result.stderr)")
+    }
+
     @Test("HTTP: a token guards every endpoint, readiness follows the lag, /metrics parses as Prometheus text, two POSTs make one cutover")
     func http() async throws {
         let (source, target) = try await SharedClusters.get()
