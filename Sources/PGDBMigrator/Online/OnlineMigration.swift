@@ -1,3 +1,4 @@
+import Foundation
 import PostgresClient
 
 /// Validate → PrepareSnapshot → Dump → Restore → StreamApply → Lag … → CaughtUp → Cutover → Complete.
@@ -333,6 +334,8 @@ struct OnlineMigration {
         let applier = RelayApplier(
             source: config.source, target: config.target, slot: settings.slotName, publication: settings.publication,
             origin: settings.relayOrigin,
+            // In the run's own state directory (on disk, locked to this run), not a /tmp that may live in memory.
+            spoolDirectory: (RunStateStore.directory(for: config) as NSString).appendingPathComponent("relay-transactions"),
             onReconnect: { [events] reason, delay in
                 events.warning(events.currentPhase, "relay apply lost a connection (\(reason)); reconnecting in \(delay)")
             })

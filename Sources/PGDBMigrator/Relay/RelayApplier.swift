@@ -25,6 +25,9 @@ struct RelayApplier: Sendable {
     var origin: String
     /// How often the slot hears how far the target durably got.
     var statusInterval: Duration = .seconds(1)
+    /// Where large transactions streamed before their commit are kept until it: a directory of this run's
+    /// own (in its state directory, on disk), or nil for a new one under `$TMPDIR`.
+    var spoolDirectory: String? = nil
     /// Each logical message (`pg_logical_emit_message`): a transactional one once its transaction is applied.
     var onMessage: @Sendable (_ prefix: String, _ lsn: LSN) -> Void = { _, _ in }
     /// A lost connection (a server restarted, the network dropped), before each new attempt.
@@ -128,7 +131,7 @@ struct RelayApplier: Sendable {
         var durable = start
         var session = RelayApplySession(target: target, appliedThrough: start, onMessage: onMessage)
         var decoder = PgOutputDecoder()
-        var streamed = StreamedTransactions()
+        var streamed = StreamedTransactions(directory: spoolDirectory)
         defer { streamed.removeAll() }
         var received = durable
         var lastStatus = ContinuousClock.now

@@ -12,8 +12,9 @@ import Foundation
 /// attempt after a lost connection streams those transactions again from their
 /// start.
 struct StreamedTransactions {
+    /// The directory given (in the run's own state directory), or nil for a new one under the temporary directory.
+    private let given: String?
     /// Where the files go; created with the first streamed transaction.
-    private let parent: String
     private var directory: String?
     private var spools: [UInt32: Spool] = [:]
     /// The transaction whose block is open, if any.
@@ -59,8 +60,11 @@ struct StreamedTransactions {
         }
     }
 
-    init(parent: String = NSTemporaryDirectory()) {
-        self.parent = parent
+    /// `directory`: where to keep the files, only this run's (what an earlier attempt or a killed run left
+    /// there is removed now); nil for a new directory under `$TMPDIR`.
+    init(directory: String? = nil) {
+        given = directory
+        if let directory { try? FileManager.default.removeItem(atPath: directory) }
     }
 
     /// A block of transaction `xid` begins: its messages go to its file until the block stops.
@@ -152,7 +156,7 @@ struct StreamedTransactions {
     }
 
     private mutating func makeDirectory() throws -> String {
-        let path = (parent as NSString).appendingPathComponent("pg_dbmigrator-relay-\(UUID().uuidString)")
+        let path = given ?? (NSTemporaryDirectory() as NSString).appendingPathComponent("pg_dbmigrator-relay-\(UUID().uuidString)")
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         directory = path
         return path
