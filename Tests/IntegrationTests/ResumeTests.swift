@@ -321,6 +321,10 @@ struct ResumeTests {
             // Killed while it applies: a transaction half-way on the target dies with its session, and the
             // origin holds the last one committed.
             #expect(first.stderrSoFar.contains("relay apply started"), "\(first.stderrSoFar)")
+            // The apply's first session creates the origin a moment after the run says it started.
+            for _ in 0..<100 where try await OnlineRelayTests.origins("dbmigrator_" + names.slot) != "1" {
+                try await Task.sleep(for: .milliseconds(100))
+            }
             #expect(try await OnlineRelayTests.origins("dbmigrator_" + names.slot) == "1")
         }
         first.signal(SIGKILL)
