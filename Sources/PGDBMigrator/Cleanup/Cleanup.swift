@@ -75,7 +75,9 @@ struct Cleanup {
             do {
                 target = try await config.targetEndpoint.connect(label: "cleanup", stage: .cleanup)
             } catch {
-                target = try await config.targetEndpoint.connect(label: "cleanup", database: "postgres", stage: .cleanup)
+                target = try await config.targetEndpoint.connect(
+                    label: "cleanup", database: TargetDatabase.maintenanceDatabase(for: config.targetEndpoint.databaseName), stage: .cleanup
+                )
             }
             let exists = try await target.scalar("SELECT count(*) FROM pg_replication_origin WHERE roname = $1", [origin]) == "1"
             if exists && !dryRun { try await RelayApplier.dropOrigin(origin, on: target) }

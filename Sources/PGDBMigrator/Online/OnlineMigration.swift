@@ -167,11 +167,8 @@ struct OnlineMigration {
                     message: "relay apply started: this process streams the slot's changes into the target",
                     detail: ["relay_origin": .string(settings.relayOrigin)]))
         }
-        // From here the run goes on as the chosen method.
-        var chosen = self
-        chosen.config.online.apply = findings.apply
-        return try await chosen.streamAndCutOver(
-            source: source, target: target, report: report, store: store, started: started, warnings: warnings)
+        return try await streamAndCutOver(
+            applying: findings.apply, source: source, target: target, report: report, store: store, started: started, warnings: warnings)
     }
 
     /// `--resume` of a run that died while streaming: the slot kept every
@@ -192,9 +189,7 @@ struct OnlineMigration {
         guard let reading else { preconditionFailure("a slot that exists was read") }
         let target = try await config.targetEndpoint.connect(label: "target-control", stage: .streamApply)
         let relaying = leftovers.snapshot.relayOrigin != nil
-        var subscriptionThere = false
-        if !relaying { subscriptionThere = try await subscription().exists(on: target, inDatabase: config.targetEndpoint.databaseName) }
-        guard relaying || subscriptionThere else {
+        if !relaying, try await !subscription().exists(on: target, inDatabase: config.targetEndpoint.databaseName) {
             throw MigrationError(
                 .streamApply, "the subscription \(SQL.identifier(settings.subscriptionName)) no longer exists on the target", fix: fix)
         }
@@ -224,10 +219,8 @@ struct OnlineMigration {
                     message: "re-attached: relay apply carries on from where the target durably got, streaming from slot "
                         + "\(SQL.identifier(settings.slotName)), which holds \(formatBytes(Int(reading.retainedBytes))) of WAL",
                     detail: ["relay_origin": .string(settings.relayOrigin), "retained_wal_bytes": .int(Int(reading.retainedBytes))]))
-            var relayed = self
-            relayed.config.online.apply = .relay
-            return try await relayed.streamAndCutOver(
-                source: source, target: target, report: report, store: store, started: started, warnings: [])
+            return try await streamAndCutOver(
+                applying: .relay, source: source, target: target, report: report, store: store, started: started, warnings: [])
         }
         try await subscription().enable(on: target)
         events.emit(
@@ -237,10 +230,8 @@ struct OnlineMigration {
                     "re-attached: subscription \(SQL.identifier(settings.subscriptionName)) enabled, streaming from slot \(SQL.identifier(settings.slotName)), "
                     + "which holds \(formatBytes(Int(reading.retainedBytes))) of WAL",
                 detail: ["subscription": .string(settings.subscriptionName), "retained_wal_bytes": .int(Int(reading.retainedBytes))]))
-        var subscribed = self
-        subscribed.config.online.apply = .subscription
-        return try await subscribed.streamAndCutOver(
-            source: source, target: target, report: report, store: store, started: started, warnings: [])
+        return try await streamAndCutOver(
+            applying: .subscription, source: source, target: target, report: report, store: store, started: started, warnings: [])
     }
 
     /// `--resume` of a run killed after its cutover had applied everything up
@@ -356,6 +347,17 @@ struct OnlineMigration {
                             + "to keep it from happening again, raise max_slot_wal_keep_size on the source or make the copy faster"))
             }
         }
+    }
+
+    /// From here the run goes on as `method` applies (the one Validate chose, or the one a resumed run recorded).
+    private func streamAndCutOver(
+        applying method: OnlineSettings.ApplyMethod, source: Connection, target: Connection, report: PreflightReport,
+        store: RunStateStore, started: ContinuousClock.Instant, warnings: [String]
+    ) async throws -> MigrationOutcome {
+        var run = self
+        run.config.online.apply = method
+        return try await run.streamAndCutOver(
+            source: source, target: target, report: report, store: store, started: started, warnings: warnings)
     }
 
     /// StreamApply → Lag … → Cutover → Complete, shared by a fresh run and a resumed one.

@@ -37,7 +37,6 @@ struct RelayApplySession {
     private var openOnTarget = false
     /// The source transactions done inside it, not yet committed there: their ends and logical messages.
     private var completed: [Applied] = []
-    private var lastCommitTime: Int64 = 0
     /// Source transactions whose target COMMIT is queued (in ``pending``), not yet sent.
     private var queuedCommits: [Applied] = []
     /// Part of the open target transaction went without its COMMIT (a round trip fell inside a source
@@ -58,9 +57,10 @@ struct RelayApplySession {
         var commits: [Applied]
     }
 
-    /// A source transaction applied on the target: its end, and its logical messages.
+    /// A source transaction applied on the target: its end, commit time and logical messages.
     private struct Applied {
         var end: LSN
+        var commitTime: Int64
         var messages: [(String, LSN)]
     }
 
@@ -106,8 +106,7 @@ struct RelayApplySession {
             transaction = nil
             if openOnTarget {
                 // Done in the open target transaction; committed with the others at the next round trip.
-                completed.append(Applied(end: endLSN, messages: finished.messages))
-                lastCommitTime = commitTime
+                completed.append(Applied(end: endLSN, commitTime: commitTime, messages: finished.messages))
                 if completed.count >= Self.groupTransactions || sentWithoutCommit { closeGroup() }
                 if full { try await flush() } else if sentWithoutCommit { try await flush(unlessBusy: true) }
             } else if !finished.messages.isEmpty {
@@ -240,7 +239,7 @@ struct RelayApplySession {
         queueFixed(
             "relay_origin",
             "SELECT pg_replication_origin_xact_setup($1::pg_lsn, timestamptz '2000-01-01 00:00:00+00' + $2::bigint * interval '1 microsecond')",
-            [last.end.description, String(lastCommitTime)])
+            [last.end.description, String(last.commitTime)])
         queueFixed("relay_commit", "COMMIT")
         queuedCommits += completed
         completed = []
