@@ -89,7 +89,7 @@ extension Connection {
     }
 
     /// Waits until the socket has data or `timeout` passes (false).
-    private func waitForInput(_ conn: OpaquePointer, timeout: Duration) throws -> Bool {
+    func waitForInput(_ conn: OpaquePointer, timeout: Duration) throws -> Bool {
         var descriptor = pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0)
         let milliseconds = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
         while true {

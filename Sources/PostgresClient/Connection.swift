@@ -106,14 +106,14 @@ public actor Connection {
     /// Cancelling the calling task cancels the statement on the server (`PQcancel`).
     @discardableResult
     public nonisolated func query(_ sql: String, _ parameters: [String?] = []) async throws -> QueryResult {
-        try await interruptible { try await $0.runQuery(sql, parameters) }
+        try await interruptible { try await $0.runQuery(sql, parameters, cancellable: $1) }
     }
 
     /// Runs one or more `;`-separated statements with no parameters (simple
     /// query protocol). Also the way to send replication commands.
     @discardableResult
     public nonisolated func execute(_ sql: String) async throws -> QueryResult {
-        try await interruptible { try await $0.runSimpleQuery(sql) }
+        try await interruptible { try await $0.runSimpleQuery(sql, cancellable: $1) }
     }
 
     /// The first column of the first row, or nil.
@@ -122,23 +122,23 @@ public actor Connection {
     }
 
     /// Runs `operation` (which hops onto this connection's thread) so that
-    /// cancelling the task cancels the statement on the server. A task that
-    /// is already cancelled when it starts a statement is cleaning up
-    /// (undoing a freeze, disabling a subscription): it runs to completion.
-    nonisolated func interruptible<R: Sendable>(_ operation: (Connection) async throws -> R) async throws -> R {
-        if Task.isCancelled { return try await operation(self) }
+    /// cancelling the task cancels the statement on the server; `operation` is
+    /// told whether it may be cancelled. A task that is already cancelled when
+    /// it starts a statement is cleaning up (undoing a freeze, disabling a
+    /// subscription): it runs to completion.
+    nonisolated func interruptible<R: Sendable>(_ operation: (Connection, _ cancellable: Bool) async throws -> R) async throws -> R {
+        if Task.isCancelled { return try await operation(self, false) }
         return try await withTaskCancellationHandler {
-            try await operation(self)
+            try await operation(self, true)
         } onCancel: { [canceller] in
             canceller.cancel()
         }
     }
 
-    private func runQuery(_ sql: String, _ parameters: [String?]) throws -> QueryResult {
-        let conn = try live()
-        let result = try resultOrError {
+    private func runQuery(_ sql: String, _ parameters: [String?], cancellable: Bool) throws -> QueryResult {
+        let result = try run(cancellable: cancellable) { conn in
             withParameterArray(parameters) { values in
-                PQexecParams(conn, sql, Int32(parameters.count), nil, values, nil, nil, 0)
+                PQsendQueryParams(conn, sql, Int32(parameters.count), nil, values, nil, nil, 0)
             }
         }
         defer { PQclear(result) }
@@ -146,12 +146,42 @@ public actor Connection {
         return QueryResult(result)
     }
 
-    private func runSimpleQuery(_ sql: String) throws -> QueryResult {
-        let conn = try live()
-        let result = try resultOrError { PQexec(conn, sql) }
+    private func runSimpleQuery(_ sql: String, cancellable: Bool) throws -> QueryResult {
+        let result = try run(cancellable: cancellable) { PQsendQuery($0, sql) }
         defer { PQclear(result) }
         try check(result, expecting: [PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY])
         return QueryResult(result)
+    }
+
+    /// Sends a statement with `send` and returns its result as `PQexec` would (the first error, else the last
+    /// result). The server drops a cancel request that reaches it before the statement does (the session is
+    /// idle then), so while a `cancellable` statement of a cancelled task still runs, the cancel is asked for
+    /// again every second: a cancel never gets lost in that race.
+    private func run(cancellable: Bool, _ send: (OpaquePointer) -> Int32) throws -> OpaquePointer {
+        let conn = try live()
+        guard send(conn) == 1 else { throw PostgresError(kind: .client, message: scrub(lastErrorMessage())) }
+        var kept: OpaquePointer?
+        var cancelled: ContinuousClock.Instant?
+        while true {
+            while PQisBusy(conn) == 1 {
+                if cancellable, Task.isCancelled, cancelled.map({ ContinuousClock.now - $0 >= .seconds(1) }) ?? true {
+                    canceller.cancel()
+                    cancelled = .now
+                }
+                if try waitForInput(conn, timeout: .seconds(1)), PQconsumeInput(conn) == 0 { break }
+            }
+            guard let result = PQgetResult(conn) else { break }
+            let status = PQresultStatus(result)
+            if let earlier = kept, PQresultStatus(earlier) == PGRES_FATAL_ERROR {
+                PQclear(result)
+            } else {
+                if let earlier = kept { PQclear(earlier) }
+                kept = result
+            }
+            if [PGRES_COPY_IN, PGRES_COPY_OUT, PGRES_COPY_BOTH].contains(status) { break }
+        }
+        guard let kept else { throw PostgresError(kind: .client, message: scrub(lastErrorMessage())) }
+        return kept
     }
 
     // MARK: - Internals shared with the COPY extension

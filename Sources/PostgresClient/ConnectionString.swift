@@ -201,11 +201,17 @@ public struct ConnectionStringError: Error, Sendable, CustomStringConvertible {
     public var description: String { message }
 }
 
+/// Done once, before the first connection: OpenSSL is asked to keep its locks until the process is
+/// gone, so a connection being opened while the process exits cannot crash the exit.
+private let openSSLKeptUntilExit: Void = pgdm_keep_openssl_until_exit()
+
 /// Calls `body` with NUL-terminated keyword and value arrays as libpq's `…Params` functions want them.
+/// Every connection this package opens starts here, so OpenSSL is set up first.
 func withKeywordValueArrays<R>(
     _ options: [ConnectionString.Option],
     _ body: (UnsafePointer<UnsafePointer<CChar>?>, UnsafePointer<UnsafePointer<CChar>?>) -> R
 ) -> R {
+    openSSLKeptUntilExit
     let keywords = options.map { strdup($0.keyword) } + [nil]
     let values = options.map { strdup($0.value) } + [nil]
     defer {

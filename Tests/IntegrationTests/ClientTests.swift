@@ -1,3 +1,4 @@
+import CLibPQ
 import Foundation
 import PGDBMigrator
 import PostgresClient
@@ -84,5 +85,62 @@ struct ClientTests {
         let expected = try await Fingerprint.of(source, database: sourceDatabase)
         let actual = try await Fingerprint.of(target, database: targetDatabase)
         #expect(actual == expected, "\(actual.differences(from: expected))")
+    }
+
+    @Test("a cancel that reaches the server before its statement does is asked for again: the statement still ends at once")
+    func cancelBeforeTheStatementArrives() async throws {
+        let (source, _) = try await SharedClusters.get()
+        let relay = try TCPRelay(to: source.port)
+        defer { relay.stop() }
+        let connection = try await Connection.connect(
+            try ConnectionString("postgresql://\(TestCluster.superuser):\(TestCluster.superuserPassword)@127.0.0.1:\(relay.port)/postgres"))
+        // The statement's second kilobyte reaches the server five seconds after its first; the cancel request, on a
+        // connection of its own, at once: the server, still reading the statement, drops it.
+        relay.bytesPerSecond = 200
+        try await connection.execute("SELECT 1")  // the relay reads at the new pace from here
+        let statement = "SELECT pg_sleep(60) -- " + String(repeating: "x", count: 1_500)
+        let started = ContinuousClock.now
+        let running = Task { try await connection.execute(statement) }
+        try await Task.sleep(for: .milliseconds(300))
+        running.cancel()
+        let error = await #expect(throws: PostgresError.self) { try await running.value }
+        #expect(error?.sqlState == "57014", "\(error.map { "\($0)" } ?? "no error")")
+        #expect(ContinuousClock.now - started < .seconds(30), "the statement ran its 60 s")
+    }
+
+    /// Set in the child processes ``exitWhileHashing`` starts.
+    static let exitProbeVariable = "PGDM_EXIT_PROBE"
+
+    @Test(
+        "a process that exits while its threads hash SCRAM passwords through libpq exits with its own status (OpenSSL's cleanup at exit crashed them)"
+    )
+    func exitWhileHashing() async throws {
+        let testBinary = ProcessInfo.processInfo.arguments[0]
+        var crashes: [String] = []
+        for _ in 0..<8 {
+            // A crash ends the child at once, without Swift's backtracer (which can hang over paused threads).
+            let child = try await TestCluster.run(
+                testBinary, ["--testing-library", "swift-testing", "--filter", "exitProbe"],
+                environment: [Self.exitProbeVariable: "1", "SWIFT_BACKTRACE": "enable=no"])
+            if child.status != 0 { crashes.append("exit status \(child.status): \(child.output.suffix(300))") }
+        }
+        #expect(crashes.isEmpty, "\(crashes.count) of 8 processes: \(crashes.first ?? "")")
+    }
+
+    @Test(
+        "(run by exitWhileHashing in a process of its own) SCRAM secrets built on four threads while the process exits",
+        .enabled(if: ProcessInfo.processInfo.environment[Self.exitProbeVariable] != nil, "runs only in exitWhileHashing's child process"))
+    func exitProbe() async throws {
+        // libpq is set up as this package sets it up (no server needed: nothing connects), then hashes through OpenSSL
+        // (PBKDF2, HMAC, random salts) without pause; without the fix, 39 of 40 such processes crashed here.
+        _ = try ConnectionString("host=/nonexistent port=1").resolvedUser
+        for _ in 0..<4 {
+            Thread.detachNewThread {
+                let connection = PQconnectStart("host=/nonexistent port=1")
+                while true { PQfreemem(PQencryptPasswordConn(connection, "secret", "user", "scram-sha-256")) }
+            }
+        }
+        try await Task.sleep(for: .milliseconds(50 + Int.random(in: 0..<100)))
+        exit(0)
     }
 }

@@ -46,9 +46,8 @@ struct ControlTests {
         let suffix = SharedClusters.uniqueName("c")
         // A table large enough that the copy lasts a few seconds: the first cutover is asked for during it.
         let bulk = try await source.connect(database: database)
-        try await bulk.execute(
-            "CREATE TABLE public.bulk (id int PRIMARY KEY, v text); "
-                + "INSERT INTO public.bulk SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 1500000) g")
+        try await bulk.execute("CREATE TABLE public.bulk (id int PRIMARY KEY, v text)")
+        try await bulk.fill("public.bulk", rows: 1_500_000, select: "g, repeat(md5(g::text), 3)")
         await bulk.close()
         let migration = try CLI.start([
             "--mode", "online", "--source", source.url(database: database), "--target", target.url(database: targetDatabase),

@@ -82,9 +82,8 @@ struct OnlineAbortTests {
     func interruptDuringDump() async throws {
         let (source, _) = try await SharedClusters.get()
         // Big enough that pg_dump runs for a while.
-        let sourceDatabase = try await OnlinePreflightTests.smallSource(
-            "CREATE TABLE big (id int PRIMARY KEY, pad text); INSERT INTO big SELECT g, repeat('x', 300) FROM generate_series(1, 600000) g;"
-        )
+        let sourceDatabase = try await OnlinePreflightTests.smallSource("CREATE TABLE big (id int PRIMARY KEY, pad text);")
+        try await source.connect(database: sourceDatabase).fill("big", rows: 600_000, select: "g, repeat('x', 300)")
         let names = Names()
         let running = try CLI.start(try await Self.arguments(sourceDatabase, SharedClusters.uniqueName("never"), names))
         #expect(await running.waitForStderr("stage=Dump"))

@@ -88,7 +88,7 @@ struct CLI {
         }
 
         /// Waits until stderr contains `text` (true) or `timeout` passes or the process exits (false).
-        func waitForStderr(_ text: String, timeout: Double = 60) async -> Bool {
+        func waitForStderr(_ text: String, timeout: Double = 180) async -> Bool {
             let deadline = Date().addingTimeInterval(timeout)
             while Date() < deadline {
                 if stderrSoFar.contains(text) { return true }

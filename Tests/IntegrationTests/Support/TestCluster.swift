@@ -353,3 +353,14 @@ final class Counter: @unchecked Sendable {
         return value
     }
 }
+
+extension Connection {
+    /// Inserts `rows` rows into `table`, each `SELECT columns FROM generate_series(…) g`, 100,000 to a
+    /// transaction. One long writing transaction on the shared source would hold up every other test's
+    /// replication slot creation (it waits for transactions running anywhere on the server) until it ends.
+    func fill(_ table: String, rows: Int, select columns: String) async throws {
+        for first in stride(from: 1, through: rows, by: 100_000) {
+            try await execute("INSERT INTO \(table) SELECT \(columns) FROM generate_series(\(first), \(min(rows, first + 99_999))) g")
+        }
+    }
+}
