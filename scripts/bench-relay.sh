@@ -3,12 +3,17 @@
 # an online migration of a pgbench database (scale SCALE) until caught up, aborted (the slot keeps
 # every change), a backlog written by unthrottled pgbench for SECONDS, then --resume: the time from
 # re-attaching to CaughtUp is the drain, the backlog's transactions per drain second the rate. Also
-# prints the resumed process's peak RSS. The relay/subscription rate ratio is the figure that matters
+# prints the resumed process's peak RSS and CPU time (until its cutover). The relay/subscription rate ratio is the figure that matters
 # (the issue asks for at least 0.7).
 #
 # With LARGE_MB (e.g. 1024), relay then drains one transaction that inserts about that many MB
 # (the source streams it before it commits; relay keeps it in a file): its peak RSS shows that a
 # transaction's size does not reach memory.
+#
+# PGBENCH_OPTIONS adds to the backlog's pgbench options: -N leaves out the hot branch and teller rows
+# (few conflicts between transactions, where parallel apply gains most).
+#
+# RELAY_SESSIONS lists the relay runs' numbers of target sessions (default "1 2").
 #
 # Usage: scripts/bench-relay.sh [SCALE] [SECONDS] [LARGE_MB]     e.g. scripts/bench-relay.sh 20 30 1024
 set -euo pipefail
@@ -52,7 +57,7 @@ drain() {
     wait "$run" 2>/dev/null || true
     # The backlog: written while nothing applies.
     local backlog; backlog=$("$@")
-    /usr/bin/time -f "%M" -o "$work/rss" "$BIN" "${args[@]}" --resume >"$work/resumed.ndjson" 2>"$work/resumed.log" &
+    /usr/bin/time -f "%M %U %S" -o "$work/rss" "$BIN" "${args[@]}" --resume >"$work/resumed.ndjson" 2>"$work/resumed.log" &
     run=$!
     # Event time stamps have whole seconds: the drain is timed here, polling every 50 ms.
     wait_for "$work/resumed.ndjson" "$run" 're-attached'
@@ -64,12 +69,15 @@ drain() {
     RATE=$(echo "$backlog / $seconds" | bc -l)
     local shown; shown=$(printf '%.0f' "$RATE")
     [ "$backlog" -gt 1 ] || shown=-
-    printf '%-22s %12s %10s %14s %9d MB\n' "$label" "$backlog" "$seconds" "$shown" $(($(cat "$work/rss") / 1024))
+    local rss user system; read -r rss user system < "$work/rss"
+    printf '%-22s %12s %10s %14s %9d MB %10s\n' "$label" "$backlog" "$seconds" "$shown" $((rss / 1024)) \
+        "$(printf '%.1f' "$(echo "$user + $system" | bc -l)")"
     rm -rf "$work"
 }
 
 pgbench_backlog() {
-    "$PG_BIN/pgbench" -n -c 4 -j 2 -T "$SECONDS_OF_LOAD" -h 127.0.0.1 -p "$SRC" -U postgres "$1" 2>/dev/null \
+    # shellcheck disable=SC2086 # PGBENCH_OPTIONS: extra words, e.g. -N (no updates of the 20 branch and 200 teller rows)
+    "$PG_BIN/pgbench" -n -c 4 -j 2 -T "$SECONDS_OF_LOAD" ${PGBENCH_OPTIONS:-} -h 127.0.0.1 -p "$SRC" -U postgres "$1" 2>/dev/null \
         | awk '/number of transactions actually processed/ { split($0, a, ": "); split(a[2], b, "/"); print b[1] }'
 }
 
@@ -78,16 +86,25 @@ large_backlog() {
     echo 1
 }
 
-printf '%-22s %12s %10s %14s %12s\n' method "backlog tx" "drain s" "tx per second" "peak RSS"
-declare -A RATES
-for method in subscription relay; do
-    db="bench_$method"
-    psql_at "$SRC" postgres -c "CREATE DATABASE $db" >/dev/null
-    "$PG_BIN/pgbench" -q -i -s "$SCALE" -h 127.0.0.1 -p "$SRC" -U postgres "$db" >/dev/null 2>&1
-    drain "$method" "$method" "$db" pgbench_backlog "$db"
-    RATES[$method]=$RATE
+printf '%-22s %12s %10s %14s %12s %10s\n' method "backlog tx" "drain s" "tx per second" "peak RSS" "tool CPU s"
+RATES=()
+# Relay with each number of target sessions in RELAY_SESSIONS (PG_DBMIGRATOR_RELAY_SESSIONS; default: 1, then 2).
+db_init() {
+    psql_at "$SRC" postgres -c "CREATE DATABASE $1" >/dev/null
+    "$PG_BIN/pgbench" -q -i -s "$SCALE" -h 127.0.0.1 -p "$SRC" -U postgres "$1" >/dev/null 2>&1
+}
+db_init bench_subscription
+drain subscription subscription bench_subscription pgbench_backlog bench_subscription
+SUBSCRIPTION_RATE=$RATE
+export PG_DBMIGRATOR_RELAY_SESSIONS
+for PG_DBMIGRATOR_RELAY_SESSIONS in ${RELAY_SESSIONS:-1 2}; do
+    db="bench_relay_$PG_DBMIGRATOR_RELAY_SESSIONS"
+    db_init "$db"
+    drain "relay, $PG_DBMIGRATOR_RELAY_SESSIONS session(s)" relay "$db" pgbench_backlog "$db"
+    RATES+=("$(printf '%d session(s) %.2f' "$PG_DBMIGRATOR_RELAY_SESSIONS" "$(echo "$RATE / $SUBSCRIPTION_RATE" | bc -l)")")
 done
-printf 'relay / subscription rate: %.2f\n' "$(echo "${RATES[relay]} / ${RATES[subscription]}" | bc -l)"
+printf 'relay / subscription rate: %s\n' "$(IFS=,; echo "${RATES[*]}" | sed 's/,/, /g')"
+unset PG_DBMIGRATOR_RELAY_SESSIONS
 
 if [ "$LARGE_MB" -gt 0 ]; then
     psql_at "$SRC" postgres -c "CREATE DATABASE bench_large" >/dev/null

@@ -9,7 +9,8 @@ import Testing
 struct OnlineRelayTests {
     static func origins(_ name: String) async throws -> String? {
         let (_, target) = try await SharedClusters.get()
-        return try await target.connect().scalar("SELECT count(*)::text FROM pg_replication_origin WHERE roname = $1", [name])
+        return try await target.connect().scalar(
+            "SELECT count(*)::text FROM pg_replication_origin WHERE \(RelayApplier.ownOrigins)", [name])
     }
 
     @Test("writes during the copy and streaming, a frozen cutover: equal by content, no subscription ever, origin and slot gone")
@@ -25,12 +26,15 @@ struct OnlineRelayTests {
         }
         let events = EventLog()
         let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: events)
-        try await Task.sleep(for: .seconds(1.5))
         // Streaming: the source's only walsender for the slot is this process's, and the target has no subscription.
         let admin = try await source.connect()
-        let walsender = try await admin.scalar(
-            "SELECT r.application_name FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1",
-            [config.online.slotName])
+        var walsender: String?
+        for _ in 0..<300 where walsender == nil {
+            try await Task.sleep(for: .milliseconds(100))
+            walsender = try await admin.scalar(
+                "SELECT r.application_name FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1",
+                [config.online.slotName])
+        }
         #expect(walsender == RelayApplier.applicationName(slot: config.online.slotName))
         let subscriptions = try await target.connect().scalar(
             "SELECT count(*) FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid WHERE d.datname = $1", [targetDatabase])
@@ -95,7 +99,7 @@ struct OnlineRelayTests {
         let (_, aborted) = try await OnlineMigrationTests.startStreaming(second, events: EventLog())
         aborted.cancel()
         _ = await aborted.result
-        #expect(try await Self.origins(second.online.relayOrigin) == "1")
+        #expect(try await Self.origins(second.online.relayOrigin) != "0")
         var cleanup = second
         cleanup.mode = .cleanup
         _ = try await Migrator(config: cleanup).run()

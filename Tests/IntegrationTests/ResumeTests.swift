@@ -115,7 +115,7 @@ struct ResumeTests {
         #expect(forgot.stderr.contains("an interrupted offline run is recorded") && forgot.stderr.contains("--resume"), "\(forgot.stderr)")
         #expect(try Data(contentsOf: URL(fileURLWithPath: statePath)) == recorded, "the record is untouched")
 
-        // (These tables of integers and text are verified in the servers under the default --verify-method auto.)
+        // (Under the default --verify-method auto, these tables of integers and text would be summed in the target server.)
         let resumed = try await CLI.run(copy.arguments + ["--resume", "--verify-method", "stream"])
         #expect(resumed.status == 0, "\(resumed.stderr)")
         let after = Self.tables(in: resumed.stderr)
@@ -321,7 +321,7 @@ struct ResumeTests {
             // Killed while it applies: a transaction half-way on the target dies with its session, and the
             // origin holds the last one committed.
             #expect(first.stderrSoFar.contains("relay apply started"), "\(first.stderrSoFar)")
-            // The apply's first session creates the origin a moment after the run says it started.
+            // The apply's session creates its origin a moment after the run says it started.
             for _ in 0..<100 where try await OnlineRelayTests.origins("dbmigrator_" + names.slot) != "1" {
                 try await Task.sleep(for: .milliseconds(100))
             }

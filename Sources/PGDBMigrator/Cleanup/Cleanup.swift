@@ -79,7 +79,8 @@ struct Cleanup {
                     label: "cleanup", database: TargetDatabase.maintenanceDatabase(for: config.targetEndpoint.databaseName), stage: .cleanup
                 )
             }
-            let exists = try await target.scalar("SELECT count(*) FROM pg_replication_origin WHERE roname = $1", [origin]) == "1"
+            let exists =
+                try await target.scalar("SELECT count(*) > 0 FROM pg_replication_origin WHERE \(RelayApplier.ownOrigins)", [origin]) == "t"
             if exists && !dryRun { try await RelayApplier.dropOrigin(origin, on: target) }
             await target.close()
             if exists { found.append("\(verb) replication origin \(SQL.identifier(origin)) on the target (relay apply's position)") }

@@ -58,8 +58,9 @@ final class Leftovers: Sendable {
         }
         if let origin = current.relayOrigin {
             lines.append(
-                "replication origin \(SQL.identifier(origin)) on the target (where relay apply got to): resume streaming with "
-                    + "\(Setting.resume); remove with SELECT pg_replication_origin_drop(\(SQL.literal(origin)))")
+                "replication origins \(SQL.identifier(origin)) and \(SQL.identifier(origin + "/…")) on the target (where relay apply "
+                    + "got to): resume streaming with \(Setting.resume); remove with SELECT pg_replication_origin_drop(roname) FROM "
+                    + "pg_replication_origin WHERE roname = \(SQL.literal(origin)) OR roname LIKE \(SQL.literal(origin + "/%"))")
         }
         if current.slotCreated {
             lines.append(

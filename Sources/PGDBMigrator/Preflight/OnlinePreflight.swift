@@ -251,7 +251,8 @@ struct OnlinePreflight {
                 fix: version >= 140_000
                     ? "as a superuser on the target: GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), "
                         + "pg_replication_origin_drop(text), pg_replication_origin_session_setup(text), "
-                        + "pg_replication_origin_session_progress(boolean), pg_replication_origin_xact_setup(pg_lsn, timestamptz), "
+                        + "pg_replication_origin_session_progress(boolean), pg_replication_origin_progress(text, boolean), "
+                        + "pg_replication_origin_xact_setup(pg_lsn, timestamptz), "
                         + "pg_replication_origin_xact_reset() TO \(role)"
                     : "connect to the target as a superuser (before PostgreSQL 14 only superusers may use replication origins)")
         }

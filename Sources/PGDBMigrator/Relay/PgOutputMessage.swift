@@ -59,7 +59,7 @@ enum PgOutputMessage: Equatable, Sendable {
         }
     }
 
-    enum TupleValue: Equatable, Sendable {
+    enum TupleValue: Hashable, Sendable {
         case null
         /// A TOASTed value the change left as it was: not sent, so not to be set.
         case unchanged

@@ -1,21 +1,25 @@
+import Foundation
 import PostgresClient
 
 /// Relay apply: this process reads the slot's changes over a replication
 /// connection to the source and applies them to the target over an ordinary
 /// one, so the target never connects to the source.
 ///
-/// One target session applies the source's transactions one after the other,
-/// in commit order, as PostgreSQL's own apply worker does: with
+/// Target sessions apply the source's transactions with
 /// `session_replication_role = replica` (no triggers, no foreign-key checks:
-/// the source already checked them) and `row_security = off`. Changes go to the
-/// target in bounded batches as they arrive (``RelayApplySession``), so a
+/// the source already checked them) and `row_security = off`, as PostgreSQL's
+/// own apply worker does. Where asked for, several run transactions at once and
+/// commit them in the source's order (``RelayScheduler``); one alone where the
+/// login may not set that role. Values travel in binary where the copy would
+/// send them so (one major version, built-in types), as text otherwise.
+/// Changes go to the target in bounded batches (``RelayApplySession``), so a
 /// transaction of any size is never held in memory.
 ///
-/// Exactly once: the target session is bound to a replication origin, and each
-/// applied transaction's commit records the source position it reached
+/// Exactly once: each target session is bound to a replication origin of its
+/// own, and each commit records the source position it reached
 /// (`pg_replication_origin_xact_setup`), atomically with its rows. A restart
-/// asks the origin where it is and streams from there; the slot is told to
-/// forget only what the origin durably holds.
+/// streams from the highest position the origins hold; the slot is told to
+/// forget only what they durably hold.
 struct RelayApplier: Sendable {
     var source: ConnectionString
     var target: ConnectionString
@@ -34,6 +38,20 @@ struct RelayApplier: Sendable {
     var onReconnect: @Sendable (_ reason: String, _ retryIn: Duration) -> Void = { _, _ in }
     /// How long either server may stay unreachable before the apply gives up.
     var giveUpAfter: Duration = .seconds(300)
+    /// Target sessions applying at once (``RelayScheduler``), where the login may set
+    /// `session_replication_role` (else the target's triggers and foreign-key checks take row locks the
+    /// apply cannot foresee) and the server has an origin to spare for each.
+    var sessions = Self.defaultSessions
+
+    /// One, or what `PG_DBMIGRATOR_RELAY_SESSIONS` says (1 to 8). Several sessions are not faster than one
+    /// yet on `scripts/bench-relay.sh` (about half its rate on a 2-core machine), so they are asked for.
+    static var defaultSessions: Int {
+        min(max(ProcessInfo.processInfo.environment["PG_DBMIGRATOR_RELAY_SESSIONS"].flatMap { Int($0) } ?? 1, 1), 8)
+    }
+    /// At most this many source transactions commit as one target transaction when sessions apply in parallel
+    /// (tests set 1, so that every transaction commits on its own, the sessions taking turns).
+    /// nil: as one session groups them (``RelayApplySession/batchedGroupTransactions`` where changes are batched).
+    var groupTransactions: Int? = nil
 
     /// Both sessions' `application_name`, so that lock waits can name what holds the apply up.
     var applicationName: String { Self.applicationName(slot: slot) }
@@ -56,10 +74,16 @@ struct RelayApplier: Sendable {
     func run() async throws {
         var delay = Duration.seconds(1)
         var lostSince: ContinuousClock.Instant?
+        var sessions = self.sessions
         while true {
             var progressed = false
             do {
-                try await applyUntilLost { progressed = true }
+                try await applyUntilLost(sessions: sessions) { progressed = true }
+            } catch let error as PostgresError where error.sqlState == "40P01" && sessions > 1 {
+                // Row locks nobody foresaw (a trigger, a constraint the target has and the source had not): the
+                // group that lost was rolled back; one session in source order cannot deadlock with itself.
+                sessions = 1
+                onReconnect("parallel apply deadlocked on the target (\(error.message)); going on with one session", .zero)
             } catch let error as PostgresError where Self.isRetryable(error) {
                 if progressed { (lostSince, delay) = (nil, .seconds(1)) }
                 let since = lostSince ?? .now
@@ -77,10 +101,17 @@ struct RelayApplier: Sendable {
         }
     }
 
-    /// Drops the origin `name` on the target, if it is there (no session may have it set up).
+    /// Drops the origin `name` on the target, and those of its other sessions, if they are there (no session
+    /// may have them set up).
     static func dropOrigin(_ name: String, on target: Connection) async throws {
-        try await target.query("SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = $1", [name])
+        try await target.query("SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE \(ownOrigins)", [name])
     }
+
+    /// The origin of the apply's `session`-th target session: the first keeps the run's own name.
+    static func origin(_ name: String, session: Int) -> String { session == 0 ? name : "\(name)/\(session)" }
+
+    /// The origins of the apply whose first origin is `$1` (no slot name, and so no other run's origin, has a `/`).
+    static let ownOrigins = "(roname = $1 OR (starts_with(roname, $1 || '/') AND substr(roname, length($1) + 2) ~ '^[0-9]+$'))"
 
     /// A lost connection, or what its aftermath looks like for a moment: the old walsender or target
     /// session still holding the slot or the origin (`object_in_use`).
@@ -91,45 +122,114 @@ struct RelayApplier: Sendable {
     /// One attempt: fresh sessions, streaming from the origin's durable position, until an error
     /// (cancellation is one); both sessions are closed before it returns, so the slot is free again.
     /// `progressed` hears of each applied transaction.
-    private func applyUntilLost(progressed: () -> Void) async throws {
-        let target = try await Connection.connect(
-            Self.withTextSettings(self.target).setting("application_name", to: applicationName), label: "relay-apply")
+    private func applyUntilLost(sessions wanted: Int, progressed: () -> Void) async throws {
+        var targets: [Connection] = []
         do {
-            // Where the login may not set it, triggers fire and foreign keys are checked (commit order keeps them true).
-            _ = try? await target.execute("SET session_replication_role = replica")
-            // Rows are found by their key's index, as PostgreSQL's apply worker finds them: a generic plan's
-            // sequential scan of a small, busy table reads every dead version of its rows.
-            try await target.execute("SET row_security = off; SET synchronous_commit = off")
-            try await target.query(
-                "SELECT pg_replication_origin_create($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)", [origin]
-            )
-            try await target.query("SELECT pg_replication_origin_session_setup($1)", [origin])
-            let durable = try await Self.durablePosition(on: target) ?? LSN(0)
+            targets.append(try await connectTarget(session: 0))
+            // Where the login may not set it, triggers fire and foreign keys are checked (commit order keeps them
+            // true), and one session applies.
+            let replicaRole = (try? await targets[0].execute("SET session_replication_role = replica")) != nil
+            // The resume position is the highest of all the sessions' origins: reading another session's takes
+            // pg_replication_origin_progress.
+            let readsAll =
+                try await targets[0].scalar(
+                    "SELECT has_function_privilege('pg_replication_origin_progress(text, boolean)', 'EXECUTE')") == "t"
+            if !readsAll,
+                try await targets[0].scalar("SELECT count(*) FROM pg_replication_origin WHERE \(Self.ownOrigins)", [origin]) != "1"
+            {
+                throw MigrationError(
+                    .streamApply, "relay apply cannot read where its other target sessions got to (an earlier run applied with several)",
+                    fix: "as a superuser on the target: GRANT EXECUTE ON FUNCTION pg_replication_origin_progress(text, boolean) TO "
+                        + (try await targets[0].scalar("SELECT quote_ident(current_user)") ?? "the target login")
+                        + "; then run again with \(Setting.resume)")
+            }
+            for session in 1..<(replicaRole && readsAll ? max(wanted, 1) : 1) {
+                do {
+                    let target = try await connectTarget(session: session)
+                    try await target.execute("SET session_replication_role = replica")
+                    targets.append(target)
+                } catch let error as PostgresError where !Self.isRetryable(error) {
+                    break  // no origin to spare (max_replication_slots, max_active_replication_origins): fewer sessions
+                }
+            }
+            let durable = try await durablePosition(on: targets[0], readsAll: readsAll) ?? LSN(0)
+            let targetTables = try await RelayTargetTable.read(on: targets[0])
+            let batchesChanges = replicaRole ? try await Self.nothingTells(on: targets[0]) : false
             let stream = try await Connection.connect(
                 Self.withTextSettings(source).setting("replication", to: "database")
                     .setting("application_name", to: applicationName), label: "relay-stream")
             do {
-                try await stream.startReplication(try await startCommand(on: stream, from: durable))
-                try await apply(from: stream, to: target, durable: durable, progressed: progressed)
+                let binary = try await binaryValues(on: stream, targetVersion: await targets[0].serverVersion)
+                try await stream.startReplication(try await startCommand(on: stream, from: durable, binary: binary))
+                try await apply(
+                    from: stream, to: targets, durable: durable, readsAll: readsAll, targetTables: targetTables,
+                    batchesChanges: batchesChanges, progressed: progressed)
             } catch {
                 await stream.close()
                 throw error
             }
+        } catch {
+            for target in targets { await target.close() }
+            throw error
+        }
+    }
+
+    /// Nothing on the target runs as rows are written by a session with `session_replication_role = replica`:
+    /// no trigger enabled ALWAYS or REPLICA, no rule. Then the order of changes to different tables inside one
+    /// target transaction cannot be told, and changes may wait to go many rows to a statement.
+    private static func nothingTells(on target: Connection) async throws -> Bool {
+        try await target.scalar(
+            """
+            SELECT NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgenabled IN ('A', 'R'))
+               AND NOT EXISTS (SELECT 1 FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
+                                WHERE c.relkind IN ('r', 'p') AND r.rulename <> '_RETURN')
+            """) == "t"
+    }
+
+    /// A target session of the apply, bound to its own replication origin.
+    private func connectTarget(session: Int) async throws -> Connection {
+        let target = try await Connection.connect(
+            Self.withTextSettings(self.target).setting("application_name", to: applicationName), label: "relay-apply")
+        do {
+            try await target.execute("SET row_security = off; SET synchronous_commit = off")
+            let name = Self.origin(origin, session: session)
+            try await target.query(
+                "SELECT pg_replication_origin_create($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)", [name])
+            try await target.query("SELECT pg_replication_origin_session_setup($1)", [name])
+            return target
         } catch {
             await target.close()
             throw error
         }
     }
 
-    /// What the origin holds durably: its position once the target's WAL is flushed up to its last commit.
-    private static func durablePosition(on target: Connection) async throws -> LSN? {
-        try await target.scalar("SELECT pg_replication_origin_session_progress(true)::text").flatMap(LSN.init)
+    /// What the apply's origins hold durably: the highest of their positions, once the target's WAL is
+    /// flushed up to that commit (the sessions commit in the source's order, so all before it are there).
+    /// Without `readsAll`, the apply has one session and one origin, `target`'s own.
+    private func durablePosition(on target: Connection, readsAll: Bool) async throws -> LSN? {
+        try await target.scalar(
+            readsAll
+                ? "SELECT max(pg_replication_origin_progress(roname, true))::text FROM pg_replication_origin WHERE \(Self.ownOrigins)"
+                : "SELECT pg_replication_origin_session_progress(true)::text", readsAll ? [origin] : []
+        ).flatMap(LSN.init)
     }
 
     /// Decodes and applies the stream, telling the slot what the target durably holds, until an error.
-    private func apply(from stream: Connection, to target: Connection, durable start: LSN, progressed: () -> Void) async throws -> Never {
+    private func apply(
+        from stream: Connection, to targets: [Connection], durable start: LSN, readsAll: Bool,
+        targetTables: [QualifiedName: RelayTargetTable], batchesChanges: Bool, progressed: () -> Void
+    ) async throws
+        -> Never
+    {
         var durable = start
-        var session = RelayApplySession(target: target, appliedThrough: start, onMessage: onMessage)
+        var session = RelayScheduler(
+            sessions: targets.map {
+                RelayApplySession(
+                    target: $0, appliedThrough: start, targetTables: targetTables, batchesChanges: batchesChanges,
+                    onMessage: onMessage)
+            }, appliedThrough: start,
+            groupTransactions: groupTransactions ?? RelayApplySession.groupLimit(batchesChanges: batchesChanges),
+            onMessage: onMessage)
         var decoder = PgOutputDecoder()
         var streamed = StreamedTransactions(directory: spoolDirectory)
         defer { streamed.removeAll() }
@@ -153,10 +253,14 @@ struct RelayApplier: Sendable {
             }
             // What arrived is sent on (its commits included) before waiting for more, and while the stream
             // pauses every answer is read.
-            if try await (messages.isEmpty ? session.settle() : session.flush(unlessBusy: true)) > 0 { progressed() }
+            let appliedBefore = session.lastAppliedEnd
+            if messages.isEmpty { try await session.settle() } else { try await session.flush(unlessBusy: true) }
             if replyNow || ContinuousClock.now - lastStatus >= statusInterval {
-                if try await session.collect() > 0 { progressed() }
-                if !session.inTransaction { durable = try await Self.durablePosition(on: target) ?? durable }
+                try await session.collect()
+                // On a session with nothing open: the highest position the origins hold, what has committed.
+                if let target = session.idleTarget {
+                    durable = try await durablePosition(on: target, readsAll: readsAll) ?? durable
+                }
                 // The slot may forget what the target durably holds; between transactions, once every one that
                 // wrote is durable, also what came after (transactions that changed nothing published).
                 // (An idle walsender tells its position by itself while ours lags it: the slot catches up.)
@@ -164,13 +268,14 @@ struct RelayApplier: Sendable {
                 try await stream.sendStandbyStatus(write: received, flush: flush, apply: session.lastAppliedEnd)
                 lastStatus = ContinuousClock.now
             }
+            if session.lastAppliedEnd > appliedBefore { progressed() }
         }
     }
 
     /// Applies one message, or keeps it while its streamed transaction is not committed; at that commit,
     /// applies the whole transaction in its place in the commit order.
     private func apply(
-        _ message: PgOutputMessage, raw: [UInt8], streamed: inout StreamedTransactions, to session: inout RelayApplySession
+        _ message: PgOutputMessage, raw: [UInt8], streamed: inout StreamedTransactions, to session: inout RelayScheduler
     ) async throws {
         switch message {
         case .streamStart(let xid, _): try streamed.startBlock(xid)
@@ -192,14 +297,34 @@ struct RelayApplier: Sendable {
         }
     }
 
-    /// `START_REPLICATION` with the highest pgoutput protocol the source speaks, and logical messages where it has them.
-    private func startCommand(on stream: Connection, from position: LSN) async throws -> String {
+    /// Whether values travel in binary, as the copy sends them where it can: between servers of one major version
+    /// (from PostgreSQL 14, where pgoutput can), when every column the publication carries has a built-in type
+    /// with binary I/O (``TableCatalog/binarySafe(_:)``). Else as text, which the target parses with its own types.
+    /// Asked on the replication connection itself (which takes SQL by the simple query protocol only).
+    private func binaryValues(on stream: Connection, targetVersion: Int) async throws -> Bool {
+        let sourceVersion = await stream.serverVersion
+        guard sourceVersion >= 140_000, sourceVersion / 10_000 == targetVersion / 10_000 else { return false }
+        let safe = try await stream.execute(
+            """
+            SELECT coalesce(bool_and(\(TableCatalog.binarySafe("c.oid"))), true)::text
+              FROM pg_publication_tables p JOIN pg_namespace n ON n.nspname = p.schemaname
+              JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
+             WHERE p.pubname = \(SQL.literal(publication))
+            """
+        ).rows.first?.first
+        return safe == "true"
+    }
+
+    /// `START_REPLICATION` with the highest pgoutput protocol the source speaks, logical messages where it has them,
+    /// and values in binary when `binary`.
+    private func startCommand(on stream: Connection, from position: LSN, binary: Bool) async throws -> String {
         let version = await stream.serverVersion
         let protocolVersion = version >= 160_000 ? 4 : version >= 150_000 ? 3 : version >= 140_000 ? 2 : 1
         var options = ["proto_version '\(protocolVersion)'", "publication_names " + SQL.literal(SQL.identifier(publication))]
         // Large transactions come before they commit (kept on this side until then), so the source does not
         // keep them on its disk; and logical messages.
         if version >= 140_000 { options += ["streaming 'on'", "messages 'true'"] }
+        if binary { options.append("binary 'true'") }
         return "START_REPLICATION SLOT \(SQL.identifier(slot)) LOGICAL \(position) (\(options.joined(separator: ", ")))"
     }
 }

@@ -19,6 +19,11 @@ struct RelayApplySession {
     /// Transactions whose commit is at or before this were applied by an earlier attempt: skipped.
     let appliedThrough: LSN
     let onMessage: @Sendable (_ prefix: String, _ lsn: LSN) -> Void
+    /// The target's tables, as the apply started.
+    let targetTables: [QualifiedName: RelayTargetTable]
+    /// Changes may wait, to go many rows to a statement (``Batch``): only where nothing on the target could
+    /// tell, as the apply runs (no trigger fires under `session_replication_role = replica`, no rule).
+    let batchesChanges: Bool
 
     private var relations: [UInt32: RelayRelation] = [:]
     /// Each statement shape's text and prepared name in this session; forgotten when a relation is described again.
@@ -46,6 +51,13 @@ struct RelayApplySession {
     private(set) var lastAppliedEnd = LSN(0)
     /// The pipeline sent and not yet answered: the target runs it while the next one is decoded.
     private var inFlight: InFlight?
+    /// Per table, changes waiting to go many rows to a statement (``Batch``); the tables in the order of their first.
+    private var batches: [UInt32: Batch] = [:]
+    private var batchOrder: [UInt32] = []
+    private var batchedBytes = 0
+    /// The open target transaction commits only when ``commitGroup()`` says so: ``RelayScheduler``
+    /// decides, so that the sessions commit in the source's order.
+    var holdsCommits = false
 
     private struct InFlight {
         var answer: Task<Void, Error>
@@ -55,6 +67,25 @@ struct RelayApplySession {
         var changes: [(what: String, table: QualifiedName, commit: LSN)?]
         /// The source transactions its COMMIT commits.
         var commits: [Applied]
+    }
+
+    /// Changes of one shape to one table (INSERTs, or UPDATEs that find their row by a key they keep), in
+    /// the open target transaction, not yet queued. Each statement costs the target about as much as the
+    /// rows it writes, so they go many rows to a statement: queued before any other change to that table
+    /// (which so sees them), before a relation is described again or a TRUNCATE, and before the target
+    /// COMMIT. Changes to other tables pass them, which only a trigger, a rule or a foreign-key check could
+    /// notice (so none waits unless ``batchesChanges``). Rows of one table change in any order only where
+    /// its key is its only unique index (``RelayRelation/batches(_:)``); a later UPDATE of a row already in
+    /// the batch replaces the earlier one, whose every value it sets again.
+    private struct Batch {
+        var table: RelayRelation
+        var shape: RelayRelation.Shape
+        var rows: [[Connection.Parameter?]] = []
+        var bytes = 0
+        /// UPDATEs: each row's key values, to its place in ``rows``.
+        var keys: [[Connection.Parameter?]: Int] = [:]
+        /// The source transaction of its first row, for the error that names it.
+        var commit: LSN
     }
 
     /// A source transaction applied on the target: its end, commit time and logical messages.
@@ -81,9 +112,22 @@ struct RelayApplySession {
     /// every transaction, groups of hundreds cost the target about three times the CPU of groups of 16
     /// (`scripts/bench-relay.sh`, measured before sequential scans were turned off).
     static let groupTransactions = 16
+    /// Where changes wait in batches (``batchesChanges``) a row changed by many transactions of a group is
+    /// written once, so groups may be longer: on `scripts/bench-relay.sh 20 30`, groups of 64 drained at
+    /// 0.80–0.99× of the subscription's rate where groups of 16 drained at 0.72–0.80× (256: 0.98×).
+    static let batchedGroupTransactions = 64
 
-    init(target: Connection, appliedThrough: LSN, onMessage: @escaping @Sendable (String, LSN) -> Void) {
+    /// How many source transactions a target transaction holds at most (``groupTransactions``,
+    /// ``batchedGroupTransactions``).
+    static func groupLimit(batchesChanges: Bool) -> Int { batchesChanges ? batchedGroupTransactions : groupTransactions }
+
+    init(
+        target: Connection, appliedThrough: LSN, targetTables: [QualifiedName: RelayTargetTable] = [:], batchesChanges: Bool = false,
+        onMessage: @escaping @Sendable (String, LSN) -> Void
+    ) {
         self.target = target
+        self.targetTables = targetTables
+        self.batchesChanges = batchesChanges
         self.appliedThrough = appliedThrough
         self.onMessage = onMessage
         lastAppliedEnd = appliedThrough
@@ -95,6 +139,12 @@ struct RelayApplySession {
     /// A pipeline was sent and its answer not yet read.
     var isSending: Bool { inFlight != nil }
 
+    /// A pipeline was sent and its answer is there to read (``collect()`` will not wait).
+    var isAnswered: Bool { inFlight?.answered.withLock { $0 } ?? false }
+
+    /// A target transaction is open, or its COMMIT has not returned yet.
+    var awaitingCommit: Bool { openOnTarget || !completed.isEmpty || !queuedCommits.isEmpty || inFlight?.commits.isEmpty == false }
+
     mutating func handle(_ change: PgOutputMessage) async throws {
         switch change {
         case .begin(let finalLSN, _, _):
@@ -104,11 +154,15 @@ struct RelayApplySession {
                 throw MigrationError(.streamApply, "the replication stream committed a transaction it never began")
             }
             transaction = nil
-            if openOnTarget {
+            if holdsCommits {
+                // Part of the group the scheduler commits, also when it held all its changes back for later.
+                completed.append(Applied(end: endLSN, commitTime: commitTime, messages: finished.messages))
+                if full { try await flush() }
+            } else if openOnTarget {
                 // Done in the open target transaction; committed with the others at the next round trip.
                 completed.append(Applied(end: endLSN, commitTime: commitTime, messages: finished.messages))
-                if completed.count >= Self.groupTransactions || sentWithoutCommit { closeGroup() }
-                if full { try await flush() } else if sentWithoutCommit { try await flush(unlessBusy: true) }
+                if completed.count >= Self.groupLimit(batchesChanges: batchesChanges) || sentWithoutCommit { closeGroup() }
+                if full { try await flush() }
             } else if !finished.messages.isEmpty {
                 // Nothing written on the target: its messages are applied once what came before is.
                 try await settle()
@@ -116,7 +170,9 @@ struct RelayApplySession {
             }
         case .relation(let relation):
             // Its columns or their types may have changed: statements are prepared again from here.
-            relations[relation.oid] = RelayRelation(relation)
+            queueBatches()
+            relations[relation.oid] = RelayRelation(
+                relation, target: targetTables[QualifiedName(schema: relation.namespace, name: relation.name)] ?? .init())
             prepared = [:]
         case .origin, .type:
             break
@@ -140,12 +196,21 @@ struct RelayApplySession {
             // Exactly the tables the source truncated, never cascading further (as PostgreSQL's apply).
             let names = try oids.map { try relation($0).name.description }
             guard try beginChange() else { return }
+            queueBatches()
             queue(.init("TRUNCATE ONLY \(names.joined(separator: ", "))" + (restartIdentity ? " RESTART IDENTITY" : "") + " RESTRICT"))
             if full { try await flush() }
         case .streamStart, .streamStop, .streamCommit, .streamAbort:
             // ``RelayApplier`` keeps streamed transactions until they commit, then hands them over whole.
             throw MigrationError(.streamApply, "a streamed transaction's block reached the apply session itself")
         }
+    }
+
+    /// A change the scheduler held back past its source transaction's COMMIT (committing at `commit`): applied
+    /// in the open target transaction, which that COMMIT did not end (``holdsCommits``).
+    mutating func handle(heldBack change: PgOutputMessage, of commit: LSN) async throws {
+        transaction = Transaction(finalLSN: commit, skipping: false)
+        defer { transaction = nil }
+        try await handle(change)
     }
 
     private func relation(_ oid: UInt32) throws -> RelayRelation {
@@ -158,6 +223,8 @@ struct RelayApplySession {
     private struct PreparedKey: Hashable {
         var relation: UInt32
         var shape: RelayRelation.Shape
+        /// Rows at once (a ``Batch``).
+        var rows = 1
     }
 
     /// Queues one change's statement in its transaction (begun with the first). `oneRowOf`: it must touch
@@ -166,22 +233,83 @@ struct RelayApplySession {
         async throws
     {
         guard try beginChange() else { return }
+        if batchesChanges, change.shape.kind == .insert || table.batches(change.shape) {
+            try await batch(change, of: table, oid: oid)
+            return
+        }
+        queueBatch(of: oid)
         if change.shape.kind != .insert { useIndexScans(!change.shape.byWholeRow) }
-        let key = PreparedKey(relation: oid, shape: change.shape)
-        let known = prepared[key]
-        let statement = known ?? prepare(table.sql(for: change.shape), checkingOneRow: what != nil)
-        if known == nil { prepared[key] = statement }
+        let statement = preparedStatement(PreparedKey(relation: oid, shape: change.shape)) {
+            what == nil ? table.sql(for: change.shape) : table.oneRowSQL(for: change.shape)
+        }
         queue(
-            .init(statement.sql, change.parameters, prepared: statement.name, prepares: known == nil),
+            .init(statement.sql, values: change.parameters, prepared: statement.name, prepares: statement.prepares),
             oneRowOf: what.map { ($0, table.name, transaction?.finalLSN ?? LSN(0)) })
         if full { try await flush() }
     }
 
-    /// A new prepared statement's name, and its text: one that must touch exactly one row raises
-    /// division by zero when it touches none.
-    private mutating func prepare(_ sql: String, checkingOneRow: Bool) -> (sql: String, name: String) {
+    /// The statement prepared under `key` in this session, or its text (`sql()`) under a new name, to prepare.
+    private mutating func preparedStatement(_ key: PreparedKey, _ sql: () -> String) -> (sql: String, name: String, prepares: Bool) {
+        if let known = prepared[key] { return (known.sql, known.name, false) }
         preparedCount += 1
-        return (checkingOneRow ? "WITH changed AS (\(sql)) SELECT 1 / count(*)::int FROM changed" : sql, "relay_\(preparedCount)")
+        let statement = (sql: sql(), name: "relay_\(preparedCount)")
+        prepared[key] = statement
+        return (statement.sql, statement.name, true)
+    }
+
+    /// Keeps a change in its table's batch (``Batch``), queued when the batch is full.
+    private mutating func batch(_ change: RelayRelation.Change, of table: RelayRelation, oid: UInt32) async throws {
+        if let waiting = batches[oid], waiting.shape != change.shape { queueBatch(of: oid) }
+        if batches[oid] == nil {
+            batches[oid] = Batch(table: table, shape: change.shape, commit: transaction?.finalLSN ?? LSN(0))
+            batchOrder.append(oid)
+        }
+        let bytes = change.parameters.reduce(0) { $0 + ($1?.count ?? 0) }
+        batches[oid]?.bytes += bytes
+        batchedBytes += bytes
+        if change.shape.kind == .update {
+            let key = Array(change.parameters.suffix(table.matchedCount(change.shape)))
+            if let row = batches[oid]?.keys[key] {
+                batches[oid]?.rows[row] = change.parameters
+                return
+            }
+            let row = batches[oid]?.rows.count
+            batches[oid]?.keys[key] = row
+        }
+        batches[oid]?.rows.append(change.parameters)
+        if batches[oid]?.rows.count ?? 0 >= table.rowsPerInsert { queueBatch(of: oid) }
+        if batchedBytes >= Self.pipelineBytes { queueBatches() }
+        if full { try await flush() }
+    }
+
+    /// Queues a table's waiting changes: statements of as many rows as it may take, then of halves, so that
+    /// a table has only a few statements to prepare.
+    private mutating func queueBatch(of oid: UInt32) {
+        guard let batch = batches.removeValue(forKey: oid) else { return }
+        batchOrder.removeAll { $0 == oid }
+        batchedBytes -= batch.bytes
+        let updates = batch.shape.kind == .update
+        if updates { useIndexScans(true) }
+        var start = 0
+        while start < batch.rows.count {
+            let remaining = batch.rows.count - start
+            let rows = min(batch.table.rowsPerInsert, 1 << (Int.bitWidth - 1 - remaining.leadingZeroBitCount))
+            let statement = preparedStatement(PreparedKey(relation: oid, shape: batch.shape, rows: rows)) {
+                updates ? batch.table.updateSQL(for: batch.shape, rows: rows) : batch.table.sql(for: batch.shape, rows: rows)
+            }
+            queue(
+                .init(
+                    statement.sql, values: Array(batch.rows[start..<start + rows].joined()), prepared: statement.name,
+                    prepares: statement.prepares,
+                    parameterTypes: updates && statement.prepares ? batch.table.updateParameterTypes(for: batch.shape, rows: rows) : []),
+                oneRowOf: updates ? ("UPDATE", batch.table.name, batch.commit) : nil)
+            start += rows
+        }
+    }
+
+    /// Queues every table's waiting changes, in the order of their first.
+    private mutating func queueBatches() {
+        for oid in batchOrder { queueBatch(of: oid) }
     }
 
     /// Before a change: false when its transaction was applied by an earlier attempt; else the target
@@ -205,7 +333,7 @@ struct RelayApplySession {
         oneRow.append(oneRowOf)
         pendingBytes +=
             (statement.prepared == nil || statement.prepares ? statement.sql.utf8.count : 0)
-            + statement.parameters.reduce(0) { $0 + ($1?.utf8.count ?? 0) }
+            + statement.parameters.reduce(0) { $0 + ($1?.count ?? 0) }
     }
 
     /// Rows found by key are found through its index, as PostgreSQL's apply worker finds them: a generic
@@ -228,10 +356,15 @@ struct RelayApplySession {
 
     private var full: Bool { pending.count >= Self.pipelineStatements || pendingBytes >= Self.pipelineBytes }
 
+    /// Queues the COMMIT of the source transactions done in the open target transaction (``holdsCommits``);
+    /// ``flush()`` sends it.
+    mutating func commitGroup() { closeGroup() }
+
     /// Queues the COMMIT of the open target transaction, once no source transaction is half-way in it:
     /// it commits the source transactions done in it, recording the last one's position in the origin.
     private mutating func closeGroup() {
         guard openOnTarget, transaction == nil, let last = completed.last else { return }
+        queueBatches()
         // The origin's position is set last, right before COMMIT, and deferred constraints are checked
         // before it: from PostgreSQL 16 an aborted transaction's record also advances the origin, so a
         // COMMIT that failed after setting it would have that group skipped after a restart.
@@ -244,6 +377,8 @@ struct RelayApplySession {
         queuedCommits += completed
         completed = []
         openOnTarget = false
+        // The next group fills up again, however the last one went.
+        sentWithoutCommit = false
     }
 
     /// Sends what is queued in one round trip (the source transactions done commit in it, when none is
@@ -254,7 +389,7 @@ struct RelayApplySession {
     @discardableResult
     mutating func flush(unlessBusy: Bool = false) async throws -> Int {
         if unlessBusy, !full, let sent = inFlight, !sent.answered.withLock({ $0 }) { return 0 }
-        closeGroup()
+        if !holdsCommits { closeGroup() }
         guard !pending.isEmpty else { return 0 }
         let committedBefore = try await collect()
         let (target, statements) = (self.target, pending)
