@@ -425,7 +425,7 @@ struct VerifyOptions: ParsableArguments {
 
     @Option(
         help:
-            "Offline native copy: stream (digest each row as it is copied and read the target back: the source is read once), server (both servers checksum their rows after the copy: no row crosses the network), or auto: per table, server where the servers hash values without printing rows, else stream."
+            "Offline native copy: stream (digest each row as it is copied and read the target back: the source is read once), server (both servers checksum their rows after the copy: no row crosses the network), or auto: per table, where the servers hash a table's values without printing rows and it copies in binary, the source's values are hashed as the server hashes them while they pass and the target sums the same hash in its server (nothing read back); such a table copied as text, server; any other, stream."
     )
     var verifyMethod: VerifySettings.Method = .auto
 

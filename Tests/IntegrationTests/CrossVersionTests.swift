@@ -62,15 +62,20 @@ struct CrossVersionTests {
         #expect(report.schemaDifferences["sales.orders"]?.contains { $0.hasPrefix("missing on the target: column status") } == true)
     }
 
-    @Test("15 → 18 online with writes running and a frozen cutover: nothing lost, verify at cutover finds no difference")
-    func online() async throws {
-        let target = try await TestCluster.start(name: "pg18-online", bin: try TestCluster.postgres18())
+    @Test(
+        "15 → 18 online with writes running and a frozen cutover, by subscription and by relay apply (values as text, changes in batches): nothing lost, verify at cutover finds no difference",
+        arguments: [OnlineSettings.ApplyMethod.subscription, .relay])
+    func online(apply: OnlineSettings.ApplyMethod) async throws {
+        let target = try await TestCluster.start(name: "pg18-online-\(apply)", bin: try TestCluster.postgres18())
         defer { target.stop() }
         let (source, _) = try await SharedClusters.get()
         let database = try await OfflineMigrationTests.sampleSource()
         let workload = WriteWorkload()
         try await workload.start(source, database: database)
-        let config = try await Self.upgrade(database, into: target, mode: .online) { $0.online.freezeSourceAtCutover = true }
+        let config = try await Self.upgrade(database, into: target, mode: .online) {
+            $0.online.freezeSourceAtCutover = true
+            $0.online.apply = apply
+        }
         let events = EventLog()
         let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: events)
         try await Task.sleep(for: .seconds(1.5))

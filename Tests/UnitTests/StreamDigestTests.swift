@@ -6,7 +6,14 @@ import Testing
 @Suite struct StreamDigestTests {
     /// Digests `stream` fed in pieces cut at `cuts`.
     static func digest(_ stream: [UInt8], binary: Bool, cuts: [Int]) throws -> RowDigest {
-        var digest = CopyStreamDigest(binary: binary)
+        guard case .rows(let rows) = try digest(stream, cuts: cuts, into: CopyStreamDigest(binary: binary)) else {
+            throw CopyStreamDigest.Malformed(description: "not a row digest")
+        }
+        return rows
+    }
+
+    static func digest(_ stream: [UInt8], cuts: [Int], into digest: CopyStreamDigest) throws -> TableDigest {
+        var digest = digest
         var start = 0
         for cut in cuts.sorted() + [stream.count] where cut >= start {
             try digest.consume(Array(stream[start..<cut]))
@@ -101,5 +108,62 @@ import Testing
         }
         #expect(seen.count == 200_000)
         #expect(halves.0 + halves.1 == total)
+    }
+
+    /// Values as PostgreSQL 15 hashes them (`SELECT hashint4extended(1, 0)`, … on a server).
+    @Test("PostgreSQL's value hashes: integers, bool, bytes of every tail length, a row with a NULL")
+    func postgresHashes() {
+        func bytes(_ text: String) -> Int64 {
+            var hash = PostgresHash.Bytes(length: text.utf8.count)
+            Array(text.utf8).withUnsafeBytes { hash.feed($0) }
+            return Int64(bitPattern: hash.finished())
+        }
+        #expect(Int64(bitPattern: PostgresHash.uint32(1)) == -3_670_598_878_359_251_130)
+        #expect(Int64(bitPattern: PostgresHash.uint32(UInt32(bitPattern: -1))) == -1_888_257_769_727_981_238)
+        #expect(Int64(bitPattern: PostgresHash.fixed(.int64, UInt64(bitPattern: -5))) == -9_082_176_226_831_438_310)
+        #expect(Int64(bitPattern: PostgresHash.fixed(.int64, UInt64(Int64.max))) == 1_977_219_185_673_256_887)
+        #expect(Int64(bitPattern: PostgresHash.fixed(.int16, UInt64(UInt16(bitPattern: -2)))) == 495_194_309_054_116_481)
+        #expect(Int64(bitPattern: PostgresHash.fixed(.bool, 1)) == -3_670_598_878_359_251_130)
+        #expect(bytes("") == -6_939_563_903_564_495_251)
+        #expect(bytes("abcdefghijkl") == -7_556_637_188_122_330_412)
+        #expect(bytes("Zürich, 13 bytes+") == 1_197_447_354_731_269_414)
+        let row = PostgresHash.fold(PostgresHash.fold(PostgresHash.fold(0, PostgresHash.uint32(1)), 0), PostgresHash.fixed(.bool, 1))
+        #expect(Int64(bitPattern: row) == -7_788_002_903_075_228_404)
+        // Fed in pieces, the same hash.
+        let text = Array("a value long enough for three blocks of twelve, and a tail".utf8)
+        var whole = PostgresHash.Bytes(length: text.count)
+        text.withUnsafeBytes { whole.feed($0) }
+        for cut in 0...text.count {
+            var pieces = PostgresHash.Bytes(length: text.count)
+            text[..<cut].withUnsafeBytes { pieces.feed($0) }
+            text[cut...].withUnsafeBytes { pieces.feed($0) }
+            #expect(pieces.finished() == whole.finished(), "cut at \(cut)")
+        }
+    }
+
+    @Test("binary values summed as the server hashes them: in any order, cut anywhere, alike; a changed value differs")
+    func valueSums() throws {
+        let kinds: [PostgresHash.Kind] = [.int32, .bytes, .bool, .int64]
+        func row(_ id: Int32, _ text: String?, _ flag: Bool?, _ big: Int64) -> [[UInt8]?] {
+            [
+                withUnsafeBytes(of: id.bigEndian, Array.init), text.map { Array($0.utf8) }, flag.map { [$0 ? 1 : 0] },
+                withUnsafeBytes(of: big.bigEndian, Array.init),
+            ]
+        }
+        let rows = [
+            row(1, "one", true, -5), row(2, nil, nil, .max), row(3, "", false, 0), row(4, String(repeating: "x", count: 40), true, 7),
+        ]
+        let whole = try Self.digest(Self.binary(rows), cuts: [], into: CopyStreamDigest(hashingValuesOf: kinds))
+        #expect(whole.rowCount == 4)
+        let reordered = Self.binary(rows.reversed())
+        for cut in 0...reordered.count {
+            #expect(try Self.digest(reordered, cuts: [cut], into: CopyStreamDigest(hashingValuesOf: kinds)) == whole, "cut at \(cut)")
+        }
+        var changed = rows
+        changed[2] = row(3, " ", false, 0)
+        #expect(try Self.digest(Self.binary(changed), cuts: [], into: CopyStreamDigest(hashingValuesOf: kinds)) != whole)
+        #expect(throws: CopyStreamDigest.Malformed.self) {
+            try Self.digest(Self.binary(rows), cuts: [], into: CopyStreamDigest(hashingValuesOf: [.int32, .bytes, .bool]))
+        }
     }
 }

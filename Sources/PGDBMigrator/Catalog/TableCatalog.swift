@@ -57,6 +57,28 @@ struct CatalogTable: Sendable, Hashable, Codable {
 /// is ``TableSet``'s decision; this only describes them, on whichever server
 /// is asked (verify asks both).
 enum TableCatalog {
+    /// SQL true when every column of the table `relation` (an SQL expression of its oid) has a type with
+    /// binary I/O that carries no object identifiers: its values can travel in binary between servers of one
+    /// major version (COPY, and relay apply's stream).
+    static func binarySafe(_ relation: String) -> String {
+        """
+        NOT EXISTS (SELECT 1 FROM pg_attribute a
+                    JOIN pg_type t ON t.oid = a.atttypid
+                    LEFT JOIN pg_type d ON d.oid = t.typbasetype
+                    -- the type under up to two domains
+                    JOIN pg_type b ON b.oid = CASE WHEN t.typtype <> 'd' THEN t.oid
+                                                   WHEN d.typtype <> 'd' THEN d.oid ELSE d.typbasetype END
+                    LEFT JOIN pg_type e ON e.oid = b.typelem AND b.typcategory = 'A'
+                    WHERE a.attrelid = \(relation) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                      AND (b.typsend = 0 OR b.typreceive = 0
+                           -- user types (enums, composites, extension types, and arrays of them) carry
+                           -- server-specific OIDs in binary; reg* types are raw OIDs
+                           OR b.oid >= 16384 OR e.oid >= 16384
+                           OR (b.typnamespace = 'pg_catalog'::regnamespace AND b.typname LIKE 'reg%')
+                           OR (e.typnamespace = 'pg_catalog'::regnamespace AND e.typname LIKE 'reg%')))
+        """
+    }
+
     /// The ordinary tables (leaf partitions included; partitioned parents hold no
     /// rows) among `names` that exist on this server, sorted by name; nil
     /// `names`: every one in user schemas.
@@ -75,20 +97,7 @@ enum TableCatalog {
                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
                      WHERE i.indrelid = c.oid AND i.indisprimary AND i.indnkeyatts = 1
                        AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)),
-                   NOT EXISTS (SELECT 1 FROM pg_attribute a
-                               JOIN pg_type t ON t.oid = a.atttypid
-                               LEFT JOIN pg_type d ON d.oid = t.typbasetype
-                               -- the type under up to two domains
-                               JOIN pg_type b ON b.oid = CASE WHEN t.typtype <> 'd' THEN t.oid
-                                                              WHEN d.typtype <> 'd' THEN d.oid ELSE d.typbasetype END
-                               LEFT JOIN pg_type e ON e.oid = b.typelem AND b.typcategory = 'A'
-                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-                                 AND (b.typsend = 0 OR b.typreceive = 0
-                                      -- user types (enums, composites, extension types, and arrays of them) carry
-                                      -- server-specific OIDs in binary; reg* types are raw OIDs
-                                      OR b.oid >= 16384 OR e.oid >= 16384
-                                      OR (b.typnamespace = 'pg_catalog'::regnamespace AND b.typname LIKE 'reg%')
-                                      OR (e.typnamespace = 'pg_catalog'::regnamespace AND e.typname LIKE 'reg%')))
+                   \(binarySafe("c.oid"))
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE c.relkind = 'r' AND c.relpersistence <> 't' AND \(UserSchemas.predicate("n.nspname"))
               AND ($1::text[] IS NULL OR (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[])))

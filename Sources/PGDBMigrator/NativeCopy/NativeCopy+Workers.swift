@@ -4,10 +4,11 @@ import PostgresClient
 /// The copy workers: each takes the next part, largest first, and streams it from the source into the target.
 extension NativeCopy {
     /// Runs the copy workers and the index workers together; returns tolerated index errors.
-    /// `digesting`: the tables verified as they are copied.
-    func copyData(_ parts: [CopyPart], builds: [IndexBuild], snapshot: String, resuming: Bool, digesting: Set<QualifiedName>)
-        async throws -> [String]
-    {
+    /// `digesting`: the tables verified as they are copied, and how.
+    func copyData(
+        _ parts: [CopyPart], builds: [IndexBuild], snapshot: String, resuming: Bool,
+        digesting: [QualifiedName: StreamVerification.Method]
+    ) async throws -> [String] {
         let (work, finishedTables, clearing) = try await resuming ? remainingWork(parts) : (parts, [], [])
         var pendingBuilds = builds
         if resuming { pendingBuilds = try await unbuilt(builds) }
@@ -21,7 +22,7 @@ extension NativeCopy {
         let readBackWork = AsyncQueue<CatalogTable>()
         let partCounts = Dictionary(grouping: parts, by: \.table.name).mapValues(\.count)
         let streamedTables = Set(Dictionary(grouping: work, by: \.table.name).filter { $0.value.count == partCounts[$0.key] }.keys)
-            .intersection(digesting)
+            .intersection(digesting.keys)
         let readBackWorkers = streamedTables.isEmpty ? 0 : config.jobs
         let copyWorkers = min(config.jobs, max(work.count, 1))
         let running = Mutex(copyWorkers)
@@ -71,7 +72,10 @@ extension NativeCopy {
                                     try store.record(.started, part: part.key)
                                     let clear = clearing.contains(part.key)
                                     result = try await lockWait.watching("copying \(part.label) into the target", session: target) {
-                                        try await copy.run(part, clearing: clear, digesting: streamedTables.contains(part.table.name)) {
+                                        try await copy.run(
+                                            part, clearing: clear,
+                                            digesting: streamedTables.contains(part.table.name) ? digesting[part.table.name] : nil
+                                        ) {
                                             progress.advance(part, by: $0)
                                         }
                                     }

@@ -64,7 +64,7 @@ struct NativeCopy {
             }
             try Task.checkCancellation()
             let builds = try await catalog.indexBuilds(of: tables, on: session)
-            let digested = try await streamed == nil ? [] : digestedTables(tables, on: session)
+            let digested = try await streamed == nil ? [:] : digestedTables(tables, on: session)
             // A resumed copy keeps the interrupted run's parts, so no range is copied twice or missed.
             let recorded = store.current.copy
             let recordedPlan = resumePlan.continuesCopy ? store.plan : nil
@@ -119,13 +119,24 @@ struct NativeCopy {
         }
     }
 
-    /// The tables verified as they are copied (``StreamVerification``): all of them, or under
-    /// `--verify-method auto` those the servers cannot hash value by value, which they would print row by row.
-    private func digestedTables(_ tables: [CatalogTable], on session: Connection) async throws -> Set<QualifiedName> {
-        let names = tables.map(\.name)
-        guard config.verify.method == .auto else { return Set(names) }
-        let hashedInServer = try await Verifier.valueHashed(names, source: session, targetVersion: report.targetServerVersion)
-        return Set(names).subtracting(hashedInServer)
+    /// The tables verified as they are copied (``StreamVerification``), and how. Under `--verify-method stream`
+    /// every table's rows are digested and read back; under `auto`, a table the servers can hash value by value
+    /// is summed as the server hashes it where it travels in binary (the target sums it in its server, nothing
+    /// is read back), and is left to the servers after the copy where it travels as text; the others are digested.
+    private func digestedTables(_ tables: [CatalogTable], on session: Connection) async throws
+        -> [QualifiedName: StreamVerification.Method]
+    {
+        guard config.verify.method == .auto else { return Dictionary(uniqueKeysWithValues: tables.map { ($0.name, .rows) }) }
+        let hashable = try await Verifier.valueHashKinds(tables.map(\.name), source: session, targetVersion: report.targetServerVersion)
+        var methods: [QualifiedName: StreamVerification.Method] = [:]
+        for table in tables {
+            guard let kinds = hashable[table.name] else {
+                methods[table.name] = .rows
+                continue
+            }
+            if binaryAllowed, table.binarySafe, !kinds.isEmpty { methods[table.name] = .values(kinds) }
+        }
+        return methods
     }
 
     /// Binary COPY's format is stable within a major version only.

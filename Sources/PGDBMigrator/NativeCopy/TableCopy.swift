@@ -21,14 +21,16 @@ struct TableCopy {
         var bytes: Int
         var binary: Bool
         /// The source rows' digest, when digesting.
-        var digest: RowDigest?
+        var digest: TableDigest?
     }
 
     /// Copies `part`; `progress` hears about every batch (bytes). `clearing`
     /// first deletes the part's key range, for a part an interrupted run may
     /// have committed without recording it. `digesting`: the source's rows are
-    /// digested as they pass (``CopyStreamDigest``), for verify.
-    func run(_ part: CopyPart, clearing: Bool = false, digesting: Bool = false, progress: @Sendable (Int) -> Void) async throws -> Result {
+    /// digested as they pass (``CopyStreamDigest``), for verify, that way.
+    func run(
+        _ part: CopyPart, clearing: Bool = false, digesting: StreamVerification.Method? = nil, progress: @Sendable (Int) -> Void
+    ) async throws -> Result {
         try await target.execute("BEGIN")
         do {
             if part.isWholeTable {
@@ -42,7 +44,12 @@ struct TableCopy {
             try await target.beginCopyIn(
                 "COPY \(part.table.copyTarget) FROM STDIN" + (options.isEmpty ? "" : " WITH (\(options.joined(separator: ", ")))"))
             var bytes = 0
-            var digest = digesting ? CopyStreamDigest(binary: binary) : nil
+            var digest: CopyStreamDigest?
+            switch digesting {
+            case .values(let kinds)? where binary: digest = CopyStreamDigest(hashingValuesOf: kinds)
+            case _?: digest = CopyStreamDigest(binary: binary)
+            case nil: digest = nil
+            }
             do {
                 var ahead = Task { [source, batchBytes] in try await source.readCopyBatch(minimumBytes: batchBytes) }
                 while let batch = try await ahead.value {

@@ -23,6 +23,30 @@ struct RowDigest: Equatable, Sendable, Codable {
     }
 }
 
+/// What a table's rows (or a part's) come to, taken the same way on both sides.
+enum TableDigest: Equatable, Sendable {
+    /// Each row's bytes hashed here (``RowDigest``): both sides' rows pass through this process.
+    case rows(RowDigest)
+    /// PostgreSQL's own row hash, summed (``PostgresRowSum``): the target's is taken in its server.
+    case values(PostgresRowSum)
+
+    var rowCount: Int {
+        switch self {
+        case .rows(let digest): digest.rows
+        case .values(let sum): sum.rows
+        }
+    }
+
+    /// The digest of two parts of one table, taken the same way; nil if they were not.
+    static func + (left: TableDigest, right: TableDigest) -> TableDigest? {
+        switch (left, right) {
+        case (.rows(let a), .rows(let b)): .rows(a + b)
+        case (.values(let a), .values(let b)): .values(a + b)
+        default: nil
+        }
+    }
+}
+
 /// A streaming 128-bit hash of one row's bytes, fed in pieces of any size: four
 /// independent 64-bit lanes over 32-byte stripes (one 8-byte word each, a
 /// multiply–rotate round: the lanes run side by side in the processor), folded

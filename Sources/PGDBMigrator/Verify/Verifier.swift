@@ -55,11 +55,18 @@ struct Verifier {
         let alreadyVerified = common.filter { streamed[$0.name]?.matches == true }
         let inServer = common.filter { streamed[$0.name]?.matches != true }
         if !streamed.isEmpty {
+            let summed = alreadyVerified.filter { if case .values = streamed[$0.name]?.target { true } else { false } }.count
+            let target =
+                switch summed {
+                case 0: "the target's read back"
+                case alreadyVerified.count: "the target's rows hashed and summed in its server"
+                default: "the target's read back, or for \(summed) of them hashed and summed in its server"
+                }
             events.info(
                 .verify,
-                "\(alreadyVerified.count) table(s) verified as they were copied (the source's COPY stream digested, "
-                    + "the target's read back); \(inServer.count) compared in the servers",
-                ["streamed": .int(alreadyVerified.count), "in_server": .int(inServer.count)])
+                "\(alreadyVerified.count) table(s) verified as they were copied (the source's COPY stream digested, \(target)); "
+                    + "\(inServer.count) compared in the servers",
+                ["streamed": .int(alreadyVerified.count), "summed_in_target": .int(summed), "in_server": .int(inServer.count)])
         }
         let parts = try await Self.plan(inServer, splitBytes: settings.splitBytes, source: sourceConnection)
         let valueHashed = try await Self.valueHashed(
@@ -69,8 +76,8 @@ struct Verifier {
             let digests = streamed[table.name]!
             results.append(
                 PartResult(
-                    part: Part(table: table, condition: "true", label: "whole table"), sourceRows: digests.source.rows,
-                    targetRows: digests.target.rows, matches: true))
+                    part: Part(table: table, condition: "true", label: "whole table"), sourceRows: digests.source.rowCount,
+                    targetRows: digests.target.rowCount, matches: true))
         }
         var byTable: [QualifiedName: [PartResult]] = [:]
         for result in results { byTable[result.part.table.name, default: []].append(result) }
@@ -93,8 +100,8 @@ struct Verifier {
             if entry.matches, let digests = streamed[table.name], !digests.matches {
                 events.warning(
                     .verify,
-                    "table \(table.name.shown): the copy's stream digests differ (\(digests.source.rows) rows read, "
-                        + "\(digests.target.rows) read back) but the servers' comparison finds the same rows; trusting the servers",
+                    "table \(table.name.shown): the copy's stream digests differ (\(digests.source.rowCount) rows read, "
+                        + "\(digests.target.rowCount) read back) but the servers' comparison finds the same rows; trusting the servers",
                     ["table": .string(table.name.shown)])
             }
             if !entry.matches {
@@ -177,33 +184,65 @@ struct Verifier {
     }
 
     static func checksumSQL(_ part: Part, hashingValues: Bool = false) -> String {
-        """
-        SELECT count(*)::text, coalesce(sum(\(hashingValues ? "hash_record_extended(t, 0)" : "hashtextextended(t::text, 0)")), 0)::text
-        FROM ONLY \(part.table.name) t WHERE \(part.condition)
-        """
+        sumSQL(
+            of: hashingValues ? "hash_record_extended(t, 0)" : "hashtextextended(t::text, 0)", in: part.table.name, where: part.condition)
+    }
+
+    /// The count of `table`'s rows (`t`) that meet `condition`, and the exact sum of each one's `rowHash`, as text.
+    private static func sumSQL(of rowHash: String, in table: QualifiedName, where condition: String) -> String {
+        "SELECT count(*)::text, coalesce(sum(\(rowHash)), 0)::text FROM ONLY \(table) t WHERE \(condition)"
     }
 
     /// Tables whose rows can be hashed value by value (`hash_record_extended`, PostgreSQL 14+ on both
     /// servers) instead of through their text, which costs most of a verify: every column of a type whose
-    /// equality is identity — integers, bool, text and varchar under a deterministic collation, date and
-    /// time stamps, uuid, bytea — so equal hashes mean equal values, as equal text does. Other types
-    /// (numeric's 1.0 = 1.00, float's -0 = 0, citext, json, …) keep the text.
+    /// equality is identity — integers, bool, text, varchar and char(n) under a deterministic collation
+    /// (char(n) pads every value to n: its trailing blanks, which its hash and equality ignore, are never
+    /// a difference), date and time stamps, uuid, bytea — so equal hashes mean equal values, as equal text
+    /// does. Other types (numeric's 1.0 = 1.00, float's -0 = 0, bpchar without a length, citext, json, …)
+    /// keep the text.
     static func valueHashed(_ tables: [QualifiedName], source: Connection, targetVersion: Int) async throws -> Set<QualifiedName> {
+        Set(try await valueHashKinds(tables, source: source, targetVersion: targetVersion).keys)
+    }
+
+    /// ``valueHashed(_:source:targetVersion:)``'s tables, each with how ``PostgresHash`` hashes its stored
+    /// (not generated) columns, in their order: what a binary COPY of it carries.
+    static func valueHashKinds(_ tables: [QualifiedName], source: Connection, targetVersion: Int) async throws
+        -> [QualifiedName: [PostgresHash.Kind]]
+    {
         let sourceVersion = await source.serverVersion
-        guard !tables.isEmpty, sourceVersion >= 140_000, targetVersion >= 140_000 else { return [] }
+        guard !tables.isEmpty, sourceVersion >= 140_000, targetVersion >= 140_000 else { return [:] }
         let rows = try await source.query(
             """
-            SELECT n.nspname, c.relname FROM unnest($1::text[]) AS r(name)
+            SELECT n.nspname, c.relname,
+                   (SELECT json_agg(CASE WHEN a.atttypid = 'int2'::regtype THEN 'int16'
+                                         WHEN a.atttypid IN ('int4'::regtype, 'date'::regtype) THEN 'int32'
+                                         WHEN a.atttypid IN ('int8'::regtype, 'timestamp'::regtype, 'timestamptz'::regtype) THEN 'int64'
+                                         WHEN a.atttypid = 'bool'::regtype THEN 'bool'
+                                         WHEN a.atttypid = 'bpchar'::regtype THEN 'blankPadded' ELSE 'bytes' END ORDER BY a.attnum)
+                      FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')::text
+            FROM unnest($1::text[]) AS r(name)
             JOIN pg_class c ON c.oid = r.name::regclass JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE NOT EXISTS (
                 SELECT 1 FROM pg_attribute a
                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                  AND NOT (a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'bool'::regtype, 'text'::regtype,
-                                          'varchar'::regtype, 'date'::regtype, 'timestamp'::regtype, 'timestamptz'::regtype,
-                                          'uuid'::regtype, 'bytea'::regtype)
+                  AND NOT ((a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'bool'::regtype, 'text'::regtype,
+                                           'varchar'::regtype, 'date'::regtype, 'timestamp'::regtype, 'timestamptz'::regtype,
+                                           'uuid'::regtype, 'bytea'::regtype)
+                            OR (a.atttypid = 'bpchar'::regtype AND a.atttypmod > 0))
                            AND a.attcollation IN (0, 100, 950)))
             """, [SQL.textArray(tables.map(\.description))])
-        return Set(rows.rows.map { QualifiedName(schema: $0[0]!, name: $0[1]!) })
+        var kinds: [QualifiedName: [PostgresHash.Kind]] = [:]
+        for row in rows.rows {
+            let columns = row[2].flatMap { try? JSONDecoder().decode([PostgresHash.Kind].self, from: Data($0.utf8)) } ?? []
+            kinds[QualifiedName(schema: row[0]!, name: row[1]!)] = columns
+        }
+        return kinds
+    }
+
+    /// The count and the sum of PostgreSQL's hash of `table`'s stored columns, as a binary COPY of them is
+    /// summed by ``CopyStreamDigest/init(hashingValuesOf:)``.
+    static func rowSumSQL(_ table: CatalogTable) -> String {
+        sumSQL(of: "hash_record_extended(ROW(\(table.columns)), 0)", in: table.name, where: "true")
     }
 
     /// Runs every part on `jobs` workers, each with one connection to each server, both sides at once.
