@@ -2,6 +2,7 @@ import FlyingFox
 import FlyingSocks
 import Foundation
 import Prometheus
+import Synchronization
 
 /// Serves a running migration's ``MigrationControl``: on the control socket in its state directory
 /// always (what `pg_dbmigrator status | cutover | abort` talk to), and over TCP with `listen`.
@@ -16,12 +17,13 @@ import Prometheus
 struct ControlServer {
     private var servers: [(server: HTTPServer, task: Task<Void, Never>)] = []
     private var socketPath: String?
+    private let requests = Requests()
 
     /// Starts the control socket and, with `listen`, the HTTP listener. The socket is created
     /// owner-only; a socket left by a killed run is replaced (the run holds the state directory's lock).
     static func start(control: MigrationControl, config: MigrationConfig, events: EventEmitter) async throws -> ControlServer {
         var started = ControlServer()
-        let routes = Routes(control: control, token: nil)
+        let routes = Routes(control: control, token: nil, requests: started.requests)
         let directory = RunStateStore.directory(for: config)
         let path = ControlSocket.path(forStateDirectory: directory)
         do {
@@ -39,7 +41,8 @@ struct ControlServer {
         }
         if config.listen != nil {
             let address = try ListenAddress(config: config)
-            let server = try await started.serve(Routes(control: control, token: address.token), at: address.socketAddress())
+            let server = try await started.serve(
+                Routes(control: control, token: address.token, requests: started.requests), at: address.socketAddress())
             let port = await Self.port(of: server) ?? Int(address.port)
             let shown = address.isIPv6 ? "[\(address.host)]:\(port)" : "\(address.host):\(port)"
             events.info(
@@ -72,13 +75,41 @@ struct ControlServer {
         }
     }
 
-    /// Stops listening once requests waiting for the run's result have had it.
+    /// Stops listening once requests waiting for the run's result have had it. FlyingFox's accept loop does
+    /// not notice its socket closing (on Linux), so its task is cancelled: after every request has been
+    /// answered, with a moment for the last answer to be written, at most 2 s after the run ended. Every run
+    /// used to wait out those 2 s.
     func stop() async {
+        let deadline = ContinuousClock.now + .seconds(2)
+        while let wait = requests.untilQuiet(), ContinuousClock.now < deadline { try? await Task.sleep(for: wait) }
         for (server, task) in servers {
-            await server.stop(timeout: 2)
+            await server.stop(timeout: 0)
             task.cancel()
         }
         if let socketPath { unlink(socketPath) }
+    }
+}
+
+/// The control API's requests in flight, and when the last one was answered.
+private final class Requests: Sendable {
+    private let state = Mutex<(inFlight: Int, lastAnswered: ContinuousClock.Instant?)>((0, nil))
+    /// Time an answer is given to be written before its connection may be cancelled.
+    static let writing: Duration = .milliseconds(500)
+
+    func started() { state.withLock { $0.inFlight += 1 } }
+    func answered() {
+        state.withLock {
+            $0.inFlight -= 1
+            $0.lastAnswered = .now
+        }
+    }
+    /// How long to wait before a stop cuts no answer short; nil: now.
+    func untilQuiet() -> Duration? {
+        state.withLock { state in
+            if state.inFlight > 0 { return .milliseconds(10) }
+            guard let last = state.lastAnswered, ContinuousClock.now - last < Self.writing else { return nil }
+            return Self.writing - (ContinuousClock.now - last)
+        }
     }
 }
 
@@ -86,9 +117,12 @@ struct ControlServer {
 private struct Routes: HTTPHandler {
     var control: MigrationControl
     var token: String?
+    var requests: Requests
     private let metrics = Metrics()
 
     func handleRequest(_ request: HTTPRequest) async throws -> HTTPResponse {
+        requests.started()
+        defer { requests.answered() }
         if let token, !Self.bears(request, token) {
             return Self.json(.unauthorized, ["error": "missing or wrong token: send Authorization: Bearer <token from the token file>"])
         }
