@@ -542,7 +542,7 @@ extension RelayApplyTests {
 
 extension RelayApplyTests {
     @Test(
-        "two target sessions at once: hot rows changed in any order, unique values deleted then inserted again (by the same row and by another), rows inserted then changed by the next transaction, keys changed; equal by content, only ever a prefix of the source's history on the target, no deadlock",
+        "two target sessions at once: hot rows changed in any order, unique values deleted then inserted again (by the same row and by another), rows inserted then changed by the next transaction, keys changed, identity FULL duplicates and TOASTed rows; equal by content, only ever a prefix of the source's history on the target, no deadlock",
         arguments: [(1, 2), (RelayApplySession.groupTransactions, 2), (3, 3)])
     func parallelApply(groupTransactions: Int, sessions: Int) async throws {
         let (sourceCluster, targetCluster) = try await SharedClusters.get()
@@ -553,6 +553,10 @@ extension RelayApplyTests {
             CREATE TABLE moves (id int PRIMARY KEY, u int UNIQUE);
             CREATE TABLE applied (i int PRIMARY KEY);
             CREATE TABLE log (x int);
+            CREATE TABLE dup (a int, b text);
+            CREATE TABLE fat (id int, doc text, n int);
+            ALTER TABLE dup REPLICA IDENTITY FULL;
+            ALTER TABLE fat REPLICA IDENTITY FULL;
             INSERT INTO hot SELECT g, 0 FROM generate_series(1, 6) g;
             INSERT INTO uq SELECT g, g FROM generate_series(1, 10) g;
             INSERT INTO moves SELECT g, g FROM generate_series(1, 10) g;
@@ -592,6 +596,20 @@ extension RelayApplyTests {
             // A unique value deleted with its row, then taken by a new row in the next transaction.
             let moved = (i - 1) / 2 % 10 + 1
             statements.append(i % 2 == 1 ? "DELETE FROM moves WHERE u = \(moved)" : "INSERT INTO moves VALUES (\(1_000 + i), \(moved))")
+            // Identity FULL: duplicate rows inserted, one of them changed or deleted by a later transaction.
+            let one = "(SELECT ctid FROM dup WHERE a = \(i % 7) LIMIT 1)"
+            switch i % 3 {
+            case 0: statements.append("INSERT INTO dup VALUES (\(i % 7), 'x')")
+            case 1: statements.append("UPDATE dup SET b = 'y' WHERE ctid = \(one)")
+            default: statements.append("DELETE FROM dup WHERE ctid = \(one)")
+            }
+            // And rows with a TOASTed value: changed (the value left out of the stream's new row) twice, then deleted.
+            switch i % 50 {
+            case 0: statements.append("INSERT INTO fat SELECT \(i), string_agg(md5(random()::text), ''), 0 FROM generate_series(1, 400)")
+            case 1, 2: statements.append("UPDATE fat SET n = n + 1 WHERE id = \(i / 50 * 50)")
+            case 3: statements.append("DELETE FROM fat WHERE id = \(i / 50 * 50 - 50)")
+            default: break
+            }
             try await source.execute("BEGIN; " + statements.joined(separator: "; ") + "; COMMIT")
         }
         // A row inserted early in a transaction that takes the target long (a trigger of its own that fires always),

@@ -58,10 +58,9 @@ import Testing
     }
 
     @Test(
-        "one key for the whole table where the unique values cannot be named: identity FULL, a partial or expression index, a column not sent"
+        "one key for the whole table where the unique values cannot be named: a partial or expression index, a column not sent"
     )
     func wholeTable() {
-        #expect(Self.keys(replicaIdentity: "f").keying(of: 7) == .wholeTable)
         #expect(Self.keys(uniqueIndexes: [["id"], nil]).keying(of: 7) == .wholeTable)
         #expect(Self.keys(uniqueIndexes: [["id"], ["email", "tenant"]]).keying(of: 7) == .wholeTable)
         let keys = Self.keys(uniqueIndexes: [["id"], nil])
@@ -71,5 +70,45 @@ import Testing
         #expect(byRow.keying(of: 7) == .byKey(otherUnique: []))
         #expect(!Self.waits(Self.insert("2", "a@x"), for: Self.delete("1"), byRow))
         #expect(Self.waits(Self.insert("1", "a@x"), for: Self.delete("1"), byRow))
+    }
+
+    static func full(_ values: [Value]) -> PgOutputMessage.OldTuple { .full(values) }
+    static func row(_ id: String, _ email: String, _ name: String = "n") -> [Value] { [text(id), text(email), text(name)] }
+
+    @Test(
+        "identity FULL: a row is named by all its values, duplicates wait for each other, the unique values a change frees are named; a change missing an old value holds the table"
+    )
+    func identityFull() {
+        // No unique index: rows by their values.
+        let rows = Self.keys(replicaIdentity: "f", uniqueIndexes: [])
+        #expect(rows.keying(of: 7) == .byKey(otherUnique: []))
+        let x = Self.row("1", "a"), y = Self.row("2", "b"), z = Self.row("1", "c")
+        #expect(!Self.waits(.insert(xid: nil, relation: 7, new: y), for: .insert(xid: nil, relation: 7, new: x), rows))
+        #expect(Self.waits(.insert(xid: nil, relation: 7, new: x), for: .insert(xid: nil, relation: 7, new: x), rows))
+        #expect(Self.waits(.delete(xid: nil, relation: 7, old: Self.full(x)), for: .insert(xid: nil, relation: 7, new: x), rows))
+        #expect(!Self.waits(.delete(xid: nil, relation: 7, old: Self.full(y)), for: .insert(xid: nil, relation: 7, new: x), rows))
+        let update: PgOutputMessage = .update(xid: nil, relation: 7, old: Self.full(x), new: z)
+        #expect(Self.waits(update, for: .insert(xid: nil, relation: 7, new: x), rows))
+        #expect(Self.waits(.delete(xid: nil, relation: 7, old: Self.full(z)), for: update, rows))
+        // A TOASTed value left unchanged is the old row's.
+        let kept: PgOutputMessage = .update(xid: nil, relation: 7, old: Self.full(x), new: [Self.text("1"), Self.text("c"), .unchanged])
+        #expect(Self.waits(.delete(xid: nil, relation: 7, old: Self.full(z)), for: kept, rows))
+        #expect(!Self.waits(.delete(xid: nil, relation: 7, old: Self.full(y)), for: kept, rows))
+        // An old row missing a value names nothing: it waits for every earlier change, every later one for it.
+        let blind: PgOutputMessage = .delete(xid: nil, relation: 7, old: Self.full([Self.text("1"), .unchanged, Self.text("n")]))
+        #expect(Self.waits(blind, for: .insert(xid: nil, relation: 7, new: y), rows))
+        #expect(Self.waits(.insert(xid: nil, relation: 7, new: y), for: blind, rows))
+        #expect(!Self.waits(.insert(xid: nil, relation: 7, new: y), for: .insert(xid: nil, relation: 7, new: x), rows))
+
+        // Unique indexes: the values a DELETE or an UPDATE frees are named, so only their takers wait.
+        let users = Self.keys(replicaIdentity: "f")
+        #expect(users.keying(of: 7) == .byKey(otherUnique: [[0], [1]]))
+        let freed: PgOutputMessage = .delete(xid: nil, relation: 7, old: Self.full(Self.row("1", "a@x")))
+        #expect(Self.waits(Self.insert("2", "a@x"), for: freed, users))
+        #expect(Self.waits(Self.insert("1", "b@x"), for: freed, users))
+        #expect(!Self.waits(Self.insert("3", "b@x"), for: freed, users))
+        let moved: PgOutputMessage = .update(xid: nil, relation: 7, old: Self.full(Self.row("1", "a@x")), new: Self.row("1", "b@x"))
+        #expect(Self.waits(Self.insert("2", "a@x"), for: moved, users))
+        #expect(!Self.waits(Self.insert("3", "c@x"), for: moved, users))
     }
 }

@@ -6,7 +6,9 @@
 /// other unique indexes, the unique values such a change frees are unknown. It then holds the table's *frees*
 /// key, which a later change writing a unique value of that table waits for (a value freed by one transaction
 /// may be taken by another row in the next), while changes that only write unique values, or only free them,
-/// do not wait for each other. Keys are hashed: two that collide only make a change wait needlessly.
+/// do not wait for each other. Under `REPLICA IDENTITY FULL` the old row comes whole: a row is named by all its
+/// values (duplicates share a name, so they wait for each other), and the unique values a change frees are
+/// named too. Keys are hashed: two that collide only make a change wait needlessly.
 struct RelayConflictKeys {
     /// The keys one change touches.
     struct Touched: Equatable, Sendable {
@@ -26,24 +28,27 @@ struct RelayConflictKeys {
 
     /// How a relation's changes name what they touch.
     enum Keying: Equatable {
-        /// By their replica identity values (none: inserts never conflict), and by the values of the target's
-        /// other unique indexes (each a list of column positions).
+        /// By their replica identity values (none: inserts never conflict; identity FULL: every column), and
+        /// by the values of the target's other unique indexes (each a list of column positions).
         case byKey(otherUnique: [[Int]])
-        /// The whole table is one key: identity FULL, or a unique index that is partial, on expressions,
-        /// deferred, an exclusion constraint, or on a column the source does not send.
+        /// The whole table is one key: a unique index that is partial, on expressions, deferred, an exclusion
+        /// constraint, or on a column the source does not send.
         case wholeTable
     }
 
-    private var relations: [UInt32: (keying: Keying, columns: [PgOutputMessage.Relation.Column])] = [:]
+    private var relations: [UInt32: (keying: Keying, columns: [PgOutputMessage.Relation.Column], full: Bool)] = [:]
 
     /// Learns (again) how `relation`'s changes are keyed, from its columns and `target`, the target's table.
     mutating func describe(_ relation: PgOutputMessage.Relation, target: RelayTargetTable?) {
-        relations[relation.oid] = (Self.keying(of: relation, target: target), relation.columns)
+        relations[relation.oid] = (
+            Self.keying(of: relation, target: target), relation.columns, relation.replicaIdentity == UInt8(ascii: "f")
+        )
     }
 
     static func keying(of relation: PgOutputMessage.Relation, target: RelayTargetTable?) -> Keying {
+        // Under identity FULL every column is flagged as the identity.
         let identity = relation.columns.filter(\.isKey).map(\.name).sorted()
-        guard relation.replicaIdentity != UInt8(ascii: "f"), let target else { return .wholeTable }
+        guard let target else { return .wholeTable }
         var others: [[Int]] = []
         for index in target.uniqueIndexes where index != identity {
             let positions = index?.map { name in relation.columns.firstIndex { $0.name == name } }
@@ -90,6 +95,7 @@ struct RelayConflictKeys {
             if !others.isEmpty { touched.awaits = [Self.freesKey(oid)] }
             return touched
         }
+        if relation.full { return touchedWhole(by: message, oid: oid, identity: identity, written: written) }
         let frees = others.isEmpty ? [] : [Self.freesKey(oid)]
         switch message {
         case .insert(_, _, let new):
@@ -108,10 +114,45 @@ struct RelayConflictKeys {
         }
     }
 
+    /// Under identity FULL: the old row is sent whole, so an UPDATE or a DELETE holds the unique values it frees
+    /// (and a new row's unchanged TOASTed values are the old row's). Should a value of the old row be missing,
+    /// the change holds the whole table, after every earlier change to it; the others wait only for such a one.
+    private func touchedWhole(
+        by message: PgOutputMessage, oid: UInt32, identity: ([PgOutputMessage.TupleValue]) -> [Int],
+        written: ([PgOutputMessage.TupleValue]) -> Touched
+    ) -> Touched {
+        func named(_ rows: [PgOutputMessage.TupleValue]...) -> Touched {
+            var touched = Touched(awaits: [Self.tableKey(oid)], marks: [Self.touchedKey(oid)])
+            for row in rows { touched.holds += identity(row) + written(row).holds }
+            return touched
+        }
+        let whole = Touched(holds: [Self.tableKey(oid)], awaits: [Self.touchedKey(oid)])
+        switch message {
+        case .insert(_, _, let new):
+            return new.contains(.unchanged) ? whole : named(new)
+        case .update(_, _, let old?, let new) where !old.values.contains(.unchanged):
+            let newRow = zip(new, old.values).map { $0 == .unchanged ? $1 : $0 }
+            return new.count == old.values.count ? named(old.values, newRow) : whole
+        case .delete(_, _, let old) where !old.values.contains(.unchanged):
+            return named(old.values)
+        case .update, .delete:
+            return whole
+        default:
+            return Touched()
+        }
+    }
+
     private static func tableKey(_ oid: UInt32) -> Int {
         var hasher = Hasher()
         hasher.combine(oid)
         hasher.combine("table")
+        return hasher.finalize()
+    }
+
+    private static func touchedKey(_ oid: UInt32) -> Int {
+        var hasher = Hasher()
+        hasher.combine(oid)
+        hasher.combine("touched")
         return hasher.finalize()
     }
 
