@@ -13,7 +13,7 @@
 # PGBENCH_OPTIONS adds to the backlog's pgbench options: -N leaves out the hot branch and teller rows
 # (few conflicts between transactions, where parallel apply gains most).
 #
-# RELAY_SESSIONS lists the relay runs' numbers of target sessions (default "1 2").
+# RELAY_SESSIONS lists the relay runs' numbers of target sessions, --relay-sessions (default "1 2").
 #
 # Usage: scripts/bench-relay.sh [SCALE] [SECONDS] [LARGE_MB]     e.g. scripts/bench-relay.sh 20 30 1024
 set -euo pipefail
@@ -49,6 +49,7 @@ drain() {
     local args=(--mode online --jobs 2 --json --state-dir "$work/state" --apply "$method" --slot-name "slot_$db"
         --publication "pub_$db" --set-replica-identity-full --lag-threshold-bytes 65536 --cutover-poll-secs 0.5 --cutover-fast-poll-ms 100)
     [ "$method" = subscription ] && args+=(--subscription-name "sub_$db")
+    args+=("${RELAY_OPTIONS[@]}")
     export PG_DBMIGRATOR_SOURCE="$(url "$SRC" "$db")" PG_DBMIGRATOR_TARGET="$(url "$DST" "$db")"
     "$BIN" "${args[@]}" >"$work/first.ndjson" 2>"$work/first.log" &
     local run=$!
@@ -88,7 +89,8 @@ large_backlog() {
 
 printf '%-22s %12s %10s %14s %12s %10s\n' method "backlog tx" "drain s" "tx per second" "peak RSS" "tool CPU s"
 RATES=()
-# Relay with each number of target sessions in RELAY_SESSIONS (PG_DBMIGRATOR_RELAY_SESSIONS; default: 1, then 2).
+RELAY_OPTIONS=()
+# Relay with each number of target sessions in RELAY_SESSIONS (--relay-sessions; default: 1, then 2).
 db_init() {
     psql_at "$SRC" postgres -c "CREATE DATABASE $1" >/dev/null
     "$PG_BIN/pgbench" -q -i -s "$SCALE" -h 127.0.0.1 -p "$SRC" -U postgres "$1" >/dev/null 2>&1
@@ -96,15 +98,15 @@ db_init() {
 db_init bench_subscription
 drain subscription subscription bench_subscription pgbench_backlog bench_subscription
 SUBSCRIPTION_RATE=$RATE
-export PG_DBMIGRATOR_RELAY_SESSIONS
-for PG_DBMIGRATOR_RELAY_SESSIONS in ${RELAY_SESSIONS:-1 2}; do
-    db="bench_relay_$PG_DBMIGRATOR_RELAY_SESSIONS"
+for sessions in ${RELAY_SESSIONS:-1 2}; do
+    db="bench_relay_$sessions"
     db_init "$db"
-    drain "relay, $PG_DBMIGRATOR_RELAY_SESSIONS session(s)" relay "$db" pgbench_backlog "$db"
-    RATES+=("$(printf '%d session(s) %.2f' "$PG_DBMIGRATOR_RELAY_SESSIONS" "$(echo "$RATE / $SUBSCRIPTION_RATE" | bc -l)")")
+    RELAY_OPTIONS=(--relay-sessions "$sessions")
+    drain "relay, $sessions session(s)" relay "$db" pgbench_backlog "$db"
+    RELAY_OPTIONS=()
+    RATES+=("$(printf '%d session(s) %.2f' "$sessions" "$(echo "$RATE / $SUBSCRIPTION_RATE" | bc -l)")")
 done
 printf 'relay / subscription rate: %s\n' "$(IFS=,; echo "${RATES[*]}" | sed 's/,/, /g')"
-unset PG_DBMIGRATOR_RELAY_SESSIONS
 
 if [ "$LARGE_MB" -gt 0 ]; then
     psql_at "$SRC" postgres -c "CREATE DATABASE bench_large" >/dev/null

@@ -64,6 +64,7 @@ extension MigrationConfig.Setting {
         case .subscriptionName: "--subscription-name"
         case .subscriptionSource: "--subscription-source"
         case .apply: "--apply"
+        case .relaySessions: "--relay-sessions"
         case .lagThresholdBytes: "--lag-threshold-bytes"
         case .lagThresholdSeconds: "--lag-threshold-secs"
         case .everyLagReading: "--json-heartbeat"

@@ -66,7 +66,9 @@ struct OnlinePreflightTests {
         try await Self.expectCleanFailure(config, message: "neither REPLICATION nor superuser", fix: "REPLICATION")
     }
 
-    @Test("tables without a primary key or replica identity are listed; --set-replica-identity-full fixes them")
+    @Test(
+        "tables without a primary key or replica identity are listed; --set-replica-identity-full fixes them (relay sessions asked for under a subscription are reported unused)"
+    )
     func replicaIdentity() async throws {
         let (source, target) = try await SharedClusters.get()
         let database = try await Self.smallSource(
@@ -75,8 +77,12 @@ struct OnlinePreflightTests {
         try await Self.expectCleanFailure(config, message: "public.\"No Key\"", fix: "\(MigrationConfig.Setting.setReplicaIdentityFull)")
         var fixing = config
         fixing.online.setReplicaIdentityFull = true
+        // Relay sessions asked for where auto chooses a subscription: said, not silently ignored.
+        fixing.online.relaySessions = 3
         let events = EventLog()
         let (migrator, run) = try await OnlineMigrationTests.startStreaming(fixing, events: events)
+        #expect(
+            events.all.contains { $0.message.contains("\(MigrationConfig.Setting.relaySessions) 3 is not used: a subscription applies") })
         let writer = try await source.connect(database: database)
         try await writer.execute("UPDATE \"No Key\" SET b = 'y'; DELETE FROM items WHERE id <= 10")
         migrator.cutoverHandle.request()

@@ -56,25 +56,33 @@ struct OnlineRelayTests {
         #expect(try await Self.origins(config.online.relayOrigin) == "0")
     }
 
-    @Test("aborted while streaming: the origin is left and named; --resume carries on from it and loses nothing; cleanup removes it")
+    @Test(
+        "aborted while streaming with two relay sessions: their origins are left and named; --resume carries on from them and loses nothing; cleanup removes the origin"
+    )
     func abortResumeAndCleanup() async throws {
         let (source, target) = try await SharedClusters.get()
         let sourceDatabase = try await OnlinePreflightTests.smallSource()
         let targetDatabase = SharedClusters.uniqueName("relay_resumed")
         let config = try await OnlineMigrationTests.config(source: sourceDatabase, target: targetDatabase) {
             $0.online.apply = .relay
+            $0.online.relaySessions = 2
             $0.stateDirectory = DestructiveMistakesTests.stateDirectory()
         }
         let writer = try await source.connect(database: sourceDatabase)
         let events = EventLog()
         let (_, run) = try await OnlineMigrationTests.startStreaming(config, events: events)
         try await writer.execute("UPDATE items SET v = 'before the abort' WHERE id <= 50")
+        // Each session binds an origin of its own as the apply starts.
+        let started = ContinuousClock.now
+        while try await Self.origins(config.online.relayOrigin) != "2" && ContinuousClock.now - started < .seconds(120) {
+            try await Task.sleep(for: .milliseconds(100))
+        }
         try await Task.sleep(for: .seconds(1))
         run.cancel()
         await #expect(throws: MigrationCancelled.self) { try await run.value }
         let left = events.all.last { $0.detail["left_in_place"] != nil }?.message ?? ""
         #expect(left.contains("replication origin") && left.contains(config.online.relayOrigin), "\(left)")
-        #expect(try await Self.origins(config.online.relayOrigin) == "1")
+        #expect(try await Self.origins(config.online.relayOrigin) == "2")
         // Changes made while nothing applies wait in the slot.
         try await writer.execute("UPDATE items SET v = 'while stopped' WHERE id > 50; DELETE FROM items WHERE id = 100")
 
@@ -143,7 +151,7 @@ struct OnlineRelayTests {
         #expect(actual.tables == expected.tables, "\(actual.differences(from: expected))")
     }
 
-    @Test("--apply relay refuses the subscription's flags, naming them")
+    @Test("--apply relay refuses the subscription's flags, --apply subscription the relay's, naming them; --relay-sessions is 1 to 8")
     func refusesSubscriptionFlags() async throws {
         let result = try await CLI.run([
             "--mode", "online", "--source", "postgresql://127.0.0.1/a", "--target", "postgresql://127.0.0.1/b", "--apply", "relay",
@@ -151,5 +159,12 @@ struct OnlineRelayTests {
         ])
         #expect(result.status == 64, "\(result.stderr)")
         #expect(result.stderr.contains("--subscription-name, --keep-subscription have no meaning with --apply relay"), "\(result.stderr)")
+        let database = ["--mode", "online", "--source", "postgresql://127.0.0.1/a", "--target", "postgresql://127.0.0.1/b"]
+        let sessions = try await CLI.run(database + ["--apply", "subscription", "--relay-sessions", "2"])
+        #expect(sessions.status == 64, "\(sessions.stderr)")
+        #expect(sessions.stderr.contains("--relay-sessions has no meaning with --apply subscription"), "\(sessions.stderr)")
+        let tooMany = try await CLI.run(database + ["--apply", "relay", "--relay-sessions", "9"])
+        #expect(tooMany.status == 64, "\(tooMany.stderr)")
+        #expect(tooMany.stderr.contains("--relay-sessions must be between 1 and 8"), "\(tooMany.stderr)")
     }
 }

@@ -86,6 +86,10 @@ extension OnlineSettings {
             throw MigrationError(
                 .validate, "\(Setting.lagThresholdSeconds) must be more than 0 and at most one day", code: .invalidArgument)
         }
+        guard (1...Self.maximumRelaySessions).contains(relaySessions) else {
+            throw MigrationError(
+                .validate, "\(Setting.relaySessions) must be between 1 and \(Self.maximumRelaySessions)", code: .invalidArgument)
+        }
         if let limit = maxRetainedWALBytes, limit == 0 || limit > Self.largestWALLimit {
             throw MigrationError(
                 .validate, "\(Setting.maxRetainedWALBytes) must be between 1 and 1000000000 (MiB, about 1 PB)", code: .invalidArgument)

@@ -182,6 +182,10 @@ public struct OnlineSettings: Sendable {
     public var applyFailureGrace: Duration
     /// How the changes reach the target after the copy.
     public var apply: ApplyMethod = .auto
+    /// Target sessions relay apply runs transactions on at once (1 to ``maximumRelaySessions``), committing
+    /// them in the source's order. One by default: on a 2-core machine several were slower than one.
+    public var relaySessions = 1
+    public static let maximumRelaySessions = 8
 
     public enum ApplyMethod: String, Sendable, CaseIterable {
         /// A subscription when the target may create one and reaches the source (tried from the target

@@ -13,6 +13,7 @@ extension MigrationConfig {
         case tables = "filter.tables", excludeTables = "filter.excludeTables"
         case slotName = "online.slotName", publication = "online.publication"
         case subscriptionName = "online.subscriptionName", subscriptionSource = "online.subscriptionSource", apply = "online.apply"
+        case relaySessions = "online.relaySessions"
         case lagThresholdBytes = "online.lagThresholdBytes", lagThresholdSeconds = "online.lagThresholdSeconds"
         case everyLagReading = "online.everyLagReading", pollInterval = "online.pollInterval"
         case fastPollInterval = "online.fastPollInterval", cutoverTimeout = "online.cutoverTimeout"

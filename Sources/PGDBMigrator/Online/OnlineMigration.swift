@@ -322,7 +322,7 @@ struct OnlineMigration {
 
     /// Starts relay apply; its failure ends the run.
     private func startRelay() {
-        let applier = RelayApplier(
+        var applier = RelayApplier(
             source: config.source, target: config.target, slot: settings.slotName, publication: settings.publication,
             origin: settings.relayOrigin,
             // In the run's own state directory (on disk, locked to this run), not a /tmp that may live in memory.
@@ -330,6 +330,7 @@ struct OnlineMigration {
             onReconnect: { [events] reason, delay in
                 events.warning(events.currentPhase, "relay apply lost a connection (\(reason)); reconnecting in \(delay)")
             })
+        applier.sessions = settings.relaySessions
         relay.start(applier) { [slotLost] error in await slotLost.append(error) }
     }
 

@@ -104,6 +104,17 @@ struct OnlinePreflight {
         return conninfo
     }
 
+    /// A number of relay sessions given for a relay apply that will not run: said, not silently ignored.
+    private func subscriptionChosen(_ conninfo: ConnectionString) -> ConnectionString {
+        if settings.relaySessions != 1 {
+            events.info(
+                .validate,
+                "\(Setting.relaySessions) \(settings.relaySessions) is not used: a subscription applies the changes (the target's own apply worker)",
+                ["relay_sessions": .int(settings.relaySessions)])
+        }
+        return conninfo
+    }
+
     private func checkSourceSettings(_ source: Connection) async throws {
         // First: a standby's own settings (wal_level, slots) would only mislead about the fix.
         if try await source.scalar("SELECT pg_is_in_recovery()") == "t" {
@@ -201,12 +212,12 @@ struct OnlinePreflight {
             return nil
         case .subscription:
             try await checkTarget(target)
-            return try await checkSubscriptionConnection(source: source, target: target)
+            return subscriptionChosen(try await checkSubscriptionConnection(source: source, target: target))
         case .auto:
             let why: MigrationError
             do {
                 try await checkTarget(target)
-                return try await checkSubscriptionConnection(source: source, target: target)
+                return subscriptionChosen(try await checkSubscriptionConnection(source: source, target: target))
             } catch let error as MigrationError where error.code != .notOurs {
                 why = error
             }

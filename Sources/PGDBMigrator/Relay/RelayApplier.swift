@@ -41,13 +41,8 @@ struct RelayApplier: Sendable {
     /// Target sessions applying at once (``RelayScheduler``), where the login may set
     /// `session_replication_role` (else the target's triggers and foreign-key checks take row locks the
     /// apply cannot foresee) and the server has an origin to spare for each.
-    var sessions = Self.defaultSessions
-
-    /// One, or what `PG_DBMIGRATOR_RELAY_SESSIONS` says (1 to 8). Several sessions are not faster than one
-    /// yet on `scripts/bench-relay.sh` (about half its rate on a 2-core machine), so they are asked for.
-    static var defaultSessions: Int {
-        min(max(ProcessInfo.processInfo.environment["PG_DBMIGRATOR_RELAY_SESSIONS"].flatMap { Int($0) } ?? 1, 1), 8)
-    }
+    /// (``OnlineSettings/relaySessions``.)
+    var sessions = 1
     /// At most this many source transactions commit as one target transaction when sessions apply in parallel
     /// (tests set 1, so that every transaction commits on its own, the sessions taking turns).
     /// nil: as one session groups them (``RelayApplySession/batchedGroupTransactions`` where changes are batched).
