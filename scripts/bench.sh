@@ -20,7 +20,8 @@
 #           wide     eight tables of ~1 KB rows, a primary key and two secondary
 #                    indexes each, WIDE_MB (default 1000) MB in all.
 # Prints, per dataset, the median wall time of ROUNDS rounds, the ratios to
-# each other method, and peak RSS; the native copy is checked by --mode verify.
+# each other method, and peak RSS; the native copy is checked by --mode verify,
+# whose time is printed too (standalone verify).
 #
 # Usage: scripts/bench.sh [DATASETS] [JOBS] [ROUNDS]     e.g. scripts/bench.sh pgbench,wide 2 3
 set -euo pipefail
@@ -81,6 +82,10 @@ run_method() {
     local method=$1 db=$2 dir start rss=0 timing
     dir=$(mktemp -d /tmp/pgdm-bench-XXXXXX)
     psql_at "$DST" postgres -c "DROP DATABASE IF EXISTS copy WITH (FORCE)" >/dev/null
+    # Each run starts with nothing left to write by the one before (or by the dataset's build).
+    psql_at "$SRC" postgres -c CHECKPOINT >/dev/null
+    psql_at "$DST" postgres -c CHECKPOINT >/dev/null
+    sync
     start=$(now)
     case $method in
         native | dump | verified | stream_verified | server_verified)
@@ -121,15 +126,23 @@ run_method() {
     rm -rf "$dir"
 }
 
-declare -A SECONDS_OF RSS_OF SKIPPED
+declare -A SECONDS_OF RSS_OF SKIPPED VERIFY_OF
 IFS=, read -ra WANTED <<<"$DATASETS"
 for db in "${WANTED[@]}"; do
     case $db in pgbench) build_pgbench ;; wide) build_wide ;; *) echo "unknown dataset $db" >&2; exit 2 ;; esac
     size=$(psql_at "$SRC" "$db" -At -c "SELECT pg_database_size(current_database())")
     echo "dataset $db: $((size / 1000000)) MB; jobs $JOBS; $ROUNDS rounds; methods ${METHODS[*]}"
+    # The first run after a build was the slowest whatever ran in it (by up to half): one run not counted.
+    run_method native "$db" >/dev/null && echo "  warm-up run (native, not counted)"
     for round in $(seq 1 "$ROUNDS"); do
-        # Rotate the order each round so no method always runs on a warmer cache.
+        # Rotate the order each round, and reverse it every other round, so no method always runs on a warmer
+        # cache or right after the same other one.
         order=("${METHODS[@]:round % ${#METHODS[@]}}" "${METHODS[@]:0:round % ${#METHODS[@]}}")
+        if [ $((round % 2)) = 0 ]; then
+            for ((i = 0, j = ${#order[@]} - 1; i < j; i++, j--)); do
+                swap=${order[i]}; order[i]=${order[j]}; order[j]=$swap
+            done
+        fi
         for method in "${order[@]}"; do
             [ -n "${SKIPPED[$method]:-}" ] && continue
             if result=$(run_method "$method" "$db"); then
@@ -138,10 +151,12 @@ for db in "${WANTED[@]}"; do
                 [ "$rss" -gt "${RSS_OF[$db.$method]:-0}" ] && RSS_OF[$db.$method]=$rss
                 printf '  round %d  %-16s %7.2f s\n' "$round" "$method" "$secs"
                 if [ "$method" = native ] && [ "$round" = 1 ]; then
+                    verify_start=$(now)
                     PG_DBMIGRATOR_SOURCE="$(url "$SRC" "$db")" PG_DBMIGRATOR_TARGET="$(url "$DST" copy)" \
                         "$BIN" --mode verify --jobs "$JOBS" >/dev/null 2>&1 \
-                        && echo "  native copy verified: every row's checksum matches" \
                         || { echo "error: the native copy of $db does not match the source" >&2; exit 1; }
+                    VERIFY_OF[$db]=$(echo "$(now) - $verify_start" | bc)
+                    printf '  native copy verified by --mode verify in %.2f s: every row matches\n' "${VERIFY_OF[$db]}"
                 fi
             else
                 echo "note: $method failed on $db; skipped from here on" >&2
@@ -167,6 +182,7 @@ for db in "${WANTED[@]}"; do
         [ "$rss" -gt 0 ] && line+=$(printf ' %9d MB' $((rss / 1024))) || line+=$(printf ' %12s' "-")
         echo "$line"
     done
+    [ -n "${VERIFY_OF[$db]:-}" ] && printf '%-16s %9.2f   (--mode verify of the native copy, once)\n' "verify alone" "${VERIFY_OF[$db]}"
     echo
     psql_at "$SRC" postgres -c "DROP DATABASE $db" >/dev/null
 done
