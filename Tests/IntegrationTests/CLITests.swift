@@ -63,7 +63,7 @@ struct CLITests {
             "--source", source.url(database: sourceDatabase), "--target", target.url(database: SharedClusters.uniqueName("scrub")),
         ])
         #expect(await running.waitForStderr("stage=Dump"))
-        let commandLine = allCommandLines().first { $0.pid == running.process.processIdentifier }?.arguments.joined(separator: " ") ?? ""
+        let commandLine = allCommandLines().first { $0.pid == running.pid }?.arguments.joined(separator: " ") ?? ""
         running.signal(SIGTERM)
         _ = try await running.wait()
         try await blocker.execute("ROLLBACK")
@@ -190,7 +190,7 @@ struct CLITests {
         // Under a loaded machine (CI runs every suite at once) reaching the lock can take a while; what is
         // asserted is that it is reached, then that the signal frees it within seconds.
         var held = false
-        for _ in 0..<1200 where !held && running.process.isRunning {
+        for _ in 0..<1200 where !held && running.isRunning {
             try await Task.sleep(for: .milliseconds(100))
             held = copyMethod == .dump ? !dumpers().isEmpty : try await waitingSessions() != "0"
         }
@@ -198,7 +198,7 @@ struct CLITests {
         if !held {
             // What the run was doing: its threads' stacks (gdb, when there is one), for the next person to look.
             let stacks = try? await TestCluster.run(
-                "/usr/bin/gdb", ["-p", String(running.process.processIdentifier), "-batch", "-ex", "thread apply all bt 12"])
+                "/usr/bin/gdb", ["-p", String(running.pid), "-batch", "-ex", "thread apply all bt 12"])
             Issue.record("stacks of the stuck run: \(stacks?.output.suffix(20_000) ?? "gdb unavailable")")
             let sessions = try await observer.query(
                 "SELECT application_name, state, wait_event_type, wait_event, left(query, 80) FROM pg_stat_activity WHERE datname = current_database()"
@@ -268,5 +268,22 @@ struct CLITests {
             let help = try await CLI.run([subcommand, "--help"])
             #expect(help.status == 0 && help.stdout.contains("--state-dir") && help.stdout.contains("--target"), "\(help.stdout)")
         }
+    }
+
+    @Test("the tests see a child exit before anyone reaps it (Process once left one unreaped for minutes), and leave it to its owner")
+    func exitSeenBeforeReaping() async throws {
+        var pid: pid_t = 0
+        let argv: [UnsafeMutablePointer<CChar>?] = ["/bin/sh", "-c", "exit 3"].map { (word: String) in strdup(word) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        #expect(posix_spawn(&pid, "/bin/sh", nil, nil, argv, environ) == 0)
+        var status: Int32?
+        for _ in 0..<500 where status == nil {
+            status = CLI.Running.exited(pid)
+            if status == nil { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(status == 3)
+        // Still there for its owner to reap.
+        var raw: Int32 = 0
+        #expect(waitpid(pid, &raw, WNOHANG) == pid && (raw >> 8) & 0xff == 3)
     }
 }

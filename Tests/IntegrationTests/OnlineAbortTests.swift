@@ -164,7 +164,7 @@ struct OnlineAbortTests {
         // The example keeps the library's default 5 s heartbeat. Under a loaded shared source the slot's snapshot
         // can take a while (it waits for other tests' writing transactions, seen at 15 s intervals).
         let deadline = Date().addingTimeInterval(180)
-        while Date() < deadline, !(try await running.stdoutSoFar()).contains("CaughtUp:"), running.process.isRunning {
+        while Date() < deadline, !(try await running.stdoutSoFar()).contains("CaughtUp:"), running.isRunning {
             try await Task.sleep(for: .milliseconds(100))
         }
         guard try await running.stdoutSoFar().contains("CaughtUp:") else {

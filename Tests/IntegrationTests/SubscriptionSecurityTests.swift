@@ -122,7 +122,7 @@ struct SubscriptionSecurityTests {
         // Sampled while the tool runs: the target's sessions and the run's state files.
         let targetAdmin = try await servers.target.connect()
         var activity = "", stateFiles = ""
-        while running.process.isRunning, !running.stderrSoFar.contains("the target is streaming changes") {
+        while running.isRunning, !running.stderrSoFar.contains("the target is streaming changes") {
             activity += try await targetAdmin.query("SELECT query FROM pg_stat_activity").rows.compactMap { $0[0] }.joined(separator: "\n")
             for file in (try? FileManager.default.subpathsOfDirectory(atPath: stateDirectory)) ?? [] {
                 stateFiles += (try? String(contentsOfFile: stateDirectory + "/" + file, encoding: .utf8)) ?? ""

@@ -30,7 +30,7 @@ struct CLI {
     }
 
     final class Running: @unchecked Sendable {
-        let process: Process
+        private let process: Process
         private let stdoutPipe = Pipe()
         private let stderrPipe = Pipe()
         private let lock = NSLock()
@@ -87,26 +87,47 @@ struct CLI {
             return String(decoding: stderrData, as: UTF8.self)
         }
 
+        var pid: Int32 { process.processIdentifier }
+
+        /// How the child ended (its exit code, or the signal that ended it), once it has: as `Process` says, or
+        /// as the kernel does for a child that exited and that `Process` has not reaped yet (in CI one stayed
+        /// so for two minutes, and its test timed out waiting).
+        var exitStatus: Int32? {
+            if !process.isRunning { return process.terminationStatus }
+            return Self.exited(pid)
+        }
+
+        var isRunning: Bool { exitStatus == nil }
+
+        /// How `pid`, a child of this process, ended, without reaping it (its owner still will); nil while it runs.
+        static func exited(_ pid: Int32) -> Int32? {
+            var info = siginfo_t()
+            guard waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT | WNOHANG) == 0, info._sifields._sigchld.si_pid == pid else {
+                return nil
+            }
+            return info._sifields._sigchld.si_status
+        }
+
         /// Waits until stderr contains `text` (true) or `timeout` passes or the process exits (false).
         func waitForStderr(_ text: String, timeout: Double = 180) async -> Bool {
             let deadline = Date().addingTimeInterval(timeout)
             while Date() < deadline {
                 if stderrSoFar.contains(text) { return true }
-                if !process.isRunning { return stderrSoFar.contains(text) }
+                if !isRunning { return stderrSoFar.contains(text) }
                 try? await Task.sleep(for: .milliseconds(20))
             }
             return false
         }
 
-        func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+        func signal(_ number: Int32) { kill(pid, number) }
 
         func wait(timeout: Double = 300) async throws -> Result {
             let deadline = Date().addingTimeInterval(timeout)
-            while process.isRunning {
+            while isRunning {
                 if Date() > deadline {
                     // What the kernel says of it (R, S, D = in uninterruptible I/O, Z = exited but not yet reaped).
                     let state =
-                        (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8))
+                        (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8))
                         .map { $0.split(separator: ")").last?.split(separator: " ").first.map(String.init) ?? "?" } ?? "gone"
                     process.terminate()
                     throw TestSupportError("pg_dbmigrator did not exit within \(timeout)s (process state \(state)); stderr: \(stderrSoFar)")
@@ -118,9 +139,10 @@ struct CLI {
             while lock.withLock({ openPipes > 0 }) && Date() < drained {
                 try await Task.sleep(for: .milliseconds(10))
             }
+            let status = exitStatus ?? -1
             return lock.withLock {
                 Result(
-                    status: process.terminationStatus, stdout: String(decoding: stdoutData, as: UTF8.self),
+                    status: status, stdout: String(decoding: stdoutData, as: UTF8.self),
                     stderr: String(decoding: stderrData, as: UTF8.self))
             }
         }
