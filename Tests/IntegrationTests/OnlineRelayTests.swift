@@ -159,11 +159,11 @@ struct OnlineRelayTests {
         ])
         #expect(result.status == 64, "\(result.stderr)")
         #expect(result.stderr.contains("--subscription-name, --keep-subscription have no meaning with --apply relay"), "\(result.stderr)")
-        let database = ["--mode", "online", "--source", "postgresql://127.0.0.1/a", "--target", "postgresql://127.0.0.1/b"]
-        let sessions = try await CLI.run(database + ["--apply", "subscription", "--relay-sessions", "2"])
+        let online = ["--mode", "online", "--source", "postgresql://127.0.0.1/a", "--target", "postgresql://127.0.0.1/b"]
+        let sessions = try await CLI.run(online + ["--apply", "subscription", "--relay-sessions", "2"])
         #expect(sessions.status == 64, "\(sessions.stderr)")
         #expect(sessions.stderr.contains("--relay-sessions has no meaning with --apply subscription"), "\(sessions.stderr)")
-        let tooMany = try await CLI.run(database + ["--apply", "relay", "--relay-sessions", "9"])
+        let tooMany = try await CLI.run(online + ["--apply", "relay", "--relay-sessions", "9"])
         #expect(tooMany.status == 64, "\(tooMany.stderr)")
         #expect(tooMany.stderr.contains("--relay-sessions must be between 1 and 8"), "\(tooMany.stderr)")
     }

@@ -322,15 +322,14 @@ struct OnlineMigration {
 
     /// Starts relay apply; its failure ends the run.
     private func startRelay() {
-        var applier = RelayApplier(
+        let applier = RelayApplier(
             source: config.source, target: config.target, slot: settings.slotName, publication: settings.publication,
             origin: settings.relayOrigin,
             // In the run's own state directory (on disk, locked to this run), not a /tmp that may live in memory.
             spoolDirectory: (RunStateStore.directory(for: config) as NSString).appendingPathComponent("relay-transactions"),
             onReconnect: { [events] reason, delay in
                 events.warning(events.currentPhase, "relay apply lost a connection (\(reason)); reconnecting in \(delay)")
-            })
-        applier.sessions = settings.relaySessions
+            }, sessions: settings.relaySessions)
         relay.start(applier) { [slotLost] error in await slotLost.append(error) }
     }
 

@@ -142,24 +142,16 @@ struct RelayConflictKeys {
         }
     }
 
-    private static func tableKey(_ oid: UInt32) -> Int {
+    /// A key of the table `oid` itself: the whole table (``tableKey``), every change to it that names its rows
+    /// (``touchedKey``), or the unique values its UPDATEs and DELETEs may have freed (``freesKey``).
+    private static func key(of oid: UInt32, _ what: String) -> Int {
         var hasher = Hasher()
         hasher.combine(oid)
-        hasher.combine("table")
+        hasher.combine(what)
         return hasher.finalize()
     }
 
-    private static func touchedKey(_ oid: UInt32) -> Int {
-        var hasher = Hasher()
-        hasher.combine(oid)
-        hasher.combine("touched")
-        return hasher.finalize()
-    }
-
-    private static func freesKey(_ oid: UInt32) -> Int {
-        var hasher = Hasher()
-        hasher.combine(oid)
-        hasher.combine("frees unique values")
-        return hasher.finalize()
-    }
+    private static func tableKey(_ oid: UInt32) -> Int { key(of: oid, "table") }
+    private static func touchedKey(_ oid: UInt32) -> Int { key(of: oid, "touched") }
+    private static func freesKey(_ oid: UInt32) -> Int { key(of: oid, "frees unique values") }
 }
