@@ -11,7 +11,7 @@ import Foundation
 /// many bytes; a count of -1 ends the data. The tuple's bytes, counts and
 /// lengths included, are hashed; or, given the columns' kinds, each value is
 /// hashed as PostgreSQL hashes it (``PostgresHash``) and the rows summed as
-/// `sum(hash_record_extended(…))` would (``rowSum``).
+/// the servers sum ``PostgresHash/rowSQL(_:)`` (``rowSum``).
 struct CopyStreamDigest {
     let binary: Bool
     private(set) var digest = RowDigest()
@@ -212,7 +212,7 @@ struct CopyStreamDigest {
     }
 
     private mutating func endTuple() {
-        if kinds == nil { digest.add(hasher.finish()) } else { rowSum.add(rowHash) }
+        if kinds == nil { digest.add(hasher.finish()) } else { rowSum.add(PostgresHash.row(rowHash)) }
         binaryState = .fieldCount
     }
 

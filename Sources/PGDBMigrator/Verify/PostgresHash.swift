@@ -5,7 +5,8 @@
 ///
 /// The hash is Bob Jenkins' lookup3 as PostgreSQL uses it (`hash_bytes_extended` and
 /// `hash_bytes_uint32_extended`, little-endian, seed 0); a row's hash folds its columns' as
-/// `hash_record_extended` does (`h = 31·h + column`, NULL as 0). Tests compare it with the server's.
+/// `hash_record_extended` does (`h = 31·h + column`, NULL as 0), then hashes that once more
+/// (``row(_:)``). Tests compare it with the server's.
 enum PostgresHash {
     /// How a column's binary value is hashed, by its type.
     enum Kind: String, Sendable, Codable {
@@ -37,6 +38,17 @@ enum PostgresHash {
     /// `hash_record_extended`'s step from one column to the next.
     @inline(__always)
     static func fold(_ row: UInt64, _ column: UInt64) -> UInt64 { (row << 5) &- row &+ column }
+
+    /// What a row adds to its table's sum: `hashint8extended(hash_record_extended(row, 0), 0)`.
+    ///
+    /// `hash_record_extended` is linear in its columns' hashes, and so is a sum: two rows that swap a column's
+    /// values would change the summed folds by a multiple of 2^64 only, often by nothing. Hashed once more, a
+    /// row's share of the sum no longer splits by column.
+    @inline(__always)
+    static func row(_ folded: UInt64) -> UInt64 { fixed(.int64, folded) }
+
+    /// The SQL of ``row(_:)`` for `row`, a row value: what the servers sum for a table or a part.
+    static func rowSQL(_ row: String) -> String { "hashint8extended(hash_record_extended(\(row), 0), 0)" }
 
     /// The hash of a fixed-width value (`value`: its big-endian binary form, ``Kind/width`` bytes).
     static func fixed(_ kind: Kind, _ value: UInt64) -> UInt64 {
@@ -169,7 +181,7 @@ enum PostgresHash {
     }
 }
 
-/// What `SELECT count(*), sum(hash_record_extended(…))` gives for a set of rows: their number and the exact sum
+/// What `SELECT count(*), sum(hashint8extended(hash_record_extended(…), 0))` gives for a set of rows: their number and the exact sum
 /// of their hashes (signed, as the server's `bigint`). Order-independent, and the sums of a table's parts add up.
 struct PostgresRowSum: Equatable, Sendable {
     var rows = 0

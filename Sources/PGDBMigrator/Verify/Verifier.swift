@@ -185,7 +185,7 @@ struct Verifier {
 
     static func checksumSQL(_ part: Part, hashingValues: Bool = false) -> String {
         sumSQL(
-            of: hashingValues ? "hash_record_extended(t, 0)" : "hashtextextended(t::text, 0)", in: part.table.name, where: part.condition)
+            of: hashingValues ? PostgresHash.rowSQL("t") : "hashtextextended(t::text, 0)", in: part.table.name, where: part.condition)
     }
 
     /// The count of `table`'s rows (`t`) that meet `condition`, and the exact sum of each one's `rowHash`, as text.
@@ -242,7 +242,7 @@ struct Verifier {
     /// The count and the sum of PostgreSQL's hash of `table`'s stored columns, as a binary COPY of them is
     /// summed by ``CopyStreamDigest/init(hashingValuesOf:)``.
     static func rowSumSQL(_ table: CatalogTable) -> String {
-        sumSQL(of: "hash_record_extended(ROW(\(table.columns)), 0)", in: table.name, where: "true")
+        sumSQL(of: PostgresHash.rowSQL("ROW(\(table.columns))"), in: table.name, where: "true")
     }
 
     /// Runs every part on `jobs` workers, each with one connection to each server, both sides at once.
