@@ -4,9 +4,9 @@ import PostgresClient
 /// The copy workers: each takes the next part, largest first, and streams it from the source into the target.
 extension NativeCopy {
     /// Runs the copy workers and the index workers together; returns tolerated index errors.
-    /// `digesting`: the tables verified as they are copied, and how.
+    /// `binary`: the tables copied in binary; `digesting`: the tables verified as they are copied, and how.
     func copyData(
-        _ parts: [CopyPart], builds: [IndexBuild], snapshot: String, resuming: Bool,
+        _ parts: [CopyPart], builds: [IndexBuild], snapshot: String, resuming: Bool, binary: Set<QualifiedName>,
         digesting: [QualifiedName: StreamVerification.Method]
     ) async throws -> [String] {
         let (work, finishedTables, clearing) = try await resuming ? remainingWork(parts) : (parts, [], [])
@@ -59,7 +59,7 @@ extension NativeCopy {
                                 try await session.pinTextFormats(encoding: report.sourceDatabase.encoding)
                             }
                             try await source.importSnapshot(snapshot)
-                            let copy = TableCopy(source: source, target: target, binaryAllowed: binaryAllowed)
+                            let copy = TableCopy(source: source, target: target, binaryTables: binary)
                             let lockWait = LockWait(server: self.target, events: events, stage: .restore, timeout: config.lockTimeout)
                             while let part = await queue.next() {
                                 try Task.checkCancellation()
@@ -107,7 +107,9 @@ extension NativeCopy {
                 group.addTask { try await buildIndexes(from: indexWork, worker: worker) }
             }
             for worker in 0..<readBackWorkers {
-                group.addTask { try await readBack(from: readBackWork, worker: worker) { running.withLock { $0 } > 0 } }
+                group.addTask {
+                    try await readBack(from: readBackWork, worker: worker, binary: binary) { running.withLock { $0 } > 0 }
+                }
             }
             var tolerated: [String] = []
             for try await errors in group { tolerated += errors }
@@ -127,7 +129,7 @@ extension NativeCopy {
     /// target's cores busy, and a parallel scan only adds its workers' start and hand-over (the sums of four
     /// 125 MB tables took 0.73 s of CPU so, 0.62 s without). The tables read back after the last copy get them.
     private func readBack(
-        from queue: AsyncQueue<CatalogTable>, worker: Int, copying: @escaping @Sendable () -> Bool
+        from queue: AsyncQueue<CatalogTable>, worker: Int, binary: Set<QualifiedName>, copying: @escaping @Sendable () -> Bool
     ) async throws -> [String] {
         guard let streamed, let first = await queue.next() else { return [] }
         try await target.withConnection(label: "verify-\(worker)", stage: .restore) { target in
@@ -141,7 +143,7 @@ extension NativeCopy {
                     serial.toggle()
                     try await target.execute(serial ? "SET max_parallel_workers_per_gather = 0" : "RESET max_parallel_workers_per_gather")
                 }
-                try await streamed.readBack(current, binary: binaryAllowed && current.binarySafe, on: target)
+                try await streamed.readBack(current, binary: binary.contains(current.name), on: target)
                 table = await queue.next()
             }
         }

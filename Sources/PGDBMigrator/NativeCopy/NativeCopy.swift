@@ -64,7 +64,14 @@ struct NativeCopy {
             }
             try Task.checkCancellation()
             let builds = try await catalog.indexBuilds(of: tables, on: session)
-            let digested = try await streamed == nil ? [:] : digestedTables(tables, on: session)
+            // Between major versions, only tables the servers can hash value by value travel in binary.
+            let sameMajor = report.sourceServerVersion / 10_000 == report.targetServerVersion / 10_000
+            let hashable =
+                streamed != nil && config.verify.method == .auto || !sameMajor
+                ? try await Verifier.valueHashKinds(tables.map(\.name), source: session, targetVersion: report.targetServerVersion)
+                : [:]
+            let binary = Self.binaryTables(tables, sameMajor: sameMajor, hashable: hashable)
+            let digested = streamed == nil ? [:] : digestedTables(tables, binary: binary, hashable: hashable)
             // A resumed copy keeps the interrupted run's parts, so no range is copied twice or missed.
             let recorded = store.current.copy
             let recordedPlan = resumePlan.continuesCopy ? store.plan : nil
@@ -98,7 +105,8 @@ struct NativeCopy {
                 try store.recordPlan(parts)
                 try store.update { $0.copy.targetPrepared = true }
             }
-            tolerated += try await copyData(parts, builds: builds, snapshot: snapshot, resuming: resuming, digesting: digested)
+            tolerated += try await copyData(
+                parts, builds: builds, snapshot: snapshot, resuming: resuming, binary: binary, digesting: digested)
             await release()
 
             guard !(resuming && recorded.postDataDone) else { return tolerated }
@@ -121,26 +129,36 @@ struct NativeCopy {
 
     /// The tables verified as they are copied (``StreamVerification``), and how. Under `--verify-method stream`
     /// every table's rows are digested and read back; under `auto`, a table the servers can hash value by value
-    /// is summed as the server hashes it where it travels in binary (the target sums it in its server, nothing
-    /// is read back), and is left to the servers after the copy where it travels as text; the others are digested.
-    private func digestedTables(_ tables: [CatalogTable], on session: Connection) async throws
-        -> [QualifiedName: StreamVerification.Method]
-    {
+    /// (`hashable`) is summed as the server hashes it where it travels in binary (the target sums it in its
+    /// server, nothing is read back), and is left to the servers after the copy where it travels as text; the
+    /// others are digested.
+    private func digestedTables(
+        _ tables: [CatalogTable], binary: Set<QualifiedName>, hashable: [QualifiedName: [PostgresHash.Kind]]
+    ) -> [QualifiedName: StreamVerification.Method] {
         guard config.verify.method == .auto else { return Dictionary(uniqueKeysWithValues: tables.map { ($0.name, .rows) }) }
-        let hashable = try await Verifier.valueHashKinds(tables.map(\.name), source: session, targetVersion: report.targetServerVersion)
         var methods: [QualifiedName: StreamVerification.Method] = [:]
         for table in tables {
             guard let kinds = hashable[table.name] else {
                 methods[table.name] = .rows
                 continue
             }
-            if binaryAllowed, table.binarySafe, !kinds.isEmpty { methods[table.name] = .values(kinds) }
+            if binary.contains(table.name), !kinds.isEmpty { methods[table.name] = .values(kinds) }
         }
         return methods
     }
 
-    /// Binary COPY's format is stable within a major version only.
-    var binaryAllowed: Bool { report.sourceServerVersion / 10_000 == report.targetServerVersion / 10_000 }
+    /// The tables whose values travel in binary COPY: no text formatting on the source, no parsing on the target.
+    ///
+    /// Within one major version, every table of built-in types (``CatalogTable/binarySafe``). Binary formats
+    /// may change between major versions, so across them only tables whose every column is of a type whose
+    /// binary form has not changed since PostgreSQL 10 and that the servers hash value by value (`hashable`:
+    /// integers, bool, text, varchar, char(n), date, time stamps, uuid, bytea; PostgreSQL 14 or later on both
+    /// sides): the copy is then verified as it goes, and a difference in how a value was read would show there.
+    static func binaryTables(
+        _ tables: [CatalogTable], sameMajor: Bool, hashable: [QualifiedName: [PostgresHash.Kind]]
+    ) -> Set<QualifiedName> {
+        Set(tables.filter { $0.binarySafe && (sameMajor || hashable[$0.name].map { !$0.isEmpty } == true) }.map(\.name))
+    }
 
     /// Splits the tables above `--split-tables-larger-than`, reading integer key bounds in the snapshot.
     private func plan(_ tables: [CatalogTable], on session: Connection) async throws -> [CopyPart] {

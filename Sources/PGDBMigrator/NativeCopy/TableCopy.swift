@@ -10,9 +10,9 @@ import PostgresClient
 struct TableCopy {
     var source: Connection
     var target: Connection
-    /// Binary COPY (both servers of one major version): no text formatting on the
-    /// source, no parsing on the target; used for tables whose types all allow it.
-    var binaryAllowed = false
+    /// The tables copied in binary (``NativeCopy/binaryTables(_:hashable:)``): no text formatting on the
+    /// source, no parsing on the target. The others travel as text.
+    var binaryTables: Set<QualifiedName> = []
     /// Bytes per hop between the servers and this process.
     var batchBytes = 512 * 1024
 
@@ -38,7 +38,7 @@ struct TableCopy {
             } else if clearing, let range = part.range {
                 try await target.execute("DELETE FROM ONLY \(part.table.name) WHERE \(range.condition)")
             }
-            let binary = binaryAllowed && part.table.binarySafe
+            let binary = binaryTables.contains(part.table.name)
             try await source.beginCopyOut(part.copyOutSQL + (binary ? " WITH (FORMAT binary)" : ""))
             let options = (binary ? ["FORMAT binary"] : []) + (part.isWholeTable ? ["FREEZE"] : [])
             try await target.beginCopyIn(
