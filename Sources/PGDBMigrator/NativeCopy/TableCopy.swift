@@ -10,7 +10,7 @@ import PostgresClient
 struct TableCopy {
     var source: Connection
     var target: Connection
-    /// The tables copied in binary (``NativeCopy/binaryTables(_:hashable:)``): no text formatting on the
+    /// The tables copied in binary (``NativeCopy/binaryTables(_:sameMajor:hashable:)``): no text formatting on the
     /// source, no parsing on the target. The others travel as text.
     var binaryTables: Set<QualifiedName> = []
     /// Bytes per hop between the servers and this process.
