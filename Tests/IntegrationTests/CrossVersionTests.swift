@@ -69,22 +69,10 @@ struct CrossVersionTests {
         let target = try await TestCluster.start(name: "pg18-binary", bin: try TestCluster.postgres18())
         defer { target.stop() }
         let (source, _) = try await SharedClusters.get()
-        let database = try await source.createDatabase(SharedClusters.uniqueName("binary"))
-        let session = try await source.connect(database: database)
-        try await session.execute(
-            """
-            CREATE TABLE plain (id int PRIMARY KEY, small smallint, big bigint, flag boolean, name text, label varchar(20),
-                                code char(6), day date, at timestamp, seen timestamptz, u uuid, raw bytea);
-            INSERT INTO plain
-            SELECT g, (g % 30000 - 15000)::smallint, g * -1234567890123, CASE g % 3 WHEN 0 THEN true WHEN 1 THEN false END,
-                   CASE WHEN g % 7 = 0 THEN NULL ELSE 'ünï ' || repeat(md5(g::text), g % 5) END, 'l' || g, left(md5(g::text), g % 7),
-                   date '1999-12-31' + (g * 37 - 50000), timestamp '2000-01-01 00:00:00.000001' + g * interval '1 min 1.5 s',
-                   CASE WHEN g = 1 THEN 'infinity' WHEN g = 2 THEN '-infinity' ELSE now() - g * interval '1 hour 1 us' END,
-                   md5(g::text)::uuid, CASE WHEN g % 11 = 0 THEN NULL ELSE decode(md5(g::text), 'hex') END
-            FROM generate_series(1, 3000) g;
-            CREATE TABLE priced (id int PRIMARY KEY, price numeric(12, 2));
-            INSERT INTO priced SELECT g, g * 1.25 FROM generate_series(1, 500) g;
-            """)
+        let (database, session) = try await Self.plainSource(
+            1...3000,
+            "CREATE TABLE priced (id int PRIMARY KEY, price numeric(12, 2)); INSERT INTO priced SELECT g, g * 1.25 FROM generate_series(1, 500) g"
+        )
         await session.close()
         let before = try await StreamVerifyTests.sequentialScans(["plain"], database: database)
         let events = EventLog()
@@ -114,6 +102,82 @@ struct CrossVersionTests {
         try await Self.expectEqual(config, source: source, target: target)
     }
 
+    /// A new database on the shared source holding `plain` with the rows `ids` (then `more` SQL run), and a session
+    /// on it.
+    static func plainSource(_ ids: ClosedRange<Int>, _ more: String = "") async throws -> (String, Connection) {
+        let (source, _) = try await SharedClusters.get()
+        let database = try await source.createDatabase(SharedClusters.uniqueName("plain"))
+        let session = try await source.connect(database: database)
+        try await session.execute(
+            """
+            CREATE TABLE plain (id int PRIMARY KEY, small smallint, big bigint, flag boolean, name text, label varchar(20),
+                                code char(6), day date, at timestamp, seen timestamptz, u uuid, raw bytea);
+            \(plainRows(ids))
+            \(more)
+            """)
+        return (database, session)
+    }
+
+    /// Rows of `plain`, a table of every type whose binary form travels between major versions: NULLs, infinities,
+    /// non-ASCII text, negative and extreme numbers.
+    static func plainRows(_ ids: ClosedRange<Int>) -> String {
+        """
+        INSERT INTO plain
+        SELECT g, (g % 30000 - 15000)::smallint, g * -1234567890123, CASE g % 3 WHEN 0 THEN true WHEN 1 THEN false END,
+               CASE WHEN g % 7 = 0 THEN NULL ELSE 'ünï ' || repeat(md5(g::text), g % 5) END, 'l' || g, left(md5(g::text), g % 7),
+               date '1999-12-31' + (g * 37 - 50000), timestamp '2000-01-01 00:00:00.000001' + g * interval '1 min 1.5 s',
+               CASE WHEN g = 1 THEN 'infinity' WHEN g = 2 THEN '-infinity' ELSE now() - g * interval '1 hour 1 us' END,
+               md5(g::text)::uuid, CASE WHEN g % 11 = 0 THEN NULL ELSE decode(md5(g::text), 'hex') END
+        FROM generate_series(\(ids.lowerBound), \(ids.upperBound)) g;
+        """
+    }
+
+    @Test("15 → 18 by relay apply: a publication of plain types streams its values in binary; inserts, updates and deletes arrive")
+    func relayBinaryAcrossVersions() async throws {
+        let target = try await TestCluster.start(name: "pg18-relay-binary", bin: try TestCluster.postgres18())
+        defer { target.stop() }
+        let (source, _) = try await SharedClusters.get()
+        let (database, session) = try await Self.plainSource(1...500)
+        let config = try await Self.upgrade(database, into: target, mode: .online) {
+            $0.online.freezeSourceAtCutover = true
+            $0.online.apply = .relay
+        }
+        let events = EventLog()
+        let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: events)
+        try await session.execute(
+            Self.plainRows(501...800)
+                + "UPDATE plain SET name = name || ' ∑', seen = seen + interval '1 microsecond', raw = NULL WHERE id % 3 = 0;"
+                + "UPDATE plain SET code = 'x', flag = NOT flag, u = md5(u::text)::uuid WHERE id % 4 = 0;"
+                + "DELETE FROM plain WHERE id % 5 = 0")
+        // What the walsender was asked for: pg_stat_activity shows its replication command.
+        let admin = try await source.connect()
+        var command: String?
+        for _ in 0..<100 where command == nil {
+            command = try await admin.scalar(
+                "SELECT query FROM pg_stat_activity WHERE backend_type = 'walsender' AND application_name = $1",
+                [RelayApplier.applicationName(slot: config.online.slotName)])
+            if command == nil { try await Task.sleep(for: .milliseconds(200)) }
+        }
+        #expect(command?.contains("binary 'true'") == true, "\(command ?? "no walsender")")
+        try await Self.cutOver(migrator, run, events: events, config: config, source: source, target: target)
+    }
+
+    /// Asks a frozen cutover of `run`, expects it verified and the target equal to the source, then lifts the freeze.
+    static func cutOver(
+        _ migrator: Migrator, _ run: Task<MigrationOutcome, Error>, events: EventLog, config: MigrationConfig, source: TestCluster,
+        target: TestCluster
+    ) async throws {
+        migrator.cutoverHandle.request()
+        let outcome = try await run.value
+        #expect(outcome.cutoverTriggered)
+        #expect(events.all.contains { $0.message.contains("table(s) match") }, "verified at cutover")
+        try await expectEqual(config, source: source, target: target)
+        let database = config.source.resolvedDatabase!
+        let unfreeze = try await source.connect(database: database)
+        try await unfreeze.execute("SET default_transaction_read_only = off")
+        try await unfreeze.execute(SourceFreeze(database: database).undoSQL())
+    }
+
     @Test(
         "15 → 18 online with writes running and a frozen cutover, by subscription and by relay apply (values as text, changes in batches): nothing lost, verify at cutover finds no difference",
         arguments: [OnlineSettings.ApplyMethod.subscription, .relay])
@@ -132,15 +196,8 @@ struct CrossVersionTests {
         let (migrator, run) = try await OnlineMigrationTests.startStreaming(config, events: events)
         try await Task.sleep(for: .seconds(1.5))
         let committed = await workload.stop()
-        migrator.cutoverHandle.request()
-        let outcome = try await run.value
         #expect(committed > 10, "workload committed \(committed); error: \(workload.lastError ?? "none")")
-        #expect(outcome.cutoverTriggered)
-        #expect(events.all.contains { $0.message.contains("table(s) match") }, "verified at cutover")
-        try await Self.expectEqual(config, source: source, target: target)
-        let unfreeze = try await source.connect(database: database)
-        try await unfreeze.execute("SET default_transaction_read_only = off")
-        try await unfreeze.execute(SourceFreeze(database: database).undoSQL())
+        try await Self.cutOver(migrator, run, events: events, config: config, source: source, target: target)
     }
 
     @Test("15 → 18 with a search_path on the source database and none on the target: no false difference")

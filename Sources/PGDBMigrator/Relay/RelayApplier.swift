@@ -11,7 +11,8 @@ import PostgresClient
 /// own apply worker does. Where asked for, several run transactions at once and
 /// commit them in the source's order (``RelayScheduler``); one alone where the
 /// login may not set that role. Values travel in binary where the copy would
-/// send them so (one major version, built-in types), as text otherwise.
+/// send them so (built-in types within one major version, plain types across
+/// major versions), as text otherwise.
 /// Changes go to the target in bounded batches (``RelayApplySession``), so a
 /// transaction of any size is never held in memory.
 ///
@@ -292,16 +293,20 @@ struct RelayApplier: Sendable {
         }
     }
 
-    /// Whether values travel in binary, as the copy sends them where it can: between servers of one major version
-    /// (from PostgreSQL 14, where pgoutput can), when every column the publication carries has a built-in type
-    /// with binary I/O (``TableCatalog/binarySafe(_:)``). Else as text, which the target parses with its own types.
-    /// Asked on the replication connection itself (which takes SQL by the simple query protocol only).
+    /// Whether values travel in binary, as the copy sends them where it can (from PostgreSQL 14 on both sides, where
+    /// pgoutput can): between servers of one major version when every column the publication carries has a
+    /// built-in type with binary I/O (``TableCatalog/binarySafe(_:)``); between major versions when every one is
+    /// of the plain types whose binary form has not changed (``Verifier/valueHashableSQL(_:)``). Else as text,
+    /// which the target parses with its own types. Asked on the replication connection itself (which takes SQL by
+    /// the simple query protocol only).
     private func binaryValues(on stream: Connection, targetVersion: Int) async throws -> Bool {
         let sourceVersion = await stream.serverVersion
-        guard sourceVersion >= 140_000, sourceVersion / 10_000 == targetVersion / 10_000 else { return false }
+        guard sourceVersion >= 140_000, targetVersion >= 140_000 else { return false }
+        let predicate =
+            sourceVersion / 10_000 == targetVersion / 10_000 ? TableCatalog.binarySafe("c.oid") : Verifier.valueHashableSQL("c.oid")
         let safe = try await stream.execute(
             """
-            SELECT coalesce(bool_and(\(TableCatalog.binarySafe("c.oid"))), true)::text
+            SELECT coalesce(bool_and(\(predicate)), true)::text
               FROM pg_publication_tables p JOIN pg_namespace n ON n.nspname = p.schemaname
               JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
              WHERE p.pubname = \(SQL.literal(publication))

@@ -204,6 +204,22 @@ struct Verifier {
         Set(try await valueHashKinds(tables, source: source, targetVersion: targetVersion).keys)
     }
 
+    /// SQL true when every column of the table `relation` (an SQL expression of its oid) is of a type
+    /// ``valueHashed(_:source:targetVersion:)`` admits. Those types' binary forms have not changed since
+    /// PostgreSQL 10, so such a table's values may also travel in binary between major versions.
+    static func valueHashableSQL(_ relation: String) -> String {
+        """
+        NOT EXISTS (
+            SELECT 1 FROM pg_attribute a
+            WHERE a.attrelid = \(relation) AND a.attnum > 0 AND NOT a.attisdropped
+              AND NOT ((a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'bool'::regtype, 'text'::regtype,
+                                       'varchar'::regtype, 'date'::regtype, 'timestamp'::regtype, 'timestamptz'::regtype,
+                                       'uuid'::regtype, 'bytea'::regtype)
+                        OR (a.atttypid = 'bpchar'::regtype AND a.atttypmod > 0))
+                       AND a.attcollation IN (0, 100, 950)))
+        """
+    }
+
     /// ``valueHashed(_:source:targetVersion:)``'s tables, each with how ``PostgresHash`` hashes its stored
     /// (not generated) columns, in their order: what a binary COPY of it carries.
     static func valueHashKinds(_ tables: [QualifiedName], source: Connection, targetVersion: Int) async throws
@@ -222,14 +238,7 @@ struct Verifier {
                       FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')::text
             FROM unnest($1::text[]) AS r(name)
             JOIN pg_class c ON c.oid = r.name::regclass JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE NOT EXISTS (
-                SELECT 1 FROM pg_attribute a
-                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                  AND NOT ((a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'bool'::regtype, 'text'::regtype,
-                                           'varchar'::regtype, 'date'::regtype, 'timestamp'::regtype, 'timestamptz'::regtype,
-                                           'uuid'::regtype, 'bytea'::regtype)
-                            OR (a.atttypid = 'bpchar'::regtype AND a.atttypmod > 0))
-                           AND a.attcollation IN (0, 100, 950)))
+            WHERE \(valueHashableSQL("c.oid"))
             """, [SQL.textArray(tables.map(\.description))])
         var kinds: [QualifiedName: [PostgresHash.Kind]] = [:]
         for row in rows.rows {
