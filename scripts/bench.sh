@@ -23,12 +23,22 @@
 # each other method, and peak RSS; the native copy is checked by --mode verify,
 # whose time is printed too (standalone verify).
 #
+# TARGET_PG=18 makes the target PostgreSQL 18 (the relocatable build the cross-version tests use): an upgrade
+# from the source's major version, every method using PostgreSQL 18's pg_dump, pg_restore and vacuumdb.
+#
 # Usage: scripts/bench.sh [DATASETS] [JOBS] [ROUNDS]     e.g. scripts/bench.sh pgbench,wide 2 3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/prerequisites.sh
 source scripts/lib/clusters.sh
 ensure_prerequisites
+# The client tools every method uses: the target's major version's, as an upgrade should.
+TOOLS=$PG_BIN
+case ${TARGET_PG:-} in
+    "") ;;
+    18) ensure_postgresql_18; TOOLS=$PGDM_PG18_BIN ;;
+    *) echo "error: TARGET_PG=$TARGET_PG: only 18 (or unset: the source's version) is known" >&2; exit 2 ;;
+esac
 DATASETS=${1:-pgbench,wide}; JOBS=${2:-2}; ROUNDS=${3:-3}
 SCALE=${SCALE:-50}; WIDE_MB=${WIDE_MB:-1000}
 # METHODS="native verified raw" scripts/bench.sh … measures only those.
@@ -50,7 +60,7 @@ swift build -c release --product pg_dbmigrator 2>&1 | tail -1
 BIN=$(swift build -c release --show-bin-path)/pg_dbmigrator
 SERVER=("shared_buffers=256MB" "max_wal_size=4GB" "max_connections=100")
 SRC=$(start_cluster bench-source "${SERVER[@]}")
-DST=$(start_cluster bench-target "${SERVER[@]}")
+DST=$(PG_BIN=$TOOLS start_cluster bench-target "${SERVER[@]}")
 export PGPASSWORD=$CLUSTER_PASSWORD
 conn() { echo "host=127.0.0.1 port=$1 user=postgres dbname=$2"; }
 url() { echo "postgresql://postgres@127.0.0.1:$1/$2"; }
@@ -75,7 +85,7 @@ build_wide() {
     wait
 }
 
-analyze_target() { "$PG_BIN/vacuumdb" --analyze-only -j "$JOBS" -q "$(conn "$DST" copy)"; }
+analyze_target() { "$TOOLS/vacuumdb" --analyze-only -j "$JOBS" -q "$(conn "$DST" copy)"; }
 
 # run_method METHOD DATASET: copies DATASET into the target's "copy" database; prints "seconds peak_rss_kB"
 run_method() {
@@ -96,30 +106,31 @@ run_method() {
                 server_verified) copy_method=native verify=strict verify_method=server ;;
             esac
             /usr/bin/time -f "%M" -o "$dir/rss" env PG_DBMIGRATOR_SOURCE="$(url "$SRC" "$db")" PG_DBMIGRATOR_TARGET="$(url "$DST" copy)" \
-                "$BIN" --mode offline --copy-method "$copy_method" --jobs "$JOBS" --verify "$verify" --verify-method "$verify_method" >/dev/null 2>"$dir/log" \
+                "$BIN" --mode offline --copy-method "$copy_method" --jobs "$JOBS" --verify "$verify" --verify-method "$verify_method" \
+                --pg-bin-dir "$TOOLS" >/dev/null 2>"$dir/log" \
                 || { cat "$dir/log" >&2; return 1; }
             rss=$(cat "$dir/rss") ;;
         pg_dump)
-            "$PG_BIN/pg_dump" -Fd -j "$JOBS" -f "$dir/dump" "$(conn "$SRC" "$db")"
+            "$TOOLS/pg_dump" -Fd -j "$JOBS" -f "$dir/dump" "$(conn "$SRC" "$db")"
             psql_at "$DST" postgres -c "CREATE DATABASE copy" >/dev/null
-            "$PG_BIN/pg_restore" -j "$JOBS" -d "$(conn "$DST" copy)" "$dir/dump"
+            "$TOOLS/pg_restore" -j "$JOBS" -d "$(conn "$DST" copy)" "$dir/dump"
             analyze_target ;;
         pgcopydb)
             psql_at "$DST" postgres -c "CREATE DATABASE copy" >/dev/null
-            /usr/bin/time -f "%M" -o "$dir/rss" pgcopydb clone --source "$(url "$SRC" "$db")" --target "$(url "$DST" copy)" \
+            PATH="$TOOLS:$PATH" /usr/bin/time -f "%M" -o "$dir/rss" pgcopydb clone --source "$(url "$SRC" "$db")" --target "$(url "$DST" copy)" \
                 --table-jobs "$JOBS" --index-jobs "$JOBS" --dir "$dir/work" >"$dir/log" 2>&1 \
                 || { tail -20 "$dir/log" >&2; rm -rf "$dir"; return 2; }
             rss=$(cat "$dir/rss") ;;
         raw)
             psql_at "$DST" postgres -c "CREATE DATABASE copy" >/dev/null
-            "$PG_BIN/pg_dump" --section=pre-data "$(conn "$SRC" "$db")" | "$PG_BIN/psql" -q -X -v ON_ERROR_STOP=1 "$(conn "$DST" copy)" >/dev/null
-            "$PG_BIN/pg_dump" -Fc --section=post-data -f "$dir/post" "$(conn "$SRC" "$db")"
+            "$TOOLS/pg_dump" --section=pre-data "$(conn "$SRC" "$db")" | "$TOOLS/psql" -q -X -v ON_ERROR_STOP=1 "$(conn "$DST" copy)" >/dev/null
+            "$TOOLS/pg_dump" -Fc --section=post-data -f "$dir/post" "$(conn "$SRC" "$db")"
             psql_at "$SRC" "$db" -At -c "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                                           WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
                                           ORDER BY pg_table_size(c.oid) DESC" \
                 | SRC_CONN="$(conn "$SRC" "$db")" DST_CONN="$(conn "$DST" copy)" xargs -P "$JOBS" -I{} sh -c \
-                    '"$0/psql" -X -q -c "COPY {} TO STDOUT" "$SRC_CONN" | "$0/psql" -X -q -c "COPY {} FROM STDIN" "$DST_CONN"' "$PG_BIN"
-            "$PG_BIN/pg_restore" -j "$JOBS" --section=post-data -d "$(conn "$DST" copy)" "$dir/post"
+                    '"$0/psql" -X -q -c "COPY {} TO STDOUT" "$SRC_CONN" | "$0/psql" -X -q -c "COPY {} FROM STDIN" "$DST_CONN"' "$TOOLS"
+            "$TOOLS/pg_restore" -j "$JOBS" --section=post-data -d "$(conn "$DST" copy)" "$dir/post"
             analyze_target ;;
     esac
     echo "$(echo "$(now) - $start" | bc) $rss"
@@ -131,7 +142,7 @@ IFS=, read -ra WANTED <<<"$DATASETS"
 for db in "${WANTED[@]}"; do
     case $db in pgbench) build_pgbench ;; wide) build_wide ;; *) echo "unknown dataset $db" >&2; exit 2 ;; esac
     size=$(psql_at "$SRC" "$db" -At -c "SELECT pg_database_size(current_database())")
-    echo "dataset $db: $((size / 1000000)) MB; jobs $JOBS; $ROUNDS rounds; methods ${METHODS[*]}"
+    echo "dataset $db: $((size / 1000000)) MB; jobs $JOBS; $ROUNDS rounds; methods ${METHODS[*]}; source $(psql_at "$SRC" postgres -At -c "SHOW server_version"), target $(psql_at "$DST" postgres -At -c "SHOW server_version")"
     # The first run after a build was the slowest whatever ran in it (by up to half): one run not counted.
     run_method native "$db" >/dev/null && echo "  warm-up run (native, not counted)"
     for round in $(seq 1 "$ROUNDS"); do
@@ -153,7 +164,7 @@ for db in "${WANTED[@]}"; do
                 if [ "$method" = native ] && [ "$round" = 1 ]; then
                     verify_start=$(now)
                     PG_DBMIGRATOR_SOURCE="$(url "$SRC" "$db")" PG_DBMIGRATOR_TARGET="$(url "$DST" copy)" \
-                        "$BIN" --mode verify --jobs "$JOBS" >/dev/null 2>&1 \
+                        "$BIN" --mode verify --jobs "$JOBS" --pg-bin-dir "$TOOLS" >/dev/null 2>&1 \
                         || { echo "error: the native copy of $db does not match the source" >&2; exit 1; }
                     VERIFY_OF[$db]=$(echo "$(now) - $verify_start" | bc)
                     printf '  native copy verified by --mode verify in %.2f s: every row matches\n' "${VERIFY_OF[$db]}"
