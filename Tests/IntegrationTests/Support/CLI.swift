@@ -37,6 +37,8 @@ struct CLI {
         private var stdoutData = Data()
         private var stderrData = Data()
         private var openPipes = 2
+        /// ``exitStatus`` once seen.
+        private var seenExit: Int32?
 
         init(arguments: [String], environment: [String: String], ignoreSIGINT: Bool, program: String) throws {
             process = Process()
@@ -91,10 +93,13 @@ struct CLI {
 
         /// How the child ended (its exit code, or the signal that ended it), once it has: as `Process` says, or
         /// as the kernel does for a child that exited and that `Process` has not reaped yet (in CI one stayed
-        /// so for two minutes, and its test timed out waiting).
+        /// so for two minutes, and its test timed out waiting). Kept once seen: between `Process` reaping the
+        /// child and saying it no longer runs, neither can tell (in CI a finished child read as -1 so).
         var exitStatus: Int32? {
-            if !process.isRunning { return process.terminationStatus }
-            return Self.exited(pid)
+            if let seen = lock.withLock({ seenExit }) { return seen }
+            guard let status = process.isRunning ? Self.exited(pid) : process.terminationStatus else { return nil }
+            lock.withLock { seenExit = status }
+            return status
         }
 
         var isRunning: Bool { exitStatus == nil }
