@@ -21,6 +21,18 @@ struct StreamVerifyTests {
         """
 
     /// Sequential scans of `tables` on the source, read in a fresh transaction (statistics are flushed as sessions end).
+    /// ``sequentialScans(_:database:)`` once every one of `tables` was scanned again since `before`, and a second later:
+    /// the statistics land as the sessions end, some after the run has returned.
+    static func sequentialScans(_ tables: [String], since before: [String: Int], database: String) async throws -> [String: Int] {
+        for _ in 0..<50 {
+            let after = try await sequentialScans(tables, database: database)
+            if tables.allSatisfy({ (after[$0] ?? 0) > (before[$0] ?? 0) }) { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        try await Task.sleep(for: .seconds(1))
+        return try await sequentialScans(tables, database: database)
+    }
+
     static func sequentialScans(_ tables: [String], database: String) async throws -> [String: Int] {
         let (source, _) = try await SharedClusters.get()
         let connection = try await source.connect(database: database)
@@ -57,16 +69,8 @@ struct StreamVerifyTests {
         #expect(copied.count == 2 && copied.allSatisfy { $0.message.contains(" parts") }, "\(events.all.map(\.message))")
         #expect(copied.contains { $0.message.contains("big_keyed") && $0.message.contains("binary") })
 
-        // One COPY per unsplit table, and no verify query after it (statistics land as the sessions end);
-        // verified in the servers, a second scan.
-        var after: [String: Int] = [:]
-        for _ in 0..<50 {
-            after = try await Self.sequentialScans(unsplit, database: source)
-            if unsplit.allSatisfy({ (after[$0] ?? 0) > (before[$0] ?? 0) }) { break }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        try await Task.sleep(for: .seconds(1))
-        after = try await Self.sequentialScans(unsplit, database: source)
+        // One COPY per unsplit table, and no verify query after it; verified in the servers, a second scan.
+        let after = try await Self.sequentialScans(unsplit, since: before, database: source)
         let secondRead: Set<String> = [.stream: [], .auto: []][method] ?? Set(unsplit)
         for table in unsplit {
             let scans = secondRead.contains(table) ? 2 : 1
