@@ -142,14 +142,15 @@ struct CrossVersionTests {
                 + "UPDATE plain SET name = name || ' ∑', seen = seen + interval '1 microsecond', raw = NULL WHERE id % 3 = 0;"
                 + "UPDATE plain SET code = 'x', flag = NOT flag, u = md5(u::text)::uuid WHERE id % 4 = 0;"
                 + "DELETE FROM plain WHERE id % 5 = 0")
-        // What the walsender was asked for: pg_stat_activity shows its replication command.
+        // What the walsender was asked for: pg_stat_activity shows its replication command once streaming starts
+        // (before that, an empty query or the connection's earlier commands).
         let admin = try await source.connect()
         var command: String?
-        for _ in 0..<100 where command == nil {
+        for _ in 0..<100 where command?.contains("START_REPLICATION") != true {
             command = try await admin.scalar(
                 "SELECT query FROM pg_stat_activity WHERE backend_type = 'walsender' AND application_name = $1",
                 [RelayApplier.applicationName(slot: config.online.slotName)])
-            if command == nil { try await Task.sleep(for: .milliseconds(200)) }
+            if command?.contains("START_REPLICATION") != true { try await Task.sleep(for: .milliseconds(200)) }
         }
         #expect(command?.contains("binary 'true'") == true, "\(command ?? "no walsender")")
         try await Self.cutOver(migrator, run, events: events, config: config, source: source, target: target)
