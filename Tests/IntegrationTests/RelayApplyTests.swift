@@ -75,7 +75,7 @@ struct RelayApplyTests {
         async throws
     {
         try await dropSlot(pair.slot, on: source)
-        try await RelayApplier.dropOrigin(applier.origin, on: target)
+        try await RelayApplier.dropOrigin(applier.origin, on: target, timeout: .seconds(30), stage: .cutover)
     }
 
     /// Emits a transactional marker on the source and waits until the applier has applied it.
@@ -665,8 +665,48 @@ extension RelayApplyTests {
         let actual = try await Fingerprint.of(targetCluster, database: database + "_target")
         #expect(actual.tables == expected.tables, "\(actual.differences(from: expected))")
         try await Self.dropSlot(slot, on: source)
-        try await RelayApplier.dropOrigin(origin, on: target)
+        try await RelayApplier.dropOrigin(origin, on: target, timeout: .seconds(30), stage: .cutover)
         #expect(
             try await target.scalar("SELECT count(*)::text FROM pg_replication_origin WHERE \(RelayApplier.ownOrigins)", [origin]) == "0")
+    }
+}
+
+extension RelayApplyTests {
+    @Test(
+        "relay apply's origin, held by a session still closing, is dropped once released; one held past the timeout is refused naming the fix, and stays"
+    )
+    func originDropWaitsForItsHolder() async throws {
+        let (_, targetCluster) = try await SharedClusters.get()
+        let origin = SharedClusters.uniqueName("pgdm_held")
+        let admin = try await targetCluster.connect()
+        try await admin.query("SELECT pg_replication_origin_create($1), pg_replication_origin_create($1 || '/1')", [origin])
+        let count = "SELECT count(*)::text FROM pg_replication_origin WHERE roname = $1 OR roname = $1 || '/1'"
+
+        // A session holding the second origin lets go a moment after the drop begins, as the apply's sessions do
+        // after they are closed at cutover.
+        let holder = try await targetCluster.connect()
+        try await holder.query("SELECT pg_replication_origin_session_setup($1 || '/1')", [origin])
+        let letGo = Task {
+            try await Task.sleep(for: .milliseconds(500))
+            await holder.close()
+        }
+        try await RelayApplier.dropOrigin(origin, on: admin, timeout: .seconds(30), stage: .cutover)
+        try await letGo.value
+        #expect(try await admin.scalar(count, [origin]) == "0")
+
+        // One that stays held: given up after the timeout, with the way out; nothing dropped.
+        try await admin.query("SELECT pg_replication_origin_create($1)", [origin])
+        let stays = try await targetCluster.connect()
+        try await stays.query("SELECT pg_replication_origin_session_setup($1)", [origin])
+        let error = await #expect(throws: MigrationError.self) {
+            try await RelayApplier.dropOrigin(origin, on: admin, timeout: .milliseconds(300), stage: .cleanup)
+        }
+        #expect(error?.code == .lockTimeout && error?.stage == .cleanup)
+        #expect(error?.message.contains("waiting for relay apply's replication origin") == true, "\(error?.message ?? "")")
+        #expect(error?.fix?.contains("pg_replication_origin_drop") == true, "\(error?.fix ?? "")")
+        #expect(try await admin.scalar(count, [origin]) == "1")
+        await stays.close()
+        try await RelayApplier.dropOrigin(origin, on: admin, timeout: .seconds(30), stage: .cleanup)
+        #expect(try await admin.scalar(count, [origin]) == "0")
     }
 }

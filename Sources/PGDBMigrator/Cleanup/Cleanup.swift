@@ -81,7 +81,7 @@ struct Cleanup {
             }
             let exists =
                 try await target.scalar("SELECT count(*) > 0 FROM pg_replication_origin WHERE \(RelayApplier.ownOrigins)", [origin]) == "t"
-            if exists && !dryRun { try await RelayApplier.dropOrigin(origin, on: target) }
+            if exists && !dryRun { try await RelayApplier.dropOrigin(origin, on: target, timeout: config.lockTimeout, stage: .cleanup) }
             await target.close()
             if exists { found.append("\(verb) replication origin \(SQL.identifier(origin)) on the target (relay apply's position)") }
         }

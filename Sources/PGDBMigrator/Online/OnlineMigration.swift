@@ -61,7 +61,9 @@ struct OnlineMigration {
                 _ = try await Subscription.remove(for: config, runID: recorded.runID)
                 // Relay apply's position belonged to the old slot: streaming from it through the new one would skip changes.
                 if let origin = recorded.online.relayOrigin {
-                    try await config.targetEndpoint.withConnection(label: "resume") { try await RelayApplier.dropOrigin(origin, on: $0) }
+                    try await config.targetEndpoint.withConnection(label: "resume") {
+                        try await RelayApplier.dropOrigin(origin, on: $0, timeout: config.lockTimeout, stage: events.currentPhase)
+                    }
                     leftovers.set(\.relayOrigin, nil)
                 }
                 if recorded.ownsSlot(named: settings.slotName) {

@@ -97,10 +97,31 @@ struct RelayApplier: Sendable {
         }
     }
 
-    /// Drops the origin `name` on the target, and those of its other sessions, if they are there (no session
-    /// may have them set up).
-    static func dropOrigin(_ name: String, on target: Connection) async throws {
-        try await target.query("SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE \(ownOrigins)", [name])
+    /// Drops the origin `name` on the target, and those of its other sessions, if they are there.
+    ///
+    /// A session that set an origin up holds it until its backend exits, a moment after the client closed it
+    /// (the apply's sessions have just been, at cutover; a killed run's may linger longer): an origin in use is
+    /// tried again until `timeout`, then the server's word (which names the holder's PID) is the error.
+    static func dropOrigin(_ name: String, on target: Connection, timeout: Duration, stage: Stage) async throws {
+        let started = ContinuousClock.now
+        while true {
+            do {
+                try await target.query("SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE \(ownOrigins)", [name])
+                return
+            } catch let error as PostgresError where error.sqlState == "55006" {
+                guard ContinuousClock.now - started < timeout else {
+                    throw MigrationError(
+                        stage,
+                        "gave up after \(Int((ContinuousClock.now - started).seconds)) s waiting for relay apply's replication origin "
+                            + "\(SQL.identifier(name)) on the target to be released: \(error.message)",
+                        fix:
+                            "end that session (SELECT pg_terminate_backend(pid)), then drop the origin: SELECT pg_replication_origin_drop(roname) "
+                            + "FROM pg_replication_origin WHERE roname = \(SQL.literal(name)) OR roname LIKE \(SQL.literal(name + "/%")); "
+                            + "or raise \(Setting.lockTimeout)", code: .lockTimeout, underlying: error)
+                }
+                try await Task.sleep(for: .milliseconds(20))  // the cutover's teardown waits on this: writes may be held
+            }
+        }
     }
 
     /// The origin of the apply's `session`-th target session: the first keeps the run's own name.
