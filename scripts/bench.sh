@@ -21,7 +21,8 @@
 #                    indexes each, WIDE_MB (default 1000) MB in all.
 # Prints, per dataset, the median wall time of ROUNDS rounds, the ratios to
 # each other method, and peak RSS; the native copy is checked by --mode verify,
-# whose time is printed too (standalone verify).
+# whose time is printed too (standalone verify); and the verified run's time over
+# the unverified one's, round by round.
 #
 # TARGET_PG=18 makes the target PostgreSQL 18 (the relocatable build the cross-version tests use): an upgrade
 # from the source's major version, every method using PostgreSQL 18's pg_dump, pg_restore and vacuumdb.
@@ -194,6 +195,14 @@ for db in "${WANTED[@]}"; do
         echo "$line"
     done
     [ -n "${VERIFY_OF[$db]:-}" ] && printf '%-16s %9.2f   (--mode verify of the native copy, once)\n' "verify alone" "${VERIFY_OF[$db]}"
+    # The machine's speed drifts between rounds more than verification costs: each round's own ratio (its two runs
+    # minutes apart at most) says more than the ratio of the medians.
+    read -ra verified <<<"${SECONDS_OF[$db.verified]:-}"
+    read -ra native <<<"${SECONDS_OF[$db.native]:-}"
+    if [ "${#verified[@]}" -gt 0 ] && [ "${#verified[@]}" = "${#native[@]}" ]; then
+        ratios=$(for i in "${!verified[@]}"; do echo "${verified[i]} / ${native[i]}" | bc -l; done)
+        printf 'verified ÷ native, round by round: %s (median %.2f)\n' "$(printf '%.2f\n' $ratios | paste -sd' ')" "$(echo "$ratios" | median)"
+    fi
     echo
     psql_at "$SRC" postgres -c "DROP DATABASE $db" >/dev/null
 done
