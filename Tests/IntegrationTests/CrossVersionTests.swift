@@ -146,11 +146,12 @@ struct CrossVersionTests {
         // (before that, an empty query or the connection's earlier commands).
         let admin = try await source.connect()
         var command: String?
-        for _ in 0..<100 where command?.contains("START_REPLICATION") != true {
+        for _ in 0..<100 {
             command = try await admin.scalar(
                 "SELECT query FROM pg_stat_activity WHERE backend_type = 'walsender' AND application_name = $1",
                 [RelayApplier.applicationName(slot: config.online.slotName)])
-            if command?.contains("START_REPLICATION") != true { try await Task.sleep(for: .milliseconds(200)) }
+            if command?.contains("START_REPLICATION") == true { break }
+            try await Task.sleep(for: .milliseconds(200))
         }
         #expect(command?.contains("binary 'true'") == true, "\(command ?? "no walsender")")
         try await Self.cutOver(migrator, run, events: events, config: config, source: source, target: target)

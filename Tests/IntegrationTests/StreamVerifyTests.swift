@@ -20,7 +20,6 @@ struct StreamVerifyTests {
         INSERT INTO big_heap SELECT repeat(md5(g::text), 4), 'ok' FROM generate_series(1, 20000) g;
         """
 
-    /// Sequential scans of `tables` on the source, read in a fresh transaction (statistics are flushed as sessions end).
     /// ``sequentialScans(_:database:)`` once every one of `tables` was scanned again since `before`, and a second later:
     /// the statistics land as the sessions end, some after the run has returned.
     static func sequentialScans(_ tables: [String], since before: [String: Int], database: String) async throws -> [String: Int] {
@@ -33,6 +32,7 @@ struct StreamVerifyTests {
         return try await sequentialScans(tables, database: database)
     }
 
+    /// Sequential scans of `tables` on the source, read in a fresh transaction (statistics are flushed as sessions end).
     static func sequentialScans(_ tables: [String], database: String) async throws -> [String: Int] {
         let (source, _) = try await SharedClusters.get()
         let connection = try await source.connect(database: database)
