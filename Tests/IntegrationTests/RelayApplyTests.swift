@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import PostgresClient
 import Testing
 
@@ -75,7 +76,7 @@ struct RelayApplyTests {
         async throws
     {
         try await dropSlot(pair.slot, on: source)
-        try await RelayApplier.dropOrigin(applier.origin, on: target, timeout: .seconds(30), stage: .cutover)
+        try await RelayApplier.dropOrigin(applier.origin, on: target, timeout: .seconds(30), stage: .cutover, events: nil)
     }
 
     /// Emits a transactional marker on the source and waits until the applier has applied it.
@@ -665,7 +666,7 @@ extension RelayApplyTests {
         let actual = try await Fingerprint.of(targetCluster, database: database + "_target")
         #expect(actual.tables == expected.tables, "\(actual.differences(from: expected))")
         try await Self.dropSlot(slot, on: source)
-        try await RelayApplier.dropOrigin(origin, on: target, timeout: .seconds(30), stage: .cutover)
+        try await RelayApplier.dropOrigin(origin, on: target, timeout: .seconds(30), stage: .cutover, events: nil)
         #expect(
             try await target.scalar("SELECT count(*)::text FROM pg_replication_origin WHERE \(RelayApplier.ownOrigins)", [origin]) == "0")
     }
@@ -673,7 +674,7 @@ extension RelayApplyTests {
 
 extension RelayApplyTests {
     @Test(
-        "relay apply's origin, held by a session still closing, is dropped once released; one held past the timeout is refused naming the fix, and stays"
+        "relay apply's origin, held by a session still closing, is dropped once released; one held on is reported every 10 s, refused after the timeout naming the fix, and stays"
     )
     func originDropWaitsForItsHolder() async throws {
         let (_, targetCluster) = try await SharedClusters.get()
@@ -690,23 +691,29 @@ extension RelayApplyTests {
             try await Task.sleep(for: .milliseconds(500))
             await holder.close()
         }
-        try await RelayApplier.dropOrigin(origin, on: admin, timeout: .seconds(30), stage: .cutover)
+        try await RelayApplier.dropOrigin(origin, on: admin, timeout: .seconds(30), stage: .cutover, events: nil)
         try await letGo.value
         #expect(try await admin.scalar(count, [origin]) == "0")
 
-        // One that stays held: given up after the timeout, with the way out; nothing dropped.
+        // One that stays held: the wait reported, given up after the timeout, with the way out; nothing dropped.
         try await admin.query("SELECT pg_replication_origin_create($1)", [origin])
         let stays = try await targetCluster.connect()
         try await stays.query("SELECT pg_replication_origin_session_setup($1)", [origin])
+        let log = EventLog()
+        let events = EventEmitter(handler: log.record, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
         let error = await #expect(throws: MigrationError.self) {
-            try await RelayApplier.dropOrigin(origin, on: admin, timeout: .milliseconds(300), stage: .cleanup)
+            try await RelayApplier.dropOrigin(origin, on: admin, timeout: .seconds(11), stage: .cleanup, events: events)
         }
+        let waits = log.all.filter { $0.level == .warning && $0.stage == .cleanup }.map(\.message)
+        #expect(
+            waits.count == 1 && waits[0].contains("waiting 10 s for relay apply's replication origin") && waits[0].contains("in use"),
+            "\(waits)")
         #expect(error?.code == .lockTimeout && error?.stage == .cleanup)
         #expect(error?.message.contains("waiting for relay apply's replication origin") == true, "\(error?.message ?? "")")
         #expect(error?.fix?.contains("pg_replication_origin_drop") == true, "\(error?.fix ?? "")")
         #expect(try await admin.scalar(count, [origin]) == "1")
         await stays.close()
-        try await RelayApplier.dropOrigin(origin, on: admin, timeout: .seconds(30), stage: .cleanup)
+        try await RelayApplier.dropOrigin(origin, on: admin, timeout: .seconds(30), stage: .cleanup, events: nil)
         #expect(try await admin.scalar(count, [origin]) == "0")
     }
 }

@@ -81,7 +81,9 @@ struct Cleanup {
             }
             let exists =
                 try await target.scalar("SELECT count(*) > 0 FROM pg_replication_origin WHERE \(RelayApplier.ownOrigins)", [origin]) == "t"
-            if exists && !dryRun { try await RelayApplier.dropOrigin(origin, on: target, timeout: config.lockTimeout, stage: .cleanup) }
+            if exists && !dryRun {
+                try await RelayApplier.dropOrigin(origin, on: target, timeout: config.lockTimeout, stage: .cleanup, events: events)
+            }
             await target.close()
             if exists { found.append("\(verb) replication origin \(SQL.identifier(origin)) on the target (relay apply's position)") }
         }

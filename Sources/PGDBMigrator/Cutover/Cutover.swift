@@ -206,7 +206,7 @@ struct ReplicationTeardown {
         }
 
         if let origin = leftovers.snapshot.relayOrigin {
-            try await RelayApplier.dropOrigin(origin, on: target, timeout: config.lockTimeout, stage: .cutover)
+            try await RelayApplier.dropOrigin(origin, on: target, timeout: config.lockTimeout, stage: .cutover, events: events)
             leftovers.set(\.relayOrigin, nil)
             events.info(.cutover, "dropped replication origin \(SQL.identifier(origin)) on the target (relay apply's position)")
         }

@@ -62,7 +62,8 @@ struct OnlineMigration {
                 // Relay apply's position belonged to the old slot: streaming from it through the new one would skip changes.
                 if let origin = recorded.online.relayOrigin {
                     try await config.targetEndpoint.withConnection(label: "resume") {
-                        try await RelayApplier.dropOrigin(origin, on: $0, timeout: config.lockTimeout, stage: events.currentPhase)
+                        try await RelayApplier.dropOrigin(
+                            origin, on: $0, timeout: config.lockTimeout, stage: events.currentPhase, events: events)
                     }
                     leftovers.set(\.relayOrigin, nil)
                 }

@@ -101,23 +101,31 @@ struct RelayApplier: Sendable {
     ///
     /// A session that set an origin up holds it until its backend exits, a moment after the client closed it
     /// (the apply's sessions have just been, at cutover; a killed run's may linger longer): an origin in use is
-    /// tried again until `timeout`, then the server's word (which names the holder's PID) is the error.
-    static func dropOrigin(_ name: String, on target: Connection, timeout: Duration, stage: Stage) async throws {
+    /// tried again until `timeout`, the wait reported every 10 s, then the server's word (which names the
+    /// holder's PID) is the error.
+    static func dropOrigin(_ name: String, on target: Connection, timeout: Duration, stage: Stage, events: EventEmitter?) async throws {
         let started = ContinuousClock.now
+        var lastReport = started
         while true {
             do {
                 try await target.query("SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE \(ownOrigins)", [name])
                 return
             } catch let error as PostgresError where error.sqlState == "55006" {
+                let waited = "\(Int((ContinuousClock.now - started).seconds)) s"
+                let origin = "relay apply's replication origin \(SQL.identifier(name)) on the target"
                 guard ContinuousClock.now - started < timeout else {
                     throw MigrationError(
-                        stage,
-                        "gave up after \(Int((ContinuousClock.now - started).seconds)) s waiting for relay apply's replication origin "
-                            + "\(SQL.identifier(name)) on the target to be released: \(error.message)",
+                        stage, "gave up after \(waited) waiting for \(origin) to be released: \(error.message)",
                         fix:
                             "end that session (SELECT pg_terminate_backend(pid)), then drop the origin: SELECT pg_replication_origin_drop(roname) "
                             + "FROM pg_replication_origin WHERE roname = \(SQL.literal(name)) OR roname LIKE \(SQL.literal(name + "/%")); "
                             + "or raise \(Setting.lockTimeout)", code: .lockTimeout, underlying: error)
+                }
+                if ContinuousClock.now - lastReport >= .seconds(10) {
+                    lastReport = ContinuousClock.now
+                    events?.warning(
+                        stage, "waiting \(waited) for \(origin) to be released before dropping it: \(error.message)",
+                        ["origin": .string(name)])
                 }
                 try await Task.sleep(for: .milliseconds(20))  // the cutover's teardown waits on this: writes may be held
             }
