@@ -699,6 +699,7 @@ extension RelayApplyTests {
         try await admin.query("SELECT pg_replication_origin_create($1)", [origin])
         let stays = try await targetCluster.connect()
         try await stays.query("SELECT pg_replication_origin_session_setup($1)", [origin])
+        let pid = try await stays.scalar("SELECT pg_backend_pid()::text") ?? "?"
         let log = EventLog()
         let events = EventEmitter(handler: log.record, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
         let error = await #expect(throws: MigrationError.self) {
@@ -706,10 +707,12 @@ extension RelayApplyTests {
         }
         let waits = log.all.filter { $0.level == .warning && $0.stage == .cleanup }.map(\.message)
         #expect(
-            waits.count == 1 && waits[0].contains("waiting 10 s for relay apply's replication origin") && waits[0].contains("in use"),
-            "\(waits)")
+            waits.count == 1 && waits[0].contains("waiting 10 s for relay apply's replication origin")
+                && waits[0].contains("held by pid \(pid) (postgres, "), "\(waits)")
         #expect(error?.code == .lockTimeout && error?.stage == .cleanup)
-        #expect(error?.message.contains("waiting for relay apply's replication origin") == true, "\(error?.message ?? "")")
+        #expect(
+            error?.message.contains("waiting for relay apply's replication origin") == true
+                && error?.message.contains("held by pid \(pid) (") == true, "\(error?.message ?? "")")
         #expect(error?.fix?.contains("pg_replication_origin_drop") == true, "\(error?.fix ?? "")")
         #expect(try await admin.scalar(count, [origin]) == "1")
         await stays.close()

@@ -101,8 +101,7 @@ struct RelayApplier: Sendable {
     ///
     /// A session that set an origin up holds it until its backend exits, a moment after the client closed it
     /// (the apply's sessions have just been, at cutover; a killed run's may linger longer): an origin in use is
-    /// tried again until `timeout`, the wait reported every 10 s, then the server's word (which names the
-    /// holder's PID) is the error.
+    /// tried again until `timeout`, the wait reported every 10 s naming the holder, then the same is the error.
     static func dropOrigin(_ name: String, on target: Connection, timeout: Duration, stage: Stage, events: EventEmitter?) async throws {
         let started = ContinuousClock.now
         var lastReport = started
@@ -113,23 +112,33 @@ struct RelayApplier: Sendable {
             } catch let error as PostgresError where error.sqlState == "55006" {
                 let waited = "\(Int((ContinuousClock.now - started).seconds)) s"
                 let origin = "relay apply's replication origin \(SQL.identifier(name)) on the target"
-                guard ContinuousClock.now - started < timeout else {
-                    throw MigrationError(
-                        stage, "gave up after \(waited) waiting for \(origin) to be released: \(error.message)",
-                        fix:
-                            "end that session (SELECT pg_terminate_backend(pid)), then drop the origin: SELECT pg_replication_origin_drop(roname) "
-                            + "FROM pg_replication_origin WHERE roname = \(SQL.literal(name)) OR roname LIKE \(SQL.literal(name + "/%")); "
-                            + "or raise \(Setting.lockTimeout)", code: .lockTimeout, underlying: error)
-                }
-                if ContinuousClock.now - lastReport >= .seconds(10) {
+                let timedOut = ContinuousClock.now - started >= timeout
+                if timedOut || ContinuousClock.now - lastReport >= .seconds(10) {
+                    let holder = try await originHolder(error, on: target)
+                    guard !timedOut else {
+                        throw MigrationError(
+                            stage, "gave up after \(waited) waiting for \(origin) to be released, held by \(holder)",
+                            fix:
+                                "end that session (SELECT pg_terminate_backend(pid)), then drop the origin: SELECT pg_replication_origin_drop(roname) "
+                                + "FROM pg_replication_origin WHERE roname = \(SQL.literal(name)) OR roname LIKE \(SQL.literal(name + "/%")); "
+                                + "or raise \(Setting.lockTimeout)", code: .lockTimeout, underlying: error)
+                    }
                     lastReport = ContinuousClock.now
                     events?.warning(
-                        stage, "waiting \(waited) for \(origin) to be released before dropping it: \(error.message)",
+                        stage, "waiting \(waited) for \(origin) to be released before dropping it, held by \(holder)",
                         ["origin": .string(name)])
                 }
                 try await Task.sleep(for: .milliseconds(20))  // the cutover's teardown waits on this: writes may be held
             }
         }
+    }
+
+    /// Who holds an origin, from the server's "in use by PID n" (`error`): the live sessions among the numbers
+    /// it names (in whatever language the server speaks), in ``LockWait``'s words; else its message.
+    private static func originHolder(_ error: PostgresError, on target: Connection) async throws -> String {
+        let numbers = error.message.matches(of: /[0-9]+/).map { String($0.output) }
+        let sessions = try await target.query(LockWait.sessionsSQL, ["{\(numbers.joined(separator: ","))}"]).rows
+        return sessions.isEmpty ? "another session (\(error.message))" : sessions.map(LockWait.describe).joined(separator: "; ")
     }
 
     /// The origin of the apply's `session`-th target session: the first keeps the run's own name.
